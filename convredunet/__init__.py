@@ -1,0 +1,19 @@
+"""convredunet: shift-invariant ReduNets built in closed form, without backpropagation.
+
+The public names are listed in ``__all__``; see ``README.md`` for a tour.
+"""
+from ._threads import get_num_threads, num_threads, set_num_threads
+from .operators import Operators, RateReduction, construct_operators, rate_reduction
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Operators",
+    "RateReduction",
+    "construct_operators",
+    "rate_reduction",
+    "get_num_threads",
+    "set_num_threads",
+    "num_threads",
+    "__version__",
+]

@@ -1,0 +1,166 @@
+"""The spectral engine: per-frequency Gram matrices and Hermitian solves.
+
+A batch of signals ``(b, C, *signal_shape)`` becomes its unitary half spectrum
+laid out frequency first, ``(F, C, b)``, with ``F`` the number of stored
+frequencies (``T//2 + 1`` in 1D, ``H * (W//2 + 1)`` in 2D, 1 for vectors).
+Every later step is one batched call over all frequencies (and all classes):
+Gram matrices ``V V^H`` accumulated over chunks of samples, then
+``alpha (I + alpha V V^H)^-1`` and ``logdet(I + alpha V V^H)`` from Cholesky
+factors, or through the Woodbury identity when a class has fewer samples than
+channels.
+
+Vectors ``(b, d)`` are the special case ``T = 1``: no FFT, real arithmetic.
+"""
+import numpy as np
+
+# Bytes of spectrum one chunk of samples may take when batch_size is None.
+_CHUNK_BYTES = 64 << 20
+# Bytes of matrices one batched solve may take (operators are solved in slices).
+_SOLVE_BYTES = 256 << 20
+
+
+def signal_layout(sample_shape):
+    """``(n_channels, signal_shape, freq_shape)`` for one sample's shape.
+
+    ``(d,)`` -> ``(d, (), ())``; ``(C, T)`` -> ``(C, (T,), (T//2+1,))``;
+    ``(C, H, W)`` -> ``(C, (H, W), (H, W//2+1))``.
+    """
+    n_channels, signal_shape = sample_shape[0], tuple(sample_shape[1:])
+    if not signal_shape:
+        return n_channels, (), ()
+    freq_shape = signal_shape[:-1] + (signal_shape[-1] // 2 + 1,)
+    return n_channels, signal_shape, freq_shape
+
+
+def half_spectrum_weights(signal_shape):
+    """How often each stored frequency stands in the full spectrum, ``(F,)``.
+
+    2 for every frequency whose conjugate twin is not stored; 1 for the
+    last axis' zero frequency and, for even length, its Nyquist frequency.
+    """
+    if not signal_shape:
+        return np.ones(1)
+    last = signal_shape[-1]
+    w = np.full(last // 2 + 1, 2.0)
+    w[0] = 1.0
+    if last % 2 == 0:
+        w[-1] = 1.0
+    rows = int(np.prod(signal_shape[:-1], dtype=np.int64))
+    return np.tile(w, rows)
+
+
+def spectrum(backend, x, signal_shape):
+    """Unitary half spectrum of samples ``x`` ``(b, C, *S)``, as ``(F, C, b)``."""
+    if not signal_shape:  # vectors: (b, d) -> (1, d, b)
+        return backend.permute(x, (1, 0))[None]
+    x_hat = backend.rfft(x, len(signal_shape))
+    b, c = x.shape[:2]
+    return backend.permute(backend.reshape(x_hat, (b, c, -1)), (2, 1, 0))
+
+
+def default_batch_size(n_channels, n_freqs, itemsize):
+    return max(1, _CHUNK_BYTES // (n_channels * n_freqs * 2 * itemsize))
+
+
+def class_grams(backend, Z, labels, n_classes, batch_size=None, keep=()):
+    """Per-class, per-frequency Gram matrices ``V_j(p) V_j(p)^H``.
+
+    Parameters
+    ----------
+    Z : array, shape (m, C, *S) or (m, d)
+    labels : numpy int array, shape (m,)
+    keep : classes whose spectra ``V_j`` ``(F, C, m_j)`` are also returned.
+
+    Returns
+    -------
+    grams : array, shape (k, F, C, C)
+    kept : dict class -> array (F, C, m_j)
+    """
+    n_channels, signal_shape, _ = signal_layout(tuple(Z.shape[1:]))
+    n_freqs = len(half_spectrum_weights(signal_shape))
+    if batch_size is None:
+        batch_size = default_batch_size(n_channels, n_freqs, backend.itemsize(Z))
+    grams, kept = [], {}
+    for j in range(n_classes):
+        members = np.flatnonzero(labels == j)
+        gram, pieces = None, []
+        for start in range(0, len(members), batch_size):
+            v = spectrum(backend, backend.take(Z, members[start:start + batch_size]),
+                         signal_shape)
+            product = v @ backend.H(v)
+            gram = product if gram is None else gram + product
+            if j in keep:
+                pieces.append(v)
+        grams.append(gram)
+        if j in keep:
+            kept[j] = backend.concat(pieces, axis=2)
+    return backend.stack(grams), kept
+
+
+def _slices(n_batch, matrix_bytes):
+    step = max(1, _SOLVE_BYTES // max(matrix_bytes, 1))
+    return [slice(s, min(s + step, n_batch)) for s in range(0, n_batch, step)]
+
+
+def regularized_inverse(backend, grams, alphas, inverse=True):
+    """``alpha (I + alpha G)^-1`` and ``logdet(I + alpha G)`` for a stack of Grams.
+
+    Parameters
+    ----------
+    grams : array, shape (g, F, C, C), Hermitian positive semi-definite
+    alphas : sequence of g floats
+    inverse : when False only the log-determinants are computed.
+
+    Returns
+    -------
+    ops : array (g, F, C, C) or None
+    logdets : array (g, F), real
+    """
+    g, n_freqs, c, _ = grams.shape
+    eye = backend.eye(c, like=grams)
+    scale = backend.astype(np.asarray(alphas).reshape(g, 1, 1, 1), like=grams.real)
+    flat_a = backend.reshape(eye + scale * grams, (g * n_freqs, c, c))
+    invs, logdets = [], []
+    for part in _slices(g * n_freqs, c * c * backend.itemsize(grams) * 4):
+        if inverse:
+            inv, logdet = backend.hpd_inverse_logdet(flat_a[part])
+            invs.append(inv)
+        else:
+            logdet = backend.hpd_logdet(flat_a[part])
+        logdets.append(logdet)
+    logdets = backend.reshape(backend.concat(logdets), (g, n_freqs))
+    if not inverse:
+        return None, logdets
+    return scale * backend.reshape(backend.concat(invs), (g, n_freqs, c, c)), logdets
+
+
+def woodbury_inverse(backend, spectra, alphas, inverse=True):
+    """Same as :func:`regularized_inverse` from the spectra ``V`` themselves.
+
+    With ``M = I_m + alpha V^H V`` (``m x m``), the Woodbury identity gives
+    ``(I_C + alpha V V^H)^-1 = I_C - alpha V M^-1 V^H`` and
+    ``logdet(I_C + alpha V V^H) = logdet M``: cheaper when ``m < C``.
+    Spectra of different widths are padded with zero columns, which change
+    neither result, so all groups are solved in one batch.
+
+    Parameters
+    ----------
+    spectra : list of g arrays, shape (F, C, m_j)
+    alphas : sequence of g floats
+    """
+    width = max(v.shape[-1] for v in spectra)
+    padded = []
+    for v in spectra:
+        if v.shape[-1] < width:
+            zeros = backend.zeros(v.shape[:-1] + (width - v.shape[-1],), like=v)
+            v = backend.concat([v, zeros], axis=-1)
+        padded.append(v)
+    v = backend.stack(padded)  # (g, F, C, width)
+    scale = backend.astype(np.asarray(alphas).reshape(-1, 1, 1, 1), like=v.real)
+    small = backend.eye(width, like=v) + scale * (backend.H(v) @ v)
+    if not inverse:
+        return None, backend.hpd_logdet(small)
+    small_inv, logdets = backend.hpd_inverse_logdet(small)
+    eye = backend.eye(v.shape[-2], like=v)
+    ops = scale * (eye - scale * (v @ small_inv @ backend.H(v)))
+    return ops, logdets
