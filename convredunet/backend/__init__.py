@@ -27,7 +27,7 @@ def is_torch(x):
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-def torch_backend():
+def _torch():
     global _torch_backend
     if _torch_backend is None:
         from .torch_backend import TorchBackend
@@ -38,4 +38,4 @@ def torch_backend():
 
 def get_backend(x):
     """The backend for array ``x``: torch for tensors, numpy otherwise."""
-    return torch_backend() if is_torch(x) else _numpy_backend
+    return _torch() if is_torch(x) else _numpy_backend
