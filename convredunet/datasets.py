@@ -1,0 +1,618 @@
+"""Data sets and data transforms for the experiments.
+
+* :func:`load_mnist1d` -- MNIST-1D (4000 train / 1000 test signals of length 40), generated
+  locally by the ``mnist1d`` package; nothing is downloaded.
+* :func:`load_mnist` -- the MNIST test set (10,000 digits, 28 x 28) read from IDX gzip files.
+* :func:`train_test_split_per_class` -- a seeded stratified split (e.g. 10 digits per class).
+* :func:`to_polar` -- resampling images on a polar grid, so that rotations about the image
+  center become cyclic shifts along the angle axis.
+* :func:`cyclic_shifts`, :func:`random_cyclic_shift`, :func:`all_shifts` -- cyclically
+  shifted copies of 1D or 2D signals.
+
+No function modifies its inputs in place; randomness comes only from ``random_state``.
+"""
+import functools
+import gzip
+import numbers
+import os
+import random
+import zlib
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse
+
+__all__ = [
+    "load_mnist1d",
+    "load_mnist",
+    "train_test_split_per_class",
+    "to_polar",
+    "cyclic_shifts",
+    "random_cyclic_shift",
+    "all_shifts",
+]
+
+MNIST_IMAGES_FILE = "t10k-images-idx3-ubyte.gz"
+MNIST_LABELS_FILE = "t10k-labels-idx1-ubyte.gz"
+_IDX_IMAGES_MAGIC = 2051  # unsigned bytes, 3 dimensions (n, rows, cols)
+_IDX_LABELS_MAGIC = 2049  # unsigned bytes, 1 dimension (n,)
+_DATA_ENV_VAR = "CONVREDUNET_DATA"
+
+
+# --------------------------------------------------------------------------------------------
+# small checks at the API boundary
+# --------------------------------------------------------------------------------------------
+def _check_int(value, name, minimum=1):
+    """An integer >= ``minimum`` (bool rejected); returns a Python int."""
+    rule = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be {rule}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be {rule}, got {value}")
+    return int(value)
+
+
+def _check_real(value, name, rule, predicate):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {rule}, got {value!r}")
+    value = float(value)
+    if not (np.isfinite(value) and predicate(value)):
+        raise ValueError(f"{name} must be {rule}, got {value}")
+    return value
+
+
+def _check_rng(random_state):
+    """``None``, an integer seed or a ``numpy.random.Generator`` -> a Generator."""
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    if random_state is None or (
+        isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool)
+    ):
+        if random_state is not None and random_state < 0:
+            raise ValueError(
+                f"random_state must be a non-negative integer seed, got {random_state}"
+            )
+        return np.random.default_rng(random_state)
+    raise TypeError(
+        "random_state must be None, a non-negative integer seed or a numpy.random.Generator, "
+        f"got {random_state!r}"
+    )
+
+
+def _check_real_array(X, name):
+    """A real numeric numpy array (bool and complex rejected); never copies needlessly."""
+    try:
+        X = np.asarray(X)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be a numeric array, got {type(X).__name__}") from exc
+    if X.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must hold real numbers (integer or float), got dtype {X.dtype}")
+    return X
+
+
+def _check_signal_ndim(ndim):
+    if isinstance(ndim, bool) or not isinstance(ndim, numbers.Integral) or ndim not in (1, 2):
+        raise ValueError(
+            f"ndim must be 1 (signals of shape (m, T) or (m, C, T)) or 2 (images of shape "
+            f"(m, H, W) or (m, C, H, W)), got {ndim!r}"
+        )
+    return int(ndim)
+
+
+def _check_signals(X, ndim, name="X"):
+    """Validate ``X`` of shape (m, *signal) or (m, C, *signal) with ``ndim`` signal axes."""
+    X = np.asarray(X)
+    if ndim == 1:
+        rule = "2 dimensions (m, T) or 3 dimensions (m, C, T) for ndim=1"
+    else:
+        rule = "3 dimensions (m, H, W) or 4 dimensions (m, C, H, W) for ndim=2"
+    if X.ndim not in (ndim + 1, ndim + 2):
+        raise ValueError(f"{name} must have {rule}, got shape {X.shape}")
+    if any(s == 0 for s in X.shape):
+        raise ValueError(f"{name} must not be empty, got shape {X.shape}")
+    return X
+
+
+# --------------------------------------------------------------------------------------------
+# MNIST-1D
+# --------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _mnist1d_arrays():
+    """Generate MNIST-1D once with the package's default arguments (read-only arrays)."""
+    # make_dataset only computes; the download path of mnist1d is get_dataset(), not used here.
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    # make_dataset seeds the global `random` and `numpy.random` generators; put the caller's
+    # global states back so that loading data never changes anyone else's random stream.
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    try:
+        data = make_dataset(get_dataset_args())
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    arrays = (
+        np.ascontiguousarray(data["x"], dtype=np.float64),
+        np.ascontiguousarray(data["y"], dtype=np.int64),
+        np.ascontiguousarray(data["x_test"], dtype=np.float64),
+        np.ascontiguousarray(data["y_test"], dtype=np.int64),
+    )
+    for a in arrays:
+        a.setflags(write=False)
+    return arrays
+
+
+def load_mnist1d():
+    """Load MNIST-1D, generated locally with the ``mnist1d`` package's default arguments.
+
+    The data are computed by ``mnist1d.data.make_dataset(get_dataset_args())`` (5000 signals,
+    seed 42, 80 % / 20 % train / test split); no file is read or written and nothing is
+    downloaded. The arrays are generated once per process (about 1 s) and cached; every call
+    returns fresh copies, so modifying them does not affect later calls. The global ``random``
+    and ``numpy.random`` states, which ``mnist1d`` reseeds, are restored afterwards.
+
+    Returns
+    -------
+    X_train : ndarray of shape (4000, 40), float64
+        Training signals (the whole data set is centered and scaled to unit standard
+        deviation).
+    y_train : ndarray of shape (4000,), int64
+        Training labels in ``0..9``.
+    X_test : ndarray of shape (1000, 40), float64
+        Test signals.
+    y_test : ndarray of shape (1000,), int64
+        Test labels in ``0..9``.
+
+    Examples
+    --------
+    >>> X_train, y_train, X_test, y_test = load_mnist1d()
+    >>> X_train.shape, X_test.shape
+    ((4000, 40), (1000, 40))
+    """
+    return tuple(a.copy() for a in _mnist1d_arrays())
+
+
+# --------------------------------------------------------------------------------------------
+# MNIST (IDX files)
+# --------------------------------------------------------------------------------------------
+def _default_data_dir():
+    env = os.environ.get(_DATA_ENV_VAR)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "data"
+
+
+def _read_idx(file, magic, n_dims):
+    """Read an unsigned-byte IDX gzip file; returns (uint8 array of the header's shape)."""
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"MNIST file not found: {file}. Copy {MNIST_IMAGES_FILE} and {MNIST_LABELS_FILE} "
+            f"from ../shared/data/mnist into {file.parent}, or pass path= (or set the "
+            f"{_DATA_ENV_VAR} environment variable) to the folder that holds them"
+        )
+    try:
+        with gzip.open(file, "rb") as fh:
+            raw = fh.read()
+    except (EOFError, OSError, zlib.error) as exc:
+        raise ValueError(
+            f"{file} is not a valid gzip file or is truncated (gzip error: {exc})"
+        ) from exc
+    header_len = 4 + 4 * n_dims
+    if len(raw) < 4:
+        raise ValueError(f"{file} is truncated: {len(raw)} bytes, too short for an IDX header")
+    found = int(np.frombuffer(raw, dtype=">i4", count=1)[0])
+    if found != magic:
+        raise ValueError(
+            f"{file} has IDX magic number {found}, expected {magic} "
+            f"(unsigned bytes, {n_dims} dimension{'s' if n_dims > 1 else ''})"
+        )
+    if len(raw) < header_len:
+        raise ValueError(
+            f"{file} is truncated: {len(raw)} bytes, shorter than its {header_len}-byte IDX header"
+        )
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">i4", count=n_dims, offset=4))
+    if any(d <= 0 for d in dims):
+        raise ValueError(f"{file} has IDX dimensions {dims}; every dimension must be positive")
+    expected = header_len + int(np.prod(dims, dtype=np.int64))
+    if len(raw) != expected:
+        problem = "is truncated" if len(raw) < expected else "has trailing bytes"
+        raise ValueError(
+            f"{file} {problem}: {len(raw)} bytes after decompression, expected {expected} "
+            f"({header_len}-byte header + data of shape {dims})"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header_len).reshape(dims)
+
+
+def load_mnist(path=None):
+    """Load the MNIST test set (10,000 handwritten digits, 28 x 28) from IDX gzip files.
+
+    Reads ``t10k-images-idx3-ubyte.gz`` and ``t10k-labels-idx1-ubyte.gz`` and checks their
+    IDX headers (magic numbers 2051 and 2049, big-endian int32 dimensions), their sizes and
+    that they hold as many images as labels.
+
+    Parameters
+    ----------
+    path : str or os.PathLike, optional
+        Folder that holds the two files. By default the environment variable
+        ``CONVREDUNET_DATA`` if it is set, else the repository's ``data/`` folder (next to
+        the ``convredunet`` package).
+
+    Returns
+    -------
+    X : ndarray of shape (n_images, n_rows, n_cols), float64
+        The images scaled to ``[0, 1]`` (pixel / 255); (10000, 28, 28) for MNIST.
+    y : ndarray of shape (n_images,), int64
+        The digit labels in ``0..9``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If a file is missing (the message gives the path and where to copy it from).
+    ValueError
+        If a file is not valid gzip, is truncated or too long, has the wrong magic number,
+        holds labels outside ``0..9``, or the image and label counts differ.
+
+    Examples
+    --------
+    >>> X, y = load_mnist()
+    >>> X.shape, y.shape
+    ((10000, 28, 28), (10000,))
+    """
+    if path is None:
+        folder = _default_data_dir()
+    elif isinstance(path, (str, os.PathLike)):
+        folder = Path(path)
+    else:
+        raise TypeError(f"path must be a str or os.PathLike folder, got {type(path).__name__}")
+    images_file = folder / MNIST_IMAGES_FILE
+    labels_file = folder / MNIST_LABELS_FILE
+    images = _read_idx(images_file, _IDX_IMAGES_MAGIC, 3)
+    labels = _read_idx(labels_file, _IDX_LABELS_MAGIC, 1)
+    if len(images) != len(labels):
+        raise ValueError(
+            f"image and label counts differ: {images_file} holds {len(images)} images but "
+            f"{labels_file} holds {len(labels)} labels"
+        )
+    if labels.max() > 9:
+        raise ValueError(f"{labels_file} holds label {labels.max()}; digit labels must be 0..9")
+    X = images.astype(np.float64) / 255.0
+    y = labels.astype(np.int64)
+    return X, y
+
+
+# --------------------------------------------------------------------------------------------
+# stratified split
+# --------------------------------------------------------------------------------------------
+def train_test_split_per_class(X, y, n_train_per_class, n_test_per_class=None, random_state=0):
+    """Split a data set with a fixed number of training (and test) samples per class.
+
+    For every class, ``n_train_per_class`` samples are drawn at random without replacement
+    for training, then ``n_test_per_class`` of the remaining ones for testing (all of them
+    when ``n_test_per_class`` is None). Train and test never share a sample. In both outputs
+    the samples are grouped by class (labels in increasing order) and, within a class, kept
+    in their original order.
+
+    Parameters
+    ----------
+    X : array_like of shape (m, ...)
+        Samples; any trailing shape (e.g. (m, T), (m, C, T), (m, H, W)).
+    y : array_like of shape (m,)
+        Integer class labels (any integer values).
+    n_train_per_class : int
+        Training samples per class (positive).
+    n_test_per_class : int, optional
+        Test samples per class (non-negative); None takes every sample not used for training.
+    random_state : None, int or numpy.random.Generator, default 0
+        Seed or generator for the choice of samples; the same seed gives the same split.
+
+    Returns
+    -------
+    X_train : ndarray of shape (k * n_train_per_class, ...)
+        Training samples (a copy), ``k`` being the number of classes.
+    y_train : ndarray of shape (k * n_train_per_class,)
+        Their labels.
+    X_test : ndarray of shape (m_test, ...)
+        Test samples (a copy); ``m_test = k * n_test_per_class``, or ``m - k *
+        n_train_per_class`` when ``n_test_per_class`` is None.
+    y_test : ndarray of shape (m_test,)
+        Their labels.
+
+    Raises
+    ------
+    ValueError
+        If a class has fewer than ``n_train_per_class`` samples (``n_train_per_class +
+        n_test_per_class`` when ``n_test_per_class`` is given).
+
+    Examples
+    --------
+    >>> X, y = load_mnist()
+    >>> X_tr, y_tr, X_te, y_te = train_test_split_per_class(X, y, 10, random_state=0)
+    >>> X_tr.shape, X_te.shape
+    ((100, 28, 28), (9900, 28, 28))
+    """
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if X.ndim < 1:
+        raise ValueError(f"X must have at least one dimension (samples first), got shape {X.shape}")
+    if y.ndim != 1:
+        raise ValueError(f"y must be a 1D array of labels, got shape {y.shape}")
+    if y.dtype.kind not in "iu":
+        raise TypeError(f"y must hold integer labels, got dtype {y.dtype}")
+    if len(y) != len(X):
+        raise ValueError(
+            f"y must have one label per sample: X has {len(X)} samples, y has {len(y)}"
+        )
+    n_train = _check_int(n_train_per_class, "n_train_per_class", minimum=1)
+    n_test = None
+    if n_test_per_class is not None:
+        n_test = _check_int(n_test_per_class, "n_test_per_class", minimum=0)
+    rng = _check_rng(random_state)
+
+    train_idx, test_idx = [], []
+    for label in np.unique(y):
+        members = np.flatnonzero(y == label)
+        if n_test is None:
+            needed, rule = n_train, f"n_train_per_class = {n_train}"
+        else:
+            needed = n_train + n_test
+            rule = f"n_train_per_class + n_test_per_class = {n_train} + {n_test}"
+        if len(members) < needed:
+            raise ValueError(f"class {label} has {len(members)} samples, fewer than {rule}")
+        chosen = rng.permutation(len(members))
+        train_idx.append(np.sort(members[chosen[:n_train]]))
+        rest = chosen[n_train:] if n_test is None else chosen[n_train:n_train + n_test]
+        test_idx.append(np.sort(members[rest]))
+    train_idx = np.concatenate(train_idx)
+    test_idx = np.concatenate(test_idx)
+    return X[train_idx], y[train_idx], X[test_idx], y[test_idx]
+
+
+# --------------------------------------------------------------------------------------------
+# polar resampling
+# --------------------------------------------------------------------------------------------
+def _polar_weights(height, width, radii, angles):
+    """Sparse bilinear-interpolation matrix of shape (n_radii * n_angles, height * width)."""
+    cy, cx = (height - 1) / 2.0, (width - 1) / 2.0
+    rr, tt = np.meshgrid(radii, angles, indexing="ij")  # (n_radii, n_angles)
+    rows_f = (cy - rr * np.sin(tt)).ravel()  # angle counter-clockwise as displayed (row 0 on top)
+    cols_f = (cx + rr * np.cos(tt)).ravel()
+    r0 = np.floor(rows_f).astype(np.int64)
+    c0 = np.floor(cols_f).astype(np.int64)
+    fr = rows_f - r0
+    fc = cols_f - c0
+    n_points = rows_f.size
+    point = np.arange(n_points)
+    entries_p, entries_pix, entries_w = [], [], []
+    for dr, wr in ((0, 1.0 - fr), (1, fr)):
+        for dc, wc in ((0, 1.0 - fc), (1, fc)):
+            r, c = r0 + dr, c0 + dc
+            w = wr * wc
+            inside = (r >= 0) & (r < height) & (c >= 0) & (c < width) & (w != 0)
+            entries_p.append(point[inside])
+            entries_pix.append(r[inside] * width + c[inside])
+            entries_w.append(w[inside])
+    return scipy.sparse.csr_matrix(
+        (np.concatenate(entries_w), (np.concatenate(entries_p), np.concatenate(entries_pix))),
+        shape=(n_points, height * width),
+    )
+
+
+def to_polar(images, n_radii=15, n_angles=200, r_min=0.0, r_max=None):
+    """Resample images on a polar grid centered at the image center.
+
+    Sample ``(i, k)`` is taken at radius ``radii[i]`` and angle ``theta_k = 2 pi k /
+    n_angles`` by bilinear interpolation, pixels outside the image counting as 0. The center
+    is the pixel-grid center ``((H - 1) / 2, (W - 1) / 2)`` (in row, column pixel
+    coordinates); the radii are ``numpy.linspace(r_min, r_max, n_radii)``.
+
+    Parameters
+    ----------
+    images : array_like of shape (m, H, W) or (m, C, H, W)
+        Real images (integer images are converted to float64).
+    n_radii : int, default 15
+        Number of radii (positive).
+    n_angles : int, default 200
+        Number of angles evenly spaced over ``[0, 2 pi)`` (positive).
+    r_min : float, default 0.0
+        Smallest radius in pixels (non-negative). With the default, the first ring samples
+        the center ``n_angles`` times (a rotation-invariant value); for 28 x 28 MNIST the
+        default radii are 0, 1, ..., 14 pixels.
+    r_max : float, optional
+        Largest radius in pixels, greater than ``r_min``; default ``min(H, W) / 2``.
+
+    Returns
+    -------
+    polar : ndarray of shape (m, n_radii, n_angles) or (m, C, n_radii, n_angles)
+        The resampled images, float32 for float32 input and float64 otherwise.
+
+    Notes
+    -----
+    Angle convention: ``theta = 0`` points along increasing column index (to the right),
+    and angles grow counter-clockwise as the image is displayed with row 0 at the top, i.e.
+    the sample point is ``(row, col) = (cy - r sin theta, cx + r cos theta)``. Hence rotating
+    an image counter-clockwise by ``2 pi s / n_angles`` about its center (``numpy.rot90(x)``
+    is ``s = n_angles / 4``) shifts its polar image by ``+s`` along the angle axis:
+    ``to_polar(rotate(x)) ~ numpy.roll(to_polar(x), s, axis=-1)``, exactly (up to rounding)
+    for rotations by multiples of 90 degrees of a square image, up to interpolation error
+    otherwise.
+
+    Examples
+    --------
+    >>> X, y = load_mnist()
+    >>> to_polar(X[:5]).shape
+    (5, 15, 200)
+    """
+    images = _check_real_array(images, "images")
+    if images.ndim not in (3, 4):
+        raise ValueError(
+            f"images must have 3 dimensions (m, H, W) or 4 dimensions (m, C, H, W), "
+            f"got shape {images.shape}"
+        )
+    if any(s == 0 for s in images.shape):
+        raise ValueError(f"images must not be empty, got shape {images.shape}")
+    n_radii = _check_int(n_radii, "n_radii")
+    n_angles = _check_int(n_angles, "n_angles")
+    r_min = _check_real(r_min, "r_min", "a non-negative finite number", lambda v: v >= 0)
+    height, width = images.shape[-2:]
+    if r_max is None:
+        r_max = min(height, width) / 2.0
+    r_max = _check_real(
+        r_max, "r_max", f"a finite number greater than r_min={r_min}", lambda v: v > r_min
+    )
+    dtype = np.float32 if images.dtype == np.float32 else np.float64
+    radii = np.linspace(r_min, r_max, n_radii)
+    angles = 2.0 * np.pi * np.arange(n_angles) / n_angles
+    weights = _polar_weights(height, width, radii, angles).astype(dtype)
+    lead = images.shape[:-2]
+    flat = images.reshape(-1, height * width).astype(dtype, copy=False)
+    polar = np.asarray((weights @ flat.T).T, dtype=dtype)  # (n_images, n_radii * n_angles)
+    return np.ascontiguousarray(polar).reshape(*lead, n_radii, n_angles)
+
+
+# --------------------------------------------------------------------------------------------
+# cyclic shifts
+# --------------------------------------------------------------------------------------------
+def _signal_shape(signal_shape):
+    if isinstance(signal_shape, numbers.Integral) and not isinstance(signal_shape, bool):
+        signal_shape = (signal_shape,)
+    try:
+        shape = tuple(signal_shape)
+    except TypeError:
+        raise TypeError(
+            f"signal_shape must be an int T or a tuple (T,) or (H, W), got {signal_shape!r}"
+        ) from None
+    if len(shape) not in (1, 2):
+        raise ValueError(
+            f"signal_shape must be an int T or a tuple (T,) or (H, W), got {signal_shape!r}"
+        )
+    for s in shape:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1:
+            raise ValueError(
+                f"signal_shape must hold positive integers, got {signal_shape!r}"
+            )
+    return tuple(int(s) for s in shape)
+
+
+def all_shifts(signal_shape):
+    """List every cyclic shift of a 1D or 2D signal.
+
+    Parameters
+    ----------
+    signal_shape : int or tuple of int
+        ``T`` or ``(T,)`` for 1D signals, ``(H, W)`` for 2D signals.
+
+    Returns
+    -------
+    shifts : list of int or list of tuple (int, int)
+        ``[0, 1, ..., T - 1]`` in 1D; in 2D the ``H * W`` pairs ``(dy, dx)`` in row-major
+        order ``(0, 0), (0, 1), ..., (H - 1, W - 1)``. Ready for :func:`cyclic_shifts`.
+
+    Examples
+    --------
+    >>> all_shifts(3)
+    [0, 1, 2]
+    >>> all_shifts((2, 2))
+    [(0, 0), (0, 1), (1, 0), (1, 1)]
+    """
+    shape = _signal_shape(signal_shape)
+    if len(shape) == 1:
+        return list(range(shape[0]))
+    return [(dy, dx) for dy in range(shape[0]) for dx in range(shape[1])]
+
+
+def _check_shifts(shifts, ndim):
+    rule = "integers" if ndim == 1 else "(dy, dx) pairs of integers"
+    if isinstance(shifts, (str, bytes)) or not hasattr(shifts, "__len__"):
+        raise TypeError(f"shifts must be a sequence of {rule}, got {shifts!r}")
+    if len(shifts) == 0:
+        raise ValueError(f"shifts must be a non-empty sequence of {rule}, got {shifts!r}")
+    arr = np.asarray(shifts, dtype=object)
+    expected_shape = (len(shifts),) if ndim == 1 else (len(shifts), 2)
+    ok = arr.shape == expected_shape and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in arr.ravel()
+    )
+    if not ok:
+        raise ValueError(f"shifts must be a sequence of {rule} for ndim={ndim}, got {shifts!r}")
+    return arr.astype(np.int64)
+
+
+def cyclic_shifts(X, ndim, shifts):
+    """Every sample under every listed cyclic shift.
+
+    Parameters
+    ----------
+    X : array_like of shape (m, T), (m, C, T), (m, H, W) or (m, C, H, W)
+        Signals; the last ``ndim`` axes are the signal axes.
+    ndim : {1, 2}
+        Number of signal axes: 1 for (m, T) / (m, C, T), 2 for (m, H, W) / (m, C, H, W).
+    shifts : sequence of int (ndim=1) or of (int, int) pairs (ndim=2)
+        Non-empty list of shifts, e.g. from :func:`all_shifts`; any integers, taken modulo
+        the signal length.
+
+    Returns
+    -------
+    shifted : ndarray of shape (n_shifts, *X.shape)
+        ``shifted[i] = numpy.roll(X, shifts[i], axis=-1)`` for ``ndim=1`` and
+        ``numpy.roll(X, shifts[i], axis=(-2, -1))`` for ``ndim=2`` (a positive shift moves
+        the content towards higher indices). Same dtype as ``X``; ``X`` is not modified.
+
+    Examples
+    --------
+    >>> cyclic_shifts(np.arange(3)[None], 1, [0, 1])
+    array([[[0, 1, 2]],
+    <BLANKLINE>
+           [[2, 0, 1]]])
+    """
+    ndim = _check_signal_ndim(ndim)
+    X = _check_signals(X, ndim)
+    shifts = _check_shifts(shifts, ndim)
+    axes = (-1,) if ndim == 1 else (-2, -1)
+    out = np.empty((len(shifts),) + X.shape, dtype=X.dtype)
+    for i, s in enumerate(shifts):
+        out[i] = np.roll(X, tuple(int(v) for v in np.atleast_1d(s)), axis=axes)
+    return out
+
+
+def random_cyclic_shift(X, ndim, random_state=0):
+    """Shift each sample cyclically by its own uniformly random shift.
+
+    Parameters
+    ----------
+    X : array_like of shape (m, T), (m, C, T), (m, H, W) or (m, C, H, W)
+        Signals; the last ``ndim`` axes are the signal axes (all channels of a sample move
+        together).
+    ndim : {1, 2}
+        Number of signal axes.
+    random_state : None, int or numpy.random.Generator, default 0
+        Seed or generator of the shifts.
+
+    Returns
+    -------
+    shifted : ndarray of the shape and dtype of X
+        ``shifted[j] = numpy.roll(X[j], shifts[j], axis=-1)`` (``ndim=1``) or
+        ``numpy.roll(X[j], shifts[j], axis=(-2, -1))`` (``ndim=2``); ``X`` is not modified.
+    shifts : ndarray of shape (m,) (ndim=1) or (m, 2) (ndim=2), int64
+        The shifts used, uniform over ``0..T-1`` (or ``(0..H-1, 0..W-1)``).
+
+    Examples
+    --------
+    >>> X_shifted, shifts = random_cyclic_shift(np.eye(4), 1, random_state=0)
+    >>> X_shifted.shape, shifts.shape
+    ((4, 4), (4,))
+    """
+    ndim = _check_signal_ndim(ndim)
+    X = _check_signals(X, ndim)
+    rng = _check_rng(random_state)
+    m = X.shape[0]
+    sizes = X.shape[-ndim:]
+    shifts = np.stack([rng.integers(0, n, size=m) for n in sizes], axis=1).astype(np.int64)
+    out = X
+    for a, n in enumerate(sizes):
+        axis = X.ndim - ndim + a
+        # out[j, ..., t, ...] = X[j, ..., (t - s_j) mod n, ...]; channels move together
+        idx = (np.arange(n)[None, :] - shifts[:, a][:, None]) % n  # (m, n)
+        index_shape = [1] * X.ndim
+        index_shape[0], index_shape[axis] = m, n
+        idx = np.broadcast_to(idx.reshape(index_shape), X.shape)
+        out = np.take_along_axis(out, idx, axis=axis)  # a new array: X is not modified
+    return out, (shifts[:, 0] if ndim == 1 else shifts)
