@@ -58,6 +58,16 @@ def spectrum(backend, x, signal_shape):
     return backend.permute(backend.reshape(x_hat, (b, c, -1)), (2, 1, 0))
 
 
+def inverse_spectrum(backend, v_hat, signal_shape):
+    """Inverse of :func:`spectrum`: ``(F, C, b)`` -> real samples ``(b, C, *S)``."""
+    if not signal_shape:
+        return backend.permute(v_hat[0], (1, 0))
+    f, c, b = v_hat.shape
+    freq_shape = signal_shape[:-1] + (signal_shape[-1] // 2 + 1,)
+    x_hat = backend.reshape(backend.permute(v_hat, (2, 1, 0)), (b, c) + freq_shape)
+    return backend.irfft(x_hat, signal_shape, unitary=True)
+
+
 def default_batch_size(n_channels, n_freqs, itemsize):
     return max(1, _CHUNK_BYTES // (n_channels * n_freqs * 2 * itemsize))
 
@@ -134,8 +144,8 @@ def regularized_inverse(backend, grams, alphas, inverse=True):
     return scale * backend.reshape(backend.concat(invs), (g, n_freqs, c, c)), logdets
 
 
-def woodbury_inverse(backend, spectra, alphas, inverse=True):
-    """Same as :func:`regularized_inverse` from the spectra ``V`` themselves.
+def woodbury_factors(backend, spectra, alphas, inverse=True):
+    """Woodbury factors of ``alpha (I + alpha V V^H)^-1`` for a list of spectra.
 
     With ``M = I_m + alpha V^H V`` (``m x m``), the Woodbury identity gives
     ``(I_C + alpha V V^H)^-1 = I_C - alpha V M^-1 V^H`` and
@@ -147,6 +157,12 @@ def woodbury_inverse(backend, spectra, alphas, inverse=True):
     ----------
     spectra : list of g arrays, shape (F, C, m_j)
     alphas : sequence of g floats
+
+    Returns
+    -------
+    v : array (g, F, C, width), the padded spectra
+    m_inv : array (g, F, width, width) or None, ``M^-1``
+    logdets : array (g, F)
     """
     width = max(v.shape[-1] for v in spectra)
     padded = []
@@ -159,8 +175,21 @@ def woodbury_inverse(backend, spectra, alphas, inverse=True):
     scale = backend.astype(np.asarray(alphas).reshape(-1, 1, 1, 1), like=v.real)
     small = backend.eye(width, like=v) + scale * (backend.H(v) @ v)
     if not inverse:
-        return None, backend.hpd_logdet(small)
-    small_inv, logdets = backend.hpd_inverse_logdet(small)
+        return v, None, backend.hpd_logdet(small)
+    m_inv, logdets = backend.hpd_inverse_logdet(small)
+    return v, m_inv, logdets
+
+
+def woodbury_dense(backend, v, m_inv, alphas):
+    """``alpha (I - alpha V M^-1 V^H)`` from :func:`woodbury_factors`, ``(g, F, C, C)``."""
+    scale = backend.astype(np.asarray(alphas).reshape(-1, 1, 1, 1), like=v.real)
     eye = backend.eye(v.shape[-2], like=v)
-    ops = scale * (eye - scale * (v @ small_inv @ backend.H(v)))
-    return ops, logdets
+    return scale * (eye - scale * (v @ m_inv @ backend.H(v)))
+
+
+def woodbury_inverse(backend, spectra, alphas, inverse=True):
+    """Same as :func:`regularized_inverse`, through :func:`woodbury_factors`."""
+    v, m_inv, logdets = woodbury_factors(backend, spectra, alphas, inverse)
+    if not inverse:
+        return None, logdets
+    return woodbury_dense(backend, v, m_inv, alphas), logdets

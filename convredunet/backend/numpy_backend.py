@@ -107,6 +107,9 @@ class NumpyBackend:
     def astype(self, x, like):
         return np.asarray(x, dtype=like.dtype)
 
+    def astype_complex(self, x, like):
+        return np.asarray(x, dtype=self.complex_dtype(like))
+
     def where(self, mask):
         return np.flatnonzero(mask)
 
@@ -133,6 +136,32 @@ class NumpyBackend:
 
     def to_float(self, x):
         return float(x)
+
+    def abs2(self, x):
+        """``|x|^2`` elementwise, real."""
+        return x.real ** 2 + x.imag ** 2 if np.iscomplexobj(x) else x * x
+
+    def softmax(self, x, axis):
+        shifted = x - x.max(axis=axis, keepdims=True)
+        e = np.exp(shifted)
+        return e / e.sum(axis=axis, keepdims=True)
+
+    def sqrt(self, x):
+        return np.sqrt(x)
+
+    def maximum(self, x, value):
+        return np.maximum(x, value)
+
+    def argmax(self, x, axis):
+        return np.argmax(x, axis=axis)
+
+    def class_sq_norms(self, x, weights):
+        """``sum_f w_f sum_c |x[f, k, c, b]|^2``, shape ``(k, b)``."""
+        if not np.iscomplexobj(x):
+            return np.einsum("f,fkcb,fkcb->kb", weights, x, x)
+        r = np.ascontiguousarray(x).view(x.real.dtype)  # (F, k, C, 2b): re, im interleaved
+        s = np.einsum("f,fkcb,fkcb->kb", weights, r, r)
+        return s[:, 0::2] + s[:, 1::2]
 
     # --- FFT -----------------------------------------------------------------
     def rfft(self, x, ndim):

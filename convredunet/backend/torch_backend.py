@@ -57,6 +57,9 @@ class TorchBackend:
     def astype(self, x, like):
         return torch.as_tensor(x, dtype=like.dtype, device=like.device)
 
+    def astype_complex(self, x, like):
+        return torch.as_tensor(np.asarray(x), dtype=self.complex_dtype(like), device=like.device)
+
     def where(self, mask):
         return torch.nonzero(mask).flatten()
 
@@ -83,6 +86,29 @@ class TorchBackend:
 
     def to_float(self, x):
         return float(x)
+
+    def abs2(self, x):
+        """``|x|^2`` elementwise, real."""
+        return x.real ** 2 + x.imag ** 2 if x.is_complex() else x * x
+
+    def softmax(self, x, axis):
+        return torch.softmax(x, dim=axis)
+
+    def sqrt(self, x):
+        return torch.sqrt(x)
+
+    def maximum(self, x, value):
+        return torch.clamp(x, min=value)
+
+    def argmax(self, x, axis):
+        return torch.argmax(x, dim=axis)
+
+    def class_sq_norms(self, x, weights):
+        """``sum_f w_f sum_c |x[f, k, c, b]|^2``, shape ``(k, b)``."""
+        if not x.is_complex():
+            return torch.einsum("f,fkcb,fkcb->kb", weights, x, x)
+        r = torch.view_as_real(x)
+        return torch.einsum("f,fkcbr,fkcbr->kb", weights, r, r)
 
     # --- FFT -----------------------------------------------------------------
     def rfft(self, x, ndim):

@@ -1,0 +1,246 @@
+"""The pieces of a ReduNet: normalization, the lifting, and one layer.
+
+Everything here runs on validated backend arrays of one precision; the
+estimators in :mod:`convredunet.estimators` do the validation and batching.
+
+Layout: a batch of samples is ``(b, C, *signal_shape)`` (vectors: ``(b, d)``);
+inside a layer it becomes its unitary half spectrum ``(F, C, b)``
+(:func:`convredunet.spectral.spectrum`), frequency first, so that every
+operator is applied by one batched matrix product over all frequencies.
+"""
+import math
+
+import numpy as np
+
+from . import spectral
+
+# Samples whose norm is below this are left as they are by normalize().
+_TINY = 1e-30
+
+
+def normalize(backend, z):
+    """Scale every sample of ``z`` ``(b, ...)`` to unit Frobenius norm."""
+    b = z.shape[0]
+    sq = backend.abs2(backend.reshape(z, (b, -1))).sum(1)
+    norms = backend.maximum(backend.sqrt(sq), _TINY)
+    return z / backend.reshape(norms, (b,) + (1,) * (z.ndim - 1))
+
+
+def _nonlinearity(backend, name, z):
+    if name is None:
+        return z
+    if name == "relu":
+        return backend.maximum(z, 0.0)
+    if name == "abs":
+        return abs(z)
+    raise ValueError(f"nonlinearity must be 'relu', 'abs' or None, got {name!r}")
+
+
+class Lifting:
+    """``z = normalize(sigma(K (*) x))``: random circular convolution, then ``sigma``.
+
+    Parameters
+    ----------
+    kernels : numpy array, shape (C, C_in, *kernel_shape)
+        Tap ``r`` of a kernel axis of size ``K`` sits at offset
+        ``r - (K - 1) // 2`` (the kernel is centred), so
+        ``(K (*) x)_c[t] = sum_c' sum_r K[c, c', r] x_c'[t - (r - (K-1)//2)]``.
+    nonlinearity : {"relu", "abs", None}
+    signal_shape : tuple, ``(T,)`` or ``(H, W)``
+    """
+
+    def __init__(self, kernels, nonlinearity, signal_shape):
+        self.kernels = np.asarray(kernels)
+        self.nonlinearity = nonlinearity
+        self.signal_shape = tuple(signal_shape)
+        self._hat = {}
+
+    def full_kernels(self):
+        """The kernels zero-padded to the signal size, ``(C, C_in, *signal_shape)``."""
+        c_out, c_in = self.kernels.shape[:2]
+        full = np.zeros((c_out, c_in) + self.signal_shape, dtype=self.kernels.dtype)
+        offsets = [np.arange(k) - (k - 1) // 2 for k in self.kernels.shape[2:]]
+        index = np.ix_(*[o % n for o, n in zip(offsets, self.signal_shape)])
+        full[(slice(None), slice(None)) + index] = self.kernels
+        return full
+
+    def kernel_hat(self, backend, like):
+        """Unnormalized DFT of the full kernels, ``(F, C, C_in)``, cached per dtype/device."""
+        key = (backend.name, str(like.dtype), str(backend.device(like)))
+        if key not in self._hat:
+            full = backend.astype(self.full_kernels(), like=like)
+            hat = backend.rfft(full, len(self.signal_shape)) * math.sqrt(
+                math.prod(self.signal_shape))
+            c_out, c_in = self.kernels.shape[:2]
+            self._hat[key] = backend.contiguous(
+                backend.permute(backend.reshape(hat, (c_out, c_in, -1)), (2, 0, 1)))
+        return self._hat[key]
+
+    def __call__(self, backend, x):
+        """Lift ``x`` ``(b, C_in, *S)`` to unit-norm features ``(b, C, *S)``."""
+        v = spectral.spectrum(backend, x, self.signal_shape)
+        z = spectral.inverse_spectrum(backend, self.kernel_hat(backend, x) @ v,
+                                      self.signal_shape)
+        return normalize(backend, _nonlinearity(backend, self.nonlinearity, z))
+
+
+class Layer:
+    """One ReduNet layer: ``z+ = normalize(z + eta (E z - sum_j gamma_j pi_j C^j z))``.
+
+    The operators are stored per frequency: ``stacked`` ``(F, (1+k_d) C, C)``
+    holds ``E`` on top of every class operator kept dense, so that one
+    batched product applies them all; classes with fewer samples than
+    channels keep their Woodbury factors instead (``C^j = alpha_j I -
+    alpha_j^2 V_j M_j^-1 V_j^H``), which are cheaper to store and apply.
+
+    Parameters
+    ----------
+    solution : convredunet.operators.SpectralSolution
+        The engine's output for the features entering this layer.
+    eta, lmbda : float
+        Step size and membership temperature.
+    signal_shape : tuple
+    """
+
+    def __init__(self, backend, solution, eta, lmbda, signal_shape):
+        self.eta = float(eta)
+        self.lmbda = float(lmbda)
+        self.signal_shape = tuple(signal_shape)
+        self.gamma = np.asarray(solution.gamma, dtype=np.float64)
+        self.rates = solution.rates
+        self.dense_classes = list(solution.dense_classes)
+        self.lowrank_classes = list(solution.lowrank_classes)
+        parts = [solution.E[:, None]]
+        if self.dense_classes:
+            parts.append(backend.permute(solution.C_dense, (1, 0, 2, 3)))
+        f, c = solution.E.shape[:2]
+        self.stacked = backend.contiguous(
+            backend.reshape(backend.concat(parts, axis=1), (f, -1, c)))
+        if self.lowrank_classes:
+            self.V = backend.contiguous(backend.permute(solution.V, (1, 0, 2, 3)))
+            self.M_inv = backend.contiguous(backend.permute(solution.M_inv, (1, 0, 2, 3)))
+            self.alphas = np.asarray(solution.alphas, dtype=np.float64)
+        else:
+            self.V = self.M_inv = None
+            self.alphas = np.zeros(0)
+        self._prepare(backend)
+
+    @classmethod
+    def from_arrays(cls, backend, arrays, eta, lmbda, signal_shape, rates=None):
+        """Rebuild a layer from :meth:`to_arrays` (backend arrays or numpy)."""
+        layer = cls.__new__(cls)
+        layer.eta, layer.lmbda = float(eta), float(lmbda)
+        layer.signal_shape = tuple(signal_shape)
+        layer.gamma = np.asarray(arrays["gamma"], dtype=np.float64)
+        layer.rates = rates
+        layer.dense_classes = [int(j) for j in arrays["dense_classes"]]
+        layer.lowrank_classes = [int(j) for j in arrays["lowrank_classes"]]
+        layer.stacked = arrays["stacked"]
+        layer.V = arrays.get("V") if layer.lowrank_classes else None
+        layer.M_inv = arrays.get("M_inv") if layer.lowrank_classes else None
+        layer.alphas = np.asarray(arrays.get("alphas", np.zeros(0)), dtype=np.float64)
+        layer._prepare(backend)
+        return layer
+
+    def to_arrays(self, backend):
+        """The layer's numbers as numpy arrays (for saving)."""
+        out = {
+            "gamma": self.gamma,
+            "dense_classes": np.asarray(self.dense_classes, dtype=np.int64),
+            "lowrank_classes": np.asarray(self.lowrank_classes, dtype=np.int64),
+            "stacked": backend.asnumpy(self.stacked),
+            "alphas": self.alphas,
+        }
+        if self.lowrank_classes:
+            out["V"] = backend.asnumpy(self.V)
+            out["M_inv"] = backend.asnumpy(self.M_inv)
+        return out
+
+    def to(self, backend, like):
+        """The same layer with its arrays in ``like``'s library, precision and device."""
+        from .backend import get_backend
+
+        arrays = self.to_arrays(get_backend(self.stacked))
+        for key in ("stacked", "V", "M_inv"):
+            if key in arrays:
+                arrays[key] = (backend.astype_complex(arrays[key], like=like)
+                               if self.signal_shape else backend.astype(arrays[key], like=like))
+        return Layer.from_arrays(backend, arrays, self.eta, self.lmbda, self.signal_shape,
+                                 self.rates)
+
+    def _prepare(self, backend):
+        self.n_classes = len(self.gamma)
+        self.n_channels = self.stacked.shape[-1]
+        order = self.dense_classes + self.lowrank_classes
+        self._order = np.argsort(order)  # class j sits at position _order[j]
+        self._identity_order = list(order) == list(range(self.n_classes))
+
+    # --- application -----------------------------------------------------------
+    def operators_hat(self, backend):
+        """Dense ``E_hat`` ``(F, C, C)`` and ``C_hat`` ``(k, F, C, C)``."""
+        c = self.n_channels
+        f = self.stacked.shape[0]
+        e_hat = self.stacked[:, :c]
+        parts = {}
+        if self.dense_classes:
+            dense = backend.reshape(self.stacked[:, c:], (f, -1, c, c))
+            parts.update(zip(self.dense_classes, backend.permute(dense, (1, 0, 2, 3))))
+        if self.lowrank_classes:
+            v = backend.permute(self.V, (1, 0, 2, 3))
+            m_inv = backend.permute(self.M_inv, (1, 0, 2, 3))
+            dense = spectral.woodbury_dense(backend, v, m_inv, self.alphas)
+            parts.update(zip(self.lowrank_classes, dense))
+        return e_hat, backend.stack([parts[j] for j in range(self.n_classes)])
+
+    def responses(self, backend, v):
+        """``E_hat v`` ``(F, C, b)`` and every ``C^j_hat v`` ``(F, k, C, b)``."""
+        c = self.n_channels
+        f, _, b = v.shape
+        w = self.stacked @ v
+        u = w[:, :c]
+        parts = []
+        if self.dense_classes:
+            parts.append(backend.reshape(w[:, c:], (f, len(self.dense_classes), c, b)))
+        if self.lowrank_classes:
+            scale = backend.astype(self.alphas.reshape(1, -1, 1, 1), like=v.real)
+            p = self.M_inv @ (backend.H(self.V) @ v[:, None])  # (F, g, w, b)
+            parts.append(scale * v[:, None] - scale * scale * (self.V @ p))
+        c_hat = parts[0] if len(parts) == 1 else backend.concat(parts, axis=1)
+        if not self._identity_order:
+            c_hat = c_hat[:, backend.from_numpy(self._order, like=v)]
+        return u, c_hat
+
+    def membership(self, backend, c_hat):
+        """``pi_j = softmax_j(-lmbda ||C^j z||_F)``, ``(b, k)``, from ``c_hat``."""
+        weights = backend.astype(spectral.half_spectrum_weights(self.signal_shape),
+                                 like=c_hat.real)
+        sq = backend.class_sq_norms(c_hat, weights)
+        norms = backend.sqrt(backend.maximum(sq, 0.0))  # (k, b)
+        return backend.permute(backend.softmax(-self.lmbda * norms, axis=0), (1, 0))
+
+    def __call__(self, backend, z, labels=None):
+        """Apply the layer to ``z`` ``(b, C, *S)``.
+
+        Parameters
+        ----------
+        labels : numpy int array (b,) or None
+            With labels, ``pi`` is their one-hot encoding (construction with
+            ``membership="label"``); otherwise it is estimated.
+
+        Returns
+        -------
+        z_next : array (b, C, *S), unit norm per sample
+        pi : array (b, k), the estimated membership (even when labels are given)
+        """
+        v = spectral.spectrum(backend, z, self.signal_shape)
+        u, c_hat = self.responses(backend, v)
+        pi = self.membership(backend, c_hat)
+        weight = pi
+        if labels is not None:
+            weight = backend.astype(np.eye(self.n_classes)[labels], like=pi)
+        weight = weight * backend.astype(self.gamma, like=pi)  # (b, k)
+        # sum_j gamma_j pi_j C^j z, per frequency: (F, k, C, b) x (k, b)
+        compress = (c_hat * backend.permute(weight, (1, 0))[None, :, None, :]).sum(1)
+        step = v + self.eta * (u - compress)
+        z_next = spectral.inverse_spectrum(backend, step, self.signal_shape)
+        return normalize(backend, z_next), pi
