@@ -19,12 +19,16 @@ def check_features(Z, name="Z", ndims=(2, 3, 4)):
         import torch
 
         if Z.is_complex():
-            raise TypeError(f"{name} must be real, got a complex tensor of dtype {Z.dtype}")
+            raise ValueError(f"Complex data not supported: {name} must be real, got a "
+                             f"complex tensor of dtype {Z.dtype}")
         if Z.dtype not in (torch.float32, torch.float64):
             if Z.dtype.is_floating_point:
                 raise TypeError(f"{name} must be float32 or float64, got {Z.dtype}")
             Z = Z.to(torch.float64)
     else:
+        if hasattr(Z, "toarray") or type(Z).__module__.startswith("scipy.sparse"):
+            raise TypeError(f"Sparse data is not supported: {name} must be a dense array "
+                            f"(use {name}.toarray()), got {type(Z).__name__}")
         if not isinstance(Z, np.ndarray):
             try:
                 Z = np.asarray(Z)
@@ -33,19 +37,30 @@ def check_features(Z, name="Z", ndims=(2, 3, 4)):
                     f"{name} must be a numpy array or a torch tensor, got {type(Z).__name__}"
                 ) from exc
         if np.iscomplexobj(Z):
-            raise TypeError(f"{name} must be real, got complex dtype {Z.dtype}")
+            raise ValueError(f"Complex data not supported: {name} must be real, got complex "
+                             f"dtype {Z.dtype}")
         if Z.dtype not in (np.float32, np.float64):
             if Z.dtype.kind in "biu":
                 Z = Z.astype(np.float64)
+            elif Z.dtype.kind == "O":
+                try:
+                    Z = Z.astype(np.float64)
+                except (TypeError, ValueError) as exc:
+                    raise TypeError(f"{name} must hold numbers, got an object array that is "
+                                    f"not numeric ({exc})") from None
             else:
                 raise TypeError(f"{name} must be a float32 or float64 array, got dtype {Z.dtype}")
     if Z.ndim not in ndims:
         raise ValueError(
             f"{name} must have {_NDIM_RULE if ndims == (2, 3, 4) else ' or '.join(map(str, ndims))}"
-            f" dimensions, got {Z.ndim} ({_describe(Z)})"
+            f" dimensions, got {Z.ndim} ({_describe(Z)}). Reshape your data"
         )
-    if Z.shape[0] == 0 or any(s == 0 for s in Z.shape[1:]):
-        raise ValueError(f"{name} must not be empty, got {_describe(Z)}")
+    if Z.shape[0] == 0:
+        raise ValueError(f"{name} is empty: found array with 0 sample(s) "
+                         f"(shape={tuple(Z.shape)}) while a minimum of 1 is required.")
+    if any(s == 0 for s in Z.shape[1:]):
+        raise ValueError(f"{name} is empty: found array with 0 feature(s) "
+                         f"(shape={tuple(Z.shape)}) while a minimum of 1 is required.")
     backend = get_backend(Z)
     finite = backend.asnumpy(_isfinite(Z))
     if not finite.all():

@@ -11,6 +11,8 @@ import numbers
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.exceptions import NotFittedError
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import column_or_1d
 
 from . import spectral
 from ._threads import thread_limits
@@ -101,7 +103,8 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
             if "dimensions" in str(exc):
                 shape = tuple(np.shape(X))
                 raise ValueError(f"{name} must have shape {rules[nd]} for "
-                                 f"{type(self).__name__}, got shape {shape}") from None
+                                 f"{type(self).__name__}, got shape {shape}. Reshape your "
+                                 "data") from None
             raise
         if nd and X.ndim == nd + 1:
             X = X[:, None]
@@ -141,7 +144,12 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         """
         params = self._validated_params()
         X = self._check_X(X)
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target "
+                             "y is None")
         y_arr = np.asarray(y.detach().cpu().numpy() if is_torch(y) else y)
+        if y_arr.ndim == 2 and y_arr.shape[1] == 1:
+            y_arr = column_or_1d(y_arr, warn=True)
         if y_arr.ndim != 1:
             raise ValueError(f"y must be a 1D array of labels, got shape {y_arr.shape}")
         if len(y_arr) != X.shape[0]:
@@ -149,6 +157,7 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
                              f"y has {len(y_arr)}")
         if y_arr.dtype.kind == "f" and not np.all(np.isfinite(y_arr)):
             raise ValueError("y must not contain NaN or infinite labels")
+        check_classification_targets(y_arr)
         classes, labels = np.unique(y_arr, return_inverse=True)
         if len(classes) < 2:
             raise ValueError(f"y must hold at least 2 classes to build a classifier, got "
@@ -239,9 +248,10 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         if tuple(X.shape[1:]) != self.input_shape_:
             what = {0: "features", 1: "(channels, length)", 2: "(channels, H, W)"}
             raise ValueError(
-                f"{name} has samples of shape {tuple(X.shape[1:])} but the network was "
-                f"fitted on {self.input_shape_} {what[self._signal_ndim]}; the operators are "
-                "built for one signal size")
+                f"{name} has {math.prod(X.shape[1:])} features, but {type(self).__name__} is "
+                f"expecting {self.n_features_in_} features as input: samples of shape "
+                f"{tuple(X.shape[1:])} where the network was fitted on {self.input_shape_} "
+                f"{what[self._signal_ndim]}; its operators are built for one signal size")
         backend = self._backend()
         like = self._like(backend)
         layers = self._layers_for(backend, like)
@@ -285,7 +295,8 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
 
     def predict(self, X):
         """``argmax_j pi_j`` of the last layer, as the original class labels."""
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
 
     def save(self, path):
         """Write the fitted network to ``path`` (``.npz``, no pickle); see :func:`load`."""

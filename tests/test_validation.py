@@ -16,8 +16,10 @@ Z, Y = make_features(8, (2, 6), k=2)
     (dict(Z=np.full((8, 2, 6), np.inf)), {}, ValueError, "Z must contain only finite values"),
     (dict(Z=np.zeros(8)), {}, ValueError, r"Z must have 2 .* dimensions, got 1 \(shape \(8,\)\)"),
     (dict(Z=np.zeros((8, 1, 2, 3, 4))), {}, ValueError, "Z must have .* dimensions, got 5"),
-    (dict(Z=Z[:0]), {}, ValueError, "Z must not be empty"),
-    (dict(Z=Z.astype(np.complex128)), {}, TypeError, "Z must be real, got complex dtype complex128"),
+    (dict(Z=Z[:0]), {}, ValueError, r"Z is empty: found array with 0 sample\(s\)"),
+    (dict(Z=Z[:, :0]), {}, ValueError, r"Z is empty: found array with 0 feature\(s\)"),
+    (dict(Z=Z.astype(np.complex128)), {}, ValueError,
+     "Complex data not supported: Z must be real, got complex dtype complex128"),
     (dict(Z=Z.astype(str)), {}, TypeError, "Z must be a float32 or float64 array, got dtype <U"),
     (dict(y=Y[:7]), {}, ValueError, "y must have one label per sample: Z has 8 samples, y has 7"),
     (dict(y=Y + 0.5), {}, ValueError, "y must hold integer labels 0..k-1, got non-integer values"),
@@ -51,7 +53,7 @@ def test_bad_woodbury():
 def test_torch_bad_input():
     torch = pytest.importorskip("torch")
     Zt = torch.from_numpy(Z)
-    with pytest.raises(TypeError, match="Z must be real, got a complex tensor"):
+    with pytest.raises(ValueError, match="Z must be real, got a complex tensor"):
         crn.rate_reduction(Zt.to(torch.complex128), Y)
     with pytest.raises(TypeError, match="Z must be float32 or float64, got torch.float16"):
         crn.rate_reduction(Zt.half(), Y)

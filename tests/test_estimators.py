@@ -1,0 +1,301 @@
+"""ReduNet1D / ReduNet2D / ReduNetVector: construction, invariance, save/load, bad input."""
+import numpy as np
+import pytest
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+import convredunet as crn
+from convredunet.backend import NumpyBackend
+from convredunet.testing import assert_shift_equivariant, assert_shift_invariant
+
+from conftest import rel_err
+
+BACKEND = NumpyBackend()
+
+
+def _signals(m, shape, k, seed=0):
+    """Class j: a class-specific random template, cyclically shifted, plus noise."""
+    rng = np.random.default_rng(seed)
+    templates = rng.standard_normal((k,) + shape)
+    y = np.arange(m) % k
+    X = np.empty((m,) + shape)
+    nd = len(shape) - (1 if len(shape) > 1 else 0)
+    for i in range(m):
+        shift = tuple(rng.integers(n) for n in shape[-nd:]) if nd else ()
+        base = np.roll(templates[y[i]], shift, axis=tuple(range(-nd, 0))) if nd else \
+            templates[y[i]]
+        X[i] = base + 0.3 * rng.standard_normal(shape)
+    return X, y
+
+
+# --- scikit-learn conventions ------------------------------------------------------------
+# check_classifiers_train asks for > 0.83 training accuracy on 2-feature Gaussian blobs
+# with 3 classes. A ReduNet classifies by compression onto class subspaces of the
+# normalized features; in 2 dimensions 3 classes cannot occupy separate subspaces
+# (measured: 0.72 for every eps2 in 0.1..0.001), so that check does not apply.
+_NOT_APPLICABLE = {"check_classifiers_train": "3 classes cannot hold separate subspaces "
+                                              "of a 2-dimensional feature space"}
+
+
+@parametrize_with_checks(
+    [crn.ReduNetVector(n_layers=3), crn.ReduNet1D(n_layers=3, n_channels=4, kernel_size=1),
+     crn.ReduNet1D(n_layers=3, n_channels=None)],
+    expected_failed_checks=lambda est: _NOT_APPLICABLE,
+)
+def test_sklearn_conventions(estimator, check):
+    check(estimator)
+
+
+def test_clone_and_params():
+    from sklearn.base import clone
+
+    net = crn.ReduNet1D(n_layers=3, eps2=0.01)
+    twin = clone(net)
+    assert twin.get_params() == net.get_params()
+    twin.set_params(n_channels=8)
+    assert twin.n_channels == 8 and net.n_channels == 16
+
+
+# --- invariance ----------------------------------------------------------------------
+def test_1d_equivariance_and_invariance_on_all_shifts():
+    X, y = _signals(60, (2, 12), k=3)
+    net = crn.ReduNet1D(n_layers=4, n_channels=6, kernel_size=5).fit(X, y)
+    X_test, _ = _signals(6, (2, 12), k=3, seed=1)
+    assert_shift_equivariant(net.transform, X_test, ndim=1, rtol=1e-9)
+    assert_shift_invariant(net.predict, X_test, ndim=1)
+    assert_shift_invariant(lambda x: np.round(net.predict_proba(x), 12), X_test, ndim=1)
+
+
+def test_2d_equivariance_and_invariance_on_all_shifts():
+    X, y = _signals(40, (6, 5), k=2)
+    net = crn.ReduNet2D(n_layers=3, n_channels=5, kernel_size=3).fit(X, y)
+    X_test, _ = _signals(4, (6, 5), k=2, seed=1)
+    assert_shift_equivariant(net.transform, X_test, ndim=2, rtol=1e-9)
+    assert_shift_invariant(net.predict, X_test, ndim=2)
+
+
+def test_equivariance_helper_catches_a_non_equivariant_map():
+    X = np.random.default_rng(0).standard_normal((3, 8))
+    with pytest.raises(AssertionError, match=r"not shift-equivariant: shift \(1,\)"):
+        assert_shift_equivariant(lambda x: x * np.arange(8), X, ndim=1)
+    with pytest.raises(AssertionError, match="not shift-invariant"):
+        assert_shift_invariant(lambda x: x[:, 0] > 0, X, ndim=1)
+
+
+# --- construction ----------------------------------------------------------------------
+@pytest.mark.parametrize("make", [
+    lambda: (crn.ReduNetVector(n_layers=6, eps2=0.5), _signals(60, (12,), k=3)),
+    lambda: (crn.ReduNet1D(n_layers=6, n_channels=None), _signals(60, (3, 10), k=3)),
+], ids=["vector", "1d"])
+def test_delta_R_increases_over_first_layers(make):
+    net, (X, y) = make()
+    net.fit(X, y)
+    delta = [h["delta_R"] for h in net.history_]
+    assert all(b > a for a, b in zip(delta[:4], delta[1:5])), delta
+    assert set(net.history_[0]) == {"layer", "delta_R", "R", "R_c", "train_accuracy"}
+    assert net.history_[0]["delta_R"] == pytest.approx(
+        net.history_[0]["R"] - net.history_[0]["R_c"])
+
+
+def _circular_apply(kernel, z):
+    out = np.zeros((kernel.shape[0],) + z.shape[1:])
+    for s in range(z.shape[-1]):
+        out += np.einsum("ab,bt->at", kernel[:, :, s], np.roll(z, s, axis=-1))
+    return out
+
+
+def test_first_layer_by_hand_with_label_membership():
+    X, y = _signals(12, (2, 7), k=2)
+    eta, lmbda, eps2 = 0.5, 20.0, 0.2
+    net = crn.ReduNet1D(n_layers=2, n_channels=None, membership="label", eta=eta,
+                        lmbda=lmbda, eps2=eps2).fit(X, y)
+    Z0 = X / np.linalg.norm(X.reshape(12, -1), axis=1)[:, None, None]
+    ops = crn.construct_operators(Z0, y, eps2=eps2, domain="spatial")
+    E, C = ops.kernels()
+    gamma = np.bincount(y) / len(y)
+    Z1 = np.empty_like(Z0)
+    for i, z in enumerate(Z0):
+        c = np.stack([_circular_apply(C[j], z) for j in range(2)])
+        norms = np.linalg.norm(c.reshape(2, -1), axis=1)
+        pi = np.exp(-lmbda * norms) / np.exp(-lmbda * norms).sum()
+        step = z + eta * (_circular_apply(E, z) - gamma[y[i]] * c[y[i]])
+        Z1[i] = step / np.linalg.norm(step)
+        # The layer's estimated membership on the same features.
+        _, pi_layer = net.layers_[0](BACKEND, Z0[i:i + 1])
+        np.testing.assert_allclose(pi_layer[0], pi, rtol=1e-9, atol=1e-12)
+    got, _ = net.layers_[0](BACKEND, Z0, labels=y)
+    np.testing.assert_allclose(got, Z1, rtol=1e-10, atol=1e-12)
+    # The second layer was built from exactly these features.
+    second = crn.construct_operators(Z1, y, eps2=eps2)
+    e_hat, c_hat = net.layers_[1].operators_hat(BACKEND)
+    assert rel_err(e_hat, second.E_hat) < 1e-10
+    assert rel_err(c_hat, second.C_hat) < 1e-10
+    assert net.history_[1]["delta_R"] == pytest.approx(second.rates.delta, rel=1e-10)
+
+
+def test_lowrank_classes_match_dense_operators():
+    # 3 classes of 4 samples, 6 lifted channels: classes are stored as Woodbury factors.
+    X, y = _signals(12, (1, 9), k=3)
+    net = crn.ReduNet1D(n_layers=1, n_channels=6, kernel_size=3).fit(X, y)
+    layer = net.layers_[0]
+    assert layer.lowrank_classes == [0, 1, 2]
+    Z0 = net.lifting_(BACKEND, X[:, None] if X.ndim == 2 else X)
+    ops = crn.construct_operators(Z0, y, eps2=net.eps2, woodbury=False)
+    e_hat, c_hat = layer.operators_hat(BACKEND)
+    assert rel_err(c_hat, ops.C_hat) < 1e-10 and rel_err(e_hat, ops.E_hat) < 1e-10
+
+
+def test_torch_backend_matches_numpy():
+    torch = pytest.importorskip("torch")
+    X, y = _signals(30, (2, 10), k=3)
+    a = crn.ReduNet1D(n_layers=3, n_channels=5, kernel_size=3).fit(X, y)
+    b = crn.ReduNet1D(n_layers=3, n_channels=5, kernel_size=3, backend="torch").fit(X, y)
+    assert rel_err(b.transform(X), a.transform(X)) < 1e-9
+    np.testing.assert_array_equal(a.predict(X), b.predict(X))
+    out = b.transform(torch.from_numpy(X))
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float64
+
+
+def test_float32_close_to_float64():
+    X, y = _signals(30, (2, 10), k=3)
+    a = crn.ReduNet1D(n_layers=3, n_channels=5, kernel_size=3).fit(X, y)
+    b = crn.ReduNet1D(n_layers=3, n_channels=5, kernel_size=3, dtype="float32").fit(X, y)
+    Zb = b.transform(X)
+    assert Zb.dtype == np.float32
+    assert rel_err(Zb, a.transform(X)) < 1e-4
+
+
+def test_string_labels_and_proba():
+    X, y = _signals(30, (2, 10), k=3)
+    names = np.array(["cat", "dog", "eel"])[y]
+    net = crn.ReduNet1D(n_layers=3, n_channels=5, kernel_size=3).fit(X, names)
+    assert set(net.predict(X)) <= set(names)
+    proba = net.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(1), 1.0)
+    np.testing.assert_array_equal(net.classes_[proba.argmax(1)], net.predict(X))
+
+
+# --- save / load ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fitted():
+    X, y = _signals(30, (2, 10), k=3)
+    return crn.ReduNet1D(n_layers=3, n_channels=8, kernel_size=3).fit(X, y), X
+
+
+def test_save_load_round_trip_bit_for_bit(fitted, tmp_path):
+    net, X = fitted
+    net.save(tmp_path / "model.npz")
+    twin = crn.load(tmp_path / "model.npz")
+    assert type(twin) is type(net) and twin.get_params() == net.get_params()
+    np.testing.assert_array_equal(twin.transform(X), net.transform(X))
+    np.testing.assert_array_equal(twin.predict_proba(X), net.predict_proba(X))
+    assert twin.history_ == net.history_
+    X2, y2 = _signals(20, (1, 6, 5), k=2)
+    net2 = crn.ReduNet2D(n_layers=2, n_channels=3, kernel_size=3).fit(X2, y2)
+    net2.save(tmp_path / "m2.npz")
+    np.testing.assert_array_equal(crn.load(tmp_path / "m2.npz").transform(X2), net2.transform(X2))
+
+
+def test_damaged_model_files(fitted, tmp_path):
+    net, _ = fitted
+    good = tmp_path / "good.npz"
+    net.save(good)
+    data = good.read_bytes()
+    with pytest.raises(FileNotFoundError, match="model file '.*missing.npz' does not exist"):
+        crn.load(tmp_path / "missing.npz")
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated.npz' is not a readable convredunet model"):
+        crn.load(truncated)
+    corrupted = tmp_path / "corrupted.npz"
+    middle = len(data) // 2
+    corrupted.write_bytes(data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + 64])
+                          + data[middle + 64:])
+    with pytest.raises(ValueError, match="corrupted.npz'"):
+        crn.load(corrupted)
+    other = tmp_path / "other.npz"
+    np.savez(other, X=np.zeros(3))
+    with pytest.raises(ValueError, match="other.npz' is not a convredunet model"):
+        crn.load(other)
+    with np.load(good) as handle:
+        arrays = {key: handle[key] for key in handle.files}
+    newer = tmp_path / "newer.npz"
+    np.savez(newer, **{**arrays, "format_version": np.array(99)})
+    with pytest.raises(ValueError, match="newer.npz' has format version 99; this convredunet "
+                                         "reads version 1"):
+        crn.load(newer)
+    lacking = tmp_path / "lacking.npz"
+    np.savez(lacking, **{k: v for k, v in arrays.items() if k != "layer1/stacked"})
+    with pytest.raises(ValueError, match="lacking.npz' lacks the entry 'layer1/stacked'"):
+        crn.load(lacking)
+    text = tmp_path / "text.npz"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match="text.npz' is not a readable convredunet model"):
+        crn.load(text)
+
+
+def test_save_refuses_unfitted(tmp_path):
+    with pytest.raises(NotFittedError):
+        crn.ReduNet1D().save(tmp_path / "x.npz")
+    assert not (tmp_path / "x.npz").exists()
+
+
+# --- bad input ------------------------------------------------------------------------------
+def test_bad_input_to_fit_and_predict(fitted):
+    net, X = fitted
+    y = np.arange(len(X)) % 3
+    fresh = crn.ReduNet1D(n_layers=2, n_channels=4, kernel_size=3)
+    with pytest.raises(ValueError, match=r"X must have shape \(n_samples, T\) or \(n_samples, "
+                                         r"n_channels, T\) for ReduNet1D, got shape \(30,\)"):
+        fresh.fit(X[:, 0, 0], y)
+    with pytest.raises(ValueError, match="X must contain only finite values"):
+        fresh.fit(np.where(X > 2, np.nan, X), y)
+    with pytest.raises(ValueError, match="y must have one label per sample: X has 30 samples, "
+                                         "y has 29"):
+        fresh.fit(X, y[:-1])
+    with pytest.raises(ValueError, match="y must hold at least 2 classes .* got 1 class"):
+        fresh.fit(X, np.zeros(30, dtype=int))
+    with pytest.raises(ValueError, match="Unknown label type: continuous"):
+        fresh.fit(X, np.linspace(0, 1, 30))
+    with pytest.raises(ValueError, match=r"X has 18 features, but ReduNet1D is expecting 20 "
+                                         r"features as input"):
+        net.predict(X[:, :, :9])
+    with pytest.raises(ValueError, match="X must contain only finite values"):
+        net.predict(np.full_like(X, np.inf))
+    with pytest.raises(NotFittedError, match="ReduNet1D instance is not fitted yet"):
+        fresh.predict(X)
+    with pytest.raises(ValueError, match=r"X must have shape \(n_samples, H, W\)"):
+        crn.ReduNet2D().fit(X[:, 0], y)
+
+
+@pytest.mark.parametrize("params, error, match", [
+    (dict(eps2=0), ValueError, "eps2 must be a positive finite number, got 0.0"),
+    (dict(eta=-1), ValueError, "eta must be a positive finite number, got -1.0"),
+    (dict(lmbda=float("nan")), ValueError, "lmbda must be a positive finite number, got nan"),
+    (dict(n_layers=0), ValueError, "n_layers must be an integer >= 1, got 0"),
+    (dict(n_layers=2.5), TypeError, "n_layers must be an integer >= 1, got 2.5"),
+    (dict(n_channels=0), ValueError, "n_channels must be an integer >= 1 or None, got 0"),
+    (dict(kernel_size=11), ValueError, r"kernel_size must be at most the signal size \(10,\)"),
+    (dict(nonlinearity="tanh"), ValueError,
+     "nonlinearity must be one of 'relu', 'abs', None, got 'tanh'"),
+    (dict(membership="oracle"), ValueError,
+     "membership must be one of 'estimated', 'label', got 'oracle'"),
+    (dict(backend="jax"), ValueError, "backend must be one of 'numpy', 'torch', got 'jax'"),
+    (dict(dtype="float16"), ValueError, "dtype must be one of 'float64', 'float32'"),
+    (dict(device="cuda"), ValueError, "device='cuda' needs backend='torch'"),
+    (dict(batch_size=0), ValueError, "batch_size must be a positive integer or None, got 0"),
+])
+def test_bad_parameters(params, error, match):
+    X, y = _signals(12, (2, 10), k=2)
+    with pytest.raises(error, match=match):
+        crn.ReduNet1D(**params).fit(X, y)
+
+
+def test_inputs_not_modified():
+    X, y = _signals(20, (2, 10), k=2)
+    X_copy, y_copy = X.copy(), y.copy()
+    net = crn.ReduNet1D(n_layers=2, n_channels=4, kernel_size=3).fit(X, y)
+    net.transform(X)
+    net.predict(X)
+    np.testing.assert_array_equal(X, X_copy)
+    np.testing.assert_array_equal(y, y_copy)
