@@ -174,6 +174,25 @@ class Layer:
         order = self.dense_classes + self.lowrank_classes
         self._order = np.argsort(order)  # class j sits at position _order[j]
         self._identity_order = list(order) == list(range(self.n_classes))
+        self._constants = {}
+
+    def constants(self, backend, like):
+        """Small per-layer arrays on ``like``'s device and precision, made once.
+
+        Keeps host-to-device copies out of every application of the layer.
+        """
+        key = (backend.name, str(backend.real_dtype(like)), str(backend.device(like)))
+        if key not in self._constants:
+            real = backend.zeros((0,), like=like.real)
+            self._constants[key] = {
+                "gamma": backend.astype(self.gamma, like=real),
+                "alphas": backend.astype(self.alphas.reshape(1, -1, 1, 1), like=real),
+                "weights": backend.astype(spectral.half_spectrum_weights(self.signal_shape),
+                                          like=real),
+                "order": backend.from_numpy(self._order, like=like),
+                "eye": backend.astype(np.eye(self.n_classes), like=real),
+            }
+        return self._constants[key]
 
     # --- application -----------------------------------------------------------
     def operators_hat(self, backend):
@@ -202,18 +221,17 @@ class Layer:
         if self.dense_classes:
             parts.append(backend.reshape(w[:, c:], (f, len(self.dense_classes), c, b)))
         if self.lowrank_classes:
-            scale = backend.astype(self.alphas.reshape(1, -1, 1, 1), like=v.real)
+            scale = self.constants(backend, v)["alphas"]
             p = self.M_inv @ (backend.H(self.V) @ v[:, None])  # (F, g, w, b)
             parts.append(scale * v[:, None] - scale * scale * (self.V @ p))
         c_hat = parts[0] if len(parts) == 1 else backend.concat(parts, axis=1)
         if not self._identity_order:
-            c_hat = c_hat[:, backend.from_numpy(self._order, like=v)]
+            c_hat = c_hat[:, self.constants(backend, v)["order"]]
         return u, c_hat
 
     def membership(self, backend, c_hat):
         """``pi_j = softmax_j(-lmbda ||C^j z||_F)``, ``(b, k)``, from ``c_hat``."""
-        weights = backend.astype(spectral.half_spectrum_weights(self.signal_shape),
-                                 like=c_hat.real)
+        weights = self.constants(backend, c_hat)["weights"]
         sq = backend.class_sq_norms(c_hat, weights)
         norms = backend.sqrt(backend.maximum(sq, 0.0))  # (k, b)
         return backend.permute(backend.softmax(-self.lmbda * norms, axis=0), (1, 0))
@@ -237,8 +255,8 @@ class Layer:
         pi = self.membership(backend, c_hat)
         weight = pi
         if labels is not None:
-            weight = backend.astype(np.eye(self.n_classes)[labels], like=pi)
-        weight = weight * backend.astype(self.gamma, like=pi)  # (b, k)
+            weight = self.constants(backend, pi)["eye"][backend.from_numpy(labels, like=pi)]
+        weight = weight * self.constants(backend, pi)["gamma"]  # (b, k)
         # sum_j gamma_j pi_j C^j z, per frequency: (F, k, C, b) x (k, b)
         compress = (c_hat * backend.permute(weight, (1, 0))[None, :, None, :]).sum(1)
         step = v + self.eta * (u - compress)

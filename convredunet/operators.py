@@ -95,16 +95,12 @@ class Operators:
         if not self.signal_shape:
             return self.E_hat, self.C_hat
         backend = get_backend(self.E_hat)
-        nd = len(self.signal_shape)
-
-        def to_kernel(op_hat):
-            lead = op_hat.ndim - nd - 2
-            axes = tuple(range(lead)) + (op_hat.ndim - 2, op_hat.ndim - 1) + tuple(
-                range(lead, lead + nd))
-            channels_first = backend.permute(op_hat, axes)
-            return backend.irfft(channels_first, self.signal_shape, unitary=False)
-
-        return to_kernel(self.E_hat), to_kernel(self.C_hat)
+        c = self.n_channels
+        return (spectral.operator_kernels(backend, backend.reshape(self.E_hat, (-1, c, c)),
+                                          self.signal_shape),
+                spectral.operator_kernels(
+                    backend, backend.reshape(self.C_hat, (self.n_classes, -1, c, c)),
+                    self.signal_shape))
 
     def __repr__(self):
         return (f"Operators(n_classes={self.n_classes}, n_channels={self.n_channels}, "

@@ -68,6 +68,23 @@ def inverse_spectrum(backend, v_hat, signal_shape):
     return backend.irfft(x_hat, signal_shape, unitary=True)
 
 
+def operator_kernels(backend, op_hat, signal_shape):
+    """Real kernels of per-frequency operators: ``(..., F, C, C)`` -> ``(..., C, C, *S)``.
+
+    The unnormalized inverse DFT over the (flattened) half spectrum: the
+    kernel ``e[c, c']`` whose DFT at frequency ``p`` is ``op_hat[p, c, c']``.
+    """
+    if not signal_shape:
+        return op_hat[..., 0, :, :] if op_hat.ndim > 2 and op_hat.shape[-3] == 1 else op_hat
+    freq_shape = signal_shape[:-1] + (signal_shape[-1] // 2 + 1,)
+    lead = tuple(op_hat.shape[:-3])
+    c_out, c_in = op_hat.shape[-2:]
+    shaped = backend.reshape(op_hat, lead + freq_shape + (c_out, c_in))
+    nl, nd = len(lead), len(freq_shape)
+    axes = tuple(range(nl)) + (nl + nd, nl + nd + 1) + tuple(range(nl, nl + nd))
+    return backend.irfft(backend.permute(shaped, axes), signal_shape, unitary=False)
+
+
 def default_batch_size(n_channels, n_freqs, itemsize):
     return max(1, _CHUNK_BYTES // (n_channels * n_freqs * 2 * itemsize))
 

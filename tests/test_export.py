@@ -1,0 +1,137 @@
+"""Export to PyTorch: ordinary circular convolutions that match transform/predict."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import convredunet as crn  # noqa: E402
+from convredunet.export import centred_kernels, kernel_energy_kept  # noqa: E402
+from convredunet.testing import assert_shift_equivariant, assert_shift_invariant  # noqa: E402
+
+from test_estimators import _signals  # noqa: E402
+
+CASES = {
+    "1d-even": lambda: (crn.ReduNet1D(n_layers=3, n_channels=5, kernel_size=4), (2, 10), 3),
+    "1d-odd": lambda: (crn.ReduNet1D(n_layers=3, n_channels=5, kernel_size=3), (1, 9), 3),
+    "1d-nolift": lambda: (crn.ReduNet1D(n_layers=3, n_channels=None), (3, 8), 2),
+    "2d-even": lambda: (crn.ReduNet2D(n_layers=2, n_channels=4, kernel_size=3), (1, 6, 4), 2),
+    "2d-odd": lambda: (crn.ReduNet2D(n_layers=2, n_channels=4, kernel_size=2,
+                                     nonlinearity="abs"), (2, 5, 7), 2),
+    "vector": lambda: (crn.ReduNetVector(n_layers=3), (9,), 3),
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES), ids=list(CASES))
+def case(request):
+    net, shape, k = CASES[request.param]()
+    X, y = _signals(24, shape, k=k)
+    net.fit(X, y)
+    return net, X
+
+
+def test_export_matches_transform_and_predict(case):
+    net, X = case
+    module = net.to_torch(dtype=torch.float64)
+    x = torch.from_numpy(X)
+    ref = net.transform(X)
+    with torch.no_grad():
+        np.testing.assert_allclose(module(x).numpy(), ref, rtol=0, atol=1e-10)
+        np.testing.assert_array_equal(module.predict(x).numpy(), net.predict(X))
+        np.testing.assert_allclose(module.membership(x).numpy(), net.predict_proba(X),
+                                   atol=1e-10)
+        out32 = net.to_torch()(x.float()).numpy()
+    assert out32.dtype == np.float32
+    assert np.max(np.abs(out32 - ref)) / np.max(np.abs(ref)) < 1e-4
+
+
+def test_module_is_made_of_standard_layers(case):
+    net, _ = case
+    module = net.to_torch()
+    kinds = {type(m).__name__ for m in module.modules()}
+    assert not kinds & {"Parameter"}
+    for p in module.parameters():
+        assert not p.is_complex()
+    if net.signal_shape_:
+        conv = "Conv1d" if len(net.signal_shape_) == 1 else "Conv2d"
+        pad = "CircularPad1d" if len(net.signal_shape_) == 1 else "CircularPad2d"
+        assert {conv, pad} <= kinds
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_trace_script_and_onnx(case, tmp_path):
+    net, X = case
+    module = net.to_torch(dtype=torch.float32).eval()
+    x = torch.from_numpy(X).float()
+    with torch.no_grad():
+        ref = module(x)
+        traced = torch.jit.trace(module, x[:4])
+        scripted = torch.jit.script(module)
+        torch.testing.assert_close(traced(x), ref)
+        torch.testing.assert_close(scripted(x), ref)
+        torch.testing.assert_close(scripted.predict(x), module.predict(x))
+    path = tmp_path / "net.onnx"
+    torch.onnx.export(module, (x,), str(path), dynamo=False, input_names=["x"],
+                      output_names=["z"], dynamic_axes={"x": {0: "batch"}})
+    onnx = pytest.importorskip("onnx")
+    onnx.checker.check_model(onnx.load(str(path)))
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"x": x.numpy()})
+    np.testing.assert_allclose(got, ref.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_truncated_kernels():
+    X, y = _signals(30, (1, 16), k=3)
+    net = crn.ReduNet1D(n_layers=3, n_channels=6, kernel_size=5).fit(X, y)
+    energies = [kernel_energy_kept(net, k) for k in (1, 3, 7, 11, 16)]
+    assert all(b >= a for a, b in zip(energies, energies[1:]))
+    assert energies[-1] == pytest.approx(1.0)
+    x = torch.from_numpy(X)
+    full = net.to_torch(dtype=torch.float64, kernel_size=16)
+    with torch.no_grad():
+        np.testing.assert_allclose(full(x).numpy(), net.transform(X), atol=1e-10)
+    small = net.to_torch(dtype=torch.float64, kernel_size=5)
+    weights = [m.weight for m in small.modules() if isinstance(m, torch.nn.Conv1d)]
+    assert [w.shape[-1] for w in weights[1:]] == [5] * (len(weights) - 1)
+    # Still circular, hence still exactly shift-equivariant.
+    assert_shift_equivariant(lambda a: small(torch.from_numpy(a)).detach().numpy(),
+                             X[:3], ndim=1)
+
+
+def test_centred_kernels_layout():
+    kern = np.arange(7.0).reshape(1, 1, 7)
+    np.testing.assert_array_equal(centred_kernels(kern, 3)[0, 0], [6.0, 0.0, 1.0])
+    np.testing.assert_array_equal(centred_kernels(kern, 4)[0, 0], [6.0, 0.0, 1.0, 2.0])
+
+
+def test_finetuning_keeps_invariance():
+    X, y = _signals(30, (1, 12), k=3)
+    net = crn.ReduNet1D(n_layers=3, n_channels=6, kernel_size=3).fit(X, y)
+    module = net.to_torch(dtype=torch.float64)
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.05)
+    x, target = torch.from_numpy(X), torch.from_numpy(y)
+    before = [p.detach().clone() for p in module.parameters()]
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(module.logits(x) / 500.0, target)
+        loss.backward()
+        optimizer.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.parameters()))
+    with torch.no_grad():
+        assert_shift_invariant(lambda a: module.predict(torch.from_numpy(a)).numpy(), X[:4],
+                               ndim=1)
+
+
+def test_bad_export_arguments(case):
+    net, _ = case
+    with pytest.raises(ValueError, match="dtype must be torch.float32 or torch.float64"):
+        net.to_torch(dtype=torch.float16)
+    if net.signal_shape_:
+        with pytest.raises(ValueError, match="kernel_size must be a positive integer or None"):
+            net.to_torch(kernel_size=0)
+        with pytest.raises(ValueError, match="kernel_size must be at most the signal size"):
+            net.to_torch(kernel_size=99)
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        type(net)().to_torch()
