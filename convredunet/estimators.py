@@ -282,6 +282,48 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
             return self.layers_
         return [layer.to(backend, like) for layer in self.layers_]
 
+    def layer_features(self, X):
+        """Features entering every layer and after the last: a list of ``n_layers + 1`` arrays.
+
+        Holds every sample at every layer in memory: meant for analysis and
+        figures on moderate sets (use :meth:`transform` for large ones).
+        """
+        self._check_fitted()
+        X = self._check_X(X)
+        backend = self._backend()
+        like = self._like(backend)
+        layers = self._layers_for(backend, like)
+        with thread_limits():
+            z = self._lift(backend, self._to_working(backend, like, X), self.batch_size)
+            out = [self._output(backend, z, X)]
+            for layer in layers:
+                z, _ = self._apply_in_chunks(backend, layer, z, None)
+                out.append(self._output(backend, z, X))
+        return out
+
+    def rate_history(self, X, y):
+        """``RateReduction`` of labelled features entering every layer and after the last.
+
+        Parameters
+        ----------
+        X : array, as for :meth:`transform`
+        y : array (n_samples,), labels among ``classes_`` (every class present)
+
+        Returns
+        -------
+        list of ``n_layers + 1`` :class:`convredunet.RateReduction`
+        """
+        from .operators import rate_reduction
+
+        self._check_fitted()
+        y = np.asarray(y)
+        unknown = np.setdiff1d(np.unique(y), self.classes_)
+        if len(unknown):
+            raise ValueError(f"y holds labels the network was not fitted on: {unknown[:5]}")
+        labels = np.searchsorted(self.classes_, y)
+        return [rate_reduction(z, labels, eps2=self.eps2, batch_size=self.batch_size)
+                for z in self.layer_features(X)]
+
     def transform(self, X):
         """Features after the last layer, shape ``(n_samples, C, *signal_shape)``.
 

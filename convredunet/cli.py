@@ -1,0 +1,479 @@
+"""The command line: ``convredunet demo | fit | evaluate | export | bench``.
+
+Bad input prints one line (``convredunet: error: ...``) and exits with status
+2; outputs are written to temporary names and renamed when complete, so an
+error or Ctrl-C leaves no partial files and never touches existing ones.
+"""
+import argparse
+import contextlib
+import datetime
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["main"]
+
+EXIT_USAGE = 2
+# Test signals on which the demo compares the exported module with transform.
+EXPORT_CHECK_SAMPLES = 250
+
+
+class CLIError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise CLIError(f"{self.prog}: {message}")
+
+
+# --- data ------------------------------------------------------------------------------------
+DATASETS = ("mnist1d", "mnist", "mnist-polar")
+
+
+def load_data(spec, model=None, n_train_per_class=10, n_test_per_class=None, seed=0,
+              n_radii=15, n_angles=200):
+    """``(X_train, y_train, X_test, y_test, model_kind)`` for a ``--data`` value.
+
+    ``X_test``/``y_test`` are None for an ``.npz`` without them.
+    """
+    from . import datasets
+
+    if spec == "mnist1d":
+        X_train, y_train, X_test, y_test = datasets.load_mnist1d()
+        return X_train, y_train, X_test, y_test, model or "1d"
+    if spec in ("mnist", "mnist-polar"):
+        X, y = datasets.load_mnist()
+        X_train, y_train, X_test, y_test = datasets.train_test_split_per_class(
+            X, y, n_train_per_class, n_test_per_class, random_state=seed)
+        if spec == "mnist-polar":
+            X_train = datasets.to_polar(X_train, n_radii, n_angles)
+            X_test = datasets.to_polar(X_test, n_radii, n_angles)
+            return X_train, y_train, X_test, y_test, model or "1d"
+        return X_train, y_train, X_test, y_test, model or "2d"
+    path = Path(spec)
+    if path.suffix != ".npz":
+        raise CLIError(f"unknown --data {spec!r}: use one of {', '.join(DATASETS)} or a "
+                       "PATH.npz holding X and y")
+    if not path.is_file():
+        raise CLIError(f"--data file '{path}' does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as handle:
+            arrays = {key: handle[key] for key in handle.files}
+    except Exception as exc:  # any unreadable file is the user's input problem
+        raise CLIError(f"--data file '{path}' is not a readable .npz ({exc})") from None
+    missing = [key for key in ("X", "y") if key not in arrays]
+    if missing:
+        raise CLIError(f"--data file '{path}' lacks {' and '.join(missing)} (it holds: "
+                       f"{', '.join(sorted(arrays)) or 'nothing'})")
+    has_test = "X_test" in arrays and "y_test" in arrays
+    X = arrays["X"]
+    if model is None:
+        model = "2d" if X.ndim == 4 else "1d"
+    return (X, arrays["y"], arrays.get("X_test") if has_test else None,
+            arrays.get("y_test") if has_test else None, model)
+
+
+# --- estimator options -----------------------------------------------------------------------
+def _none_or_int(text):
+    if text.lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") \
+            from None
+
+
+def _nonlinearity(text):
+    return None if text.lower() == "none" else text
+
+
+def _add_estimator_options(parser):
+    group = parser.add_argument_group("network (defaults: the estimator's own)",
+                                      argument_default=argparse.SUPPRESS)
+    group.add_argument("--model", choices=("1d", "2d", "vector"), default=None,
+                       help="estimator: ReduNet1D, ReduNet2D or ReduNetVector "
+                            "(default from the data)")
+    group.add_argument("--n-layers", type=int)
+    group.add_argument("--eps2", type=float, help="squared precision epsilon^2")
+    group.add_argument("--eta", type=float, help="step size")
+    group.add_argument("--lmbda", type=float, help="membership temperature")
+    group.add_argument("--n-channels", type=_none_or_int, help="lifted channels, or 'none'")
+    group.add_argument("--kernel-size", type=int)
+    group.add_argument("--nonlinearity", type=_nonlinearity, help="relu, abs or none")
+    group.add_argument("--membership", help="estimated or label")
+    group.add_argument("--random-state", type=int)
+    group.add_argument("--backend", help="numpy or torch")
+    group.add_argument("--device", help="torch device, e.g. cpu or cuda")
+    group.add_argument("--dtype", help="float64 or float32")
+    group.add_argument("--batch-size", type=int)
+
+
+def _add_data_options(parser, required=True):
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", required=required,
+                       help=f"{', '.join(DATASETS)} or PATH.npz (X, y, optional X_test, y_test)")
+    group.add_argument("--n-train-per-class", type=int, default=10,
+                       help="mnist / mnist-polar: training digits per class (default 10)")
+    group.add_argument("--n-test-per-class", type=int, default=None,
+                       help="mnist / mnist-polar: test digits per class (default: the rest)")
+    group.add_argument("--seed", type=int, default=0, help="seed of the split and the shifts")
+
+
+_PARAMS = ("n_layers", "eps2", "eta", "lmbda", "n_channels", "kernel_size", "nonlinearity",
+           "membership", "random_state", "backend", "device", "dtype", "batch_size")
+
+
+def make_estimator(kind, args):
+    from .estimators import ReduNet1D, ReduNet2D, ReduNetVector
+
+    cls = {"1d": ReduNet1D, "2d": ReduNet2D, "vector": ReduNetVector}[kind]
+    est = cls(verbose=not args.quiet)
+    given = {name: getattr(args, name) for name in _PARAMS if hasattr(args, name)}
+    for name in given:
+        if name not in est.get_params():
+            raise CLIError(f"--{name.replace('_', '-')} does not apply to {cls.__name__}")
+    return est.set_params(**given)
+
+
+# --- output files ----------------------------------------------------------------------------
+def _check_new(path, force, what="output"):
+    path = Path(path)
+    if path.exists() and not force:
+        raise CLIError(f"{what} '{path}' exists; pass --force to overwrite it")
+    if not path.parent.exists():
+        raise CLIError(f"{what} folder '{path.parent}' does not exist")
+    return path
+
+
+@contextlib.contextmanager
+def _atomic_file(path):
+    """Yield a temporary path; rename it to ``path`` only if the block succeeds."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        yield tmp
+        tmp.replace(path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def _atomic_dir(path, force):
+    """Yield a temporary folder; move it to ``path`` only if the block succeeds."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if path.exists() and force:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+# --- reports ----------------------------------------------------------------------------------
+def _print(args, *lines):
+    if not getattr(args, "json", False):
+        for line in lines:
+            print(line)
+
+
+def layer_table(history):
+    lines = [f"{'layer':>5}  {'delta_R':>9}  {'R':>9}  {'R_c':>9}  {'train acc':>9}"]
+    for h in history:
+        lines.append(f"{h['layer']:>5}  {h['delta_R']:>9.4f}  {h['R']:>9.4f}  {h['R_c']:>9.4f}"
+                     f"  {h['train_accuracy']:>9.4f}")
+    return lines
+
+
+def _shift_report(net, X_test, y_test, seed, all_shifts=False):
+    """Accuracy on randomly shifted test signals and the invariance check."""
+    from .datasets import random_cyclic_shift
+
+    ndim = len(net.signal_shape_)
+    predictions = net.predict(X_test)
+    report = {"accuracy": float(np.mean(predictions == y_test))}
+    if ndim == 0:
+        return report
+    shifted, _ = random_cyclic_shift(X_test, ndim, random_state=seed)
+    shifted_pred = net.predict(shifted)
+    report["shifted_accuracy"] = float(np.mean(shifted_pred == y_test))
+    report["changed_by_random_shift"] = int(np.sum(shifted_pred != predictions))
+    if all_shifts:
+        from .testing import all_shifts as every
+
+        changed = 0
+        shifts = every(net.signal_shape_)
+        for shift in shifts:
+            rolled = np.roll(X_test, shift, axis=tuple(range(-ndim, 0)))
+            changed += int(np.sum(net.predict(rolled) != predictions))
+        report["shifts_checked"] = len(shifts)
+        report["changed_by_any_shift"] = changed
+    return report
+
+
+def _reference_classifiers(net, X_train, y_train, X_test, y_test):
+    """Linear SVM and 5-NN accuracies on the raw input and on the learned features."""
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.svm import LinearSVC
+
+    def flat(a):
+        return np.asarray(a).reshape(len(a), -1)
+
+    out = {}
+    for name, train, test in (("raw", flat(X_train), flat(X_test)),
+                              ("features", flat(net.transform(X_train)),
+                               flat(net.transform(X_test)))):
+        svm = LinearSVC(dual="auto", max_iter=5000, random_state=0).fit(train, y_train)
+        knn = KNeighborsClassifier(5).fit(train, y_train)
+        out[f"svm_{name}"] = float(svm.score(test, y_test))
+        out[f"knn5_{name}"] = float(knn.score(test, y_test))
+    return out
+
+
+# --- commands ---------------------------------------------------------------------------------
+def cmd_demo(args):
+    import torch
+
+    from .datasets import load_mnist1d
+    from .estimators import ReduNet1D
+    from .figures import plot_cosine_similarity, plot_rates
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path("runs") / f"demo-{stamp}"
+    if not args.out:
+        out.parent.mkdir(exist_ok=True)
+    _check_new(out, args.force, "output folder")
+    started = time.perf_counter()
+    X_train, y_train, X_test, y_test = load_mnist1d()
+    print(f"MNIST-1D: {len(X_train)} training and {len(X_test)} test signals of length "
+          f"{X_train.shape[-1]}, {len(np.unique(y_train))} classes")
+    with _atomic_dir(out, args.force) as tmp:
+        net = ReduNet1D(random_state=0, verbose=not args.quiet)
+        params = {k: v for k, v in net.get_params().items() if k != "verbose"}
+        print("ReduNet1D(" + ", ".join(f"{k}={v!r}" for k, v in params.items()) + ")")
+        t0 = time.perf_counter()
+        net.fit(X_train, y_train)
+        fit_seconds = time.perf_counter() - t0
+        print(f"built {len(net.layers_)} layers in {fit_seconds:.1f} s")
+        for line in layer_table(net.history_):
+            print(line)
+        t0 = time.perf_counter()
+        report = _shift_report(net, X_test, y_test, seed=0, all_shifts=True)
+        shift_seconds = time.perf_counter() - t0
+        # The export check runs in float64 on a subset: full-length convolution
+        # kernels make the exported CNN slower than the spectral transform.
+        module = net.to_torch(dtype=torch.float64)
+        subset = X_test[:EXPORT_CHECK_SAMPLES]
+        with torch.no_grad():
+            x = torch.from_numpy(subset)
+            export_error = float(np.max(np.abs(module(x).numpy() - net.transform(subset))))
+            export_same = bool(np.array_equal(module.predict(x).numpy(), net.predict(subset)))
+        net.save(tmp / "model.npz")
+        scripted = torch.jit.script(net.to_torch(dtype=torch.float32))
+        scripted.save(str(tmp / "module.pt"))
+        plot_rates(net.history_, tmp / "rates.png", test=net.rate_history(X_test, y_test),
+                   title="MNIST-1D: rates per layer (test: dashed)")
+        plot_cosine_similarity(X_test, net.transform(X_test), y_test, tmp / "cosine.png",
+                               titles=("before (input)", "after the network"))
+        summary = {
+            "dataset": "mnist1d", "params": params, "fit_seconds": fit_seconds,
+            "test": report, "shift_check_seconds": shift_seconds,
+            "export": {"max_abs_error_float64": export_error, "same_predictions": export_same,
+                       "samples_checked": len(subset)},
+            "history": net.history_,
+            "files": ["model.npz", "module.pt", "rates.png", "cosine.png", "summary.json"],
+        }
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+    total = time.perf_counter() - started
+    print(f"test accuracy (network's own prediction): {report['accuracy']:.4f}")
+    print(f"test accuracy on randomly shifted signals: {report['shifted_accuracy']:.4f}")
+    print(f"invariance: {report['changed_by_any_shift']} of "
+          f"{report['shifts_checked'] * len(X_test)} predictions changed under all "
+          f"{report['shifts_checked']} cyclic shifts of {len(X_test)} test signals")
+    print(f"PyTorch export (Conv1d, circular): max |difference| {export_error:.2e} in float64,"
+          f" predictions {'identical' if export_same else 'DIFFERENT'} on "
+          f"{len(X_test[:EXPORT_CHECK_SAMPLES])} test signals")
+    print(f"wrote {out}/ (model.npz, module.pt, rates.png, cosine.png, summary.json) "
+          f"in {total:.0f} s")
+    return 0 if export_same and report["changed_by_any_shift"] == 0 else 1
+
+
+def cmd_fit(args):
+    out = _check_new(args.out, args.force)
+    X_train, y_train, X_test, y_test, kind = load_data(
+        args.data, args.model, args.n_train_per_class, args.n_test_per_class, args.seed)
+    net = make_estimator(kind, args)
+    t0 = time.perf_counter()
+    net.fit(X_train, y_train)
+    seconds = time.perf_counter() - t0
+    for line in layer_table(net.history_):
+        print(line)
+    print(f"built {len(net.layers_)} layers on {len(X_train)} samples in {seconds:.1f} s")
+    if X_test is not None:
+        print(f"test accuracy (network's own prediction): {net.score(X_test, y_test):.4f}")
+    net.save(out)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_evaluate(args):
+    from .io import load
+
+    net = load(args.model_file)
+    X_train, y_train, X_test, y_test, _ = load_data(
+        args.data, None, args.n_train_per_class, args.n_test_per_class, args.seed)
+    if X_test is None:
+        raise CLIError(f"--data '{args.data}' has no X_test/y_test to evaluate on")
+    report = _shift_report(net, X_test, y_test, args.seed, all_shifts=args.all_shifts)
+    report.update(_reference_classifiers(net, X_train, y_train, X_test, y_test))
+    report["n_test"] = int(len(X_test))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    rows = [("network's own prediction", report["accuracy"])]
+    if "shifted_accuracy" in report:
+        rows.append(("own prediction, randomly shifted test", report["shifted_accuracy"]))
+    rows += [("linear SVM on features", report["svm_features"]),
+             ("5-NN on features", report["knn5_features"]),
+             ("linear SVM on raw input", report["svm_raw"]),
+             ("5-NN on raw input", report["knn5_raw"])]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'classifier':<{width}}  accuracy   ({report['n_test']} test samples)")
+    for name, value in rows:
+        print(f"{name:<{width}}  {value:.4f}")
+    if "changed_by_random_shift" in report:
+        print(f"predictions changed by a random cyclic shift: {report['changed_by_random_shift']}")
+    if "changed_by_any_shift" in report:
+        print(f"predictions changed by any of {report['shifts_checked']} shifts: "
+              f"{report['changed_by_any_shift']}")
+    return 0
+
+
+def cmd_export(args):
+    import torch
+
+    from .io import load
+
+    out = _check_new(args.out, args.force)
+    net = load(args.model_file)
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    module = net.to_torch(dtype=dtype, kernel_size=args.kernel_size).eval()
+    with _atomic_file(out) as tmp:
+        if args.format == "torchscript":
+            torch.jit.script(module).save(str(tmp))
+        elif args.format == "state_dict":
+            torch.save(module.state_dict(), str(tmp))
+        else:
+            import warnings
+
+            example = torch.zeros((1,) + tuple(net.input_shape_), dtype=dtype)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, (example,), str(tmp), dynamo=False,
+                                  input_names=["x"], output_names=["features"],
+                                  dynamic_axes={"x": {0: "batch"}, "features": {0: "batch"}})
+    print(f"wrote {out} ({args.format}, {args.dtype}"
+          f"{'' if args.kernel_size is None else f', kernel_size={args.kernel_size}'})")
+    return 0
+
+
+def cmd_bench(args):
+    bench_dir = Path(__file__).resolve().parent.parent / "bench"
+    script = bench_dir / f"{args.which}.py"
+    if not script.is_file():
+        raise CLIError(f"benchmark script '{script}' not found: benchmarks run from a source "
+                       "checkout of convredunet")
+    sys.path.insert(0, str(bench_dir))
+    try:
+        import importlib
+
+        module = importlib.import_module(args.which)
+    finally:
+        sys.path.remove(str(bench_dir))
+    argv = (["--quick"] if args.quick else []) + (["--out", args.out] if args.out else [])
+    return module.main(argv) or 0
+
+
+# --- entry point ------------------------------------------------------------------------------
+def build_parser():
+    parser = _Parser(prog="convredunet",
+                     description="Shift-invariant ReduNets built in closed form.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    demo = sub.add_parser("demo", help="build, evaluate and export a ReduNet on MNIST-1D")
+    demo.add_argument("--out", help="output folder (default: a new runs/demo-<time>)")
+    demo.add_argument("--force", action="store_true", help="replace an existing --out")
+    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.set_defaults(func=cmd_demo)
+
+    fit = sub.add_parser("fit", help="build a network and save it")
+    _add_data_options(fit)
+    _add_estimator_options(fit)
+    fit.add_argument("--out", required=True, help="model file to write (.npz)")
+    fit.add_argument("--force", action="store_true", help="overwrite --out")
+    fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    fit.set_defaults(func=cmd_fit)
+
+    evaluate = sub.add_parser("evaluate", help="accuracy and invariance of a saved model")
+    evaluate.add_argument("model_file")
+    _add_data_options(evaluate)
+    evaluate.add_argument("--all-shifts", action="store_true",
+                          help="check predictions under every cyclic shift")
+    evaluate.add_argument("--json", action="store_true", help="machine-readable output")
+    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    export = sub.add_parser("export", help="export a saved model to PyTorch / ONNX")
+    export.add_argument("model_file")
+    export.add_argument("--format", choices=("torchscript", "onnx", "state_dict"),
+                        default="torchscript")
+    export.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    export.add_argument("--kernel-size", type=int, default=None,
+                        help="keep only the central taps of each layer kernel")
+    export.add_argument("--out", required=True)
+    export.add_argument("--force", action="store_true")
+    export.set_defaults(func=cmd_export)
+
+    bench = sub.add_parser("bench", help="run a benchmark (writes table, JSON and plot)")
+    bench.add_argument("which", choices=("construction", "accuracy"))
+    bench.add_argument("--quick", action="store_true")
+    bench.add_argument("--out", help="output folder (default bench/results)")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv=None):
+    """Run the command line; returns the exit status."""
+    from sklearn.exceptions import NotFittedError
+
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except CLIError as exc:
+        message = str(exc)
+        if not message.startswith("convredunet"):
+            message = f"convredunet: error: {message}"
+        print(message, file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, TypeError, FileNotFoundError, NotFittedError, OSError) as exc:
+        print(f"convredunet: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("convredunet: interrupted; no partial output was kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
