@@ -20,6 +20,8 @@ __all__ = ["main"]
 EXIT_USAGE = 2
 # Test signals on which the demo compares the exported module with transform.
 EXPORT_CHECK_SAMPLES = 250
+# demo --quick: fewer layers and test signals (a smoke run, not the result).
+QUICK_LAYERS, QUICK_TEST = 3, 200
 
 
 class CLIError(Exception):
@@ -261,6 +263,9 @@ def cmd_demo(args):
           f"{X_train.shape[-1]}, {len(np.unique(y_train))} classes")
     with _atomic_dir(out, args.force) as tmp:
         net = ReduNet1D(random_state=0, verbose=not args.quiet)
+        if args.quick:
+            net.set_params(n_layers=QUICK_LAYERS)
+            X_test, y_test = X_test[:QUICK_TEST], y_test[:QUICK_TEST]
         params = {k: v for k, v in net.get_params().items() if k != "verbose"}
         print("ReduNet1D(" + ", ".join(f"{k}={v!r}" for k, v in params.items()) + ")")
         t0 = time.perf_counter()
@@ -416,6 +421,8 @@ def build_parser():
     demo.add_argument("--out", help="output folder (default: a new runs/demo-<time>)")
     demo.add_argument("--force", action="store_true", help="replace an existing --out")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.add_argument("--quick", action="store_true",
+                      help=f"smoke run: {QUICK_LAYERS} layers, {QUICK_TEST} test signals")
     demo.set_defaults(func=cmd_demo)
 
     fit = sub.add_parser("fit", help="build a network and save it")
@@ -456,8 +463,15 @@ def build_parser():
 
 def main(argv=None):
     """Run the command line; returns the exit status."""
+    import warnings
+
     from sklearn.exceptions import NotFittedError
 
+    # torch 2.9+ calls TorchScript and the TorchScript ONNX exporter deprecated; they
+    # remain the formats of record here, so keep their warnings off the terminal.
+    warnings.filterwarnings("ignore", message=".*torch.jit.* is deprecated",
+                            category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.onnx.*")
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)

@@ -1,0 +1,168 @@
+"""The command line through its entry point, in temporary folders."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import convredunet as crn
+from convredunet import cli
+
+from test_estimators import _signals
+
+
+def run(capsys, *argv):
+    status = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def assert_usage_error(status, err, pattern):
+    assert status == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err  # one line, no traceback
+    assert "Traceback" not in err
+    import re
+
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    X, y = _signals(40, (2, 12), k=3)
+    X_test, y_test = _signals(12, (2, 12), k=3, seed=1)
+    path = folder / "toy.npz"
+    np.savez(path, X=X, y=y, X_test=X_test, y_test=y_test)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(dataset, tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "model.npz"
+    assert cli.main(["fit", "--data", str(dataset), "--n-layers", "3", "--n-channels", "6",
+                     "--kernel-size", "3", "--quiet", "--out", str(path)]) == 0
+    return path
+
+
+def test_fit_writes_a_loadable_model(model, dataset, capsys):
+    net = crn.load(model)
+    assert len(net.layers_) == 3 and net.n_channels == 6
+    status, out, _ = run(capsys, "fit", "--data", dataset, "--n-layers", "2",
+                         "--n-channels", "none", "--quiet", "--out", model.parent / "b.npz")
+    assert status == 0 and "test accuracy" in out
+    assert crn.load(model.parent / "b.npz").lifting_ is None
+
+
+def test_evaluate_json_and_table(model, dataset, capsys):
+    status, out, _ = run(capsys, "evaluate", model, "--data", dataset, "--json", "--all-shifts")
+    assert status == 0
+    report = json.loads(out)
+    assert report["accuracy"] == report["shifted_accuracy"]
+    assert report["changed_by_any_shift"] == 0 and report["shifts_checked"] == 12
+    assert {"svm_features", "knn5_features", "svm_raw", "knn5_raw"} <= set(report)
+    status, out, _ = run(capsys, "evaluate", model, "--data", dataset)
+    assert status == 0 and "network's own prediction" in out and "5-NN on raw input" in out
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_export_formats(model, tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    net = crn.load(model)
+    X, _ = _signals(5, (2, 12), k=3, seed=2)
+    for fmt, name in (("torchscript", "m.pt"), ("onnx", "m.onnx"), ("state_dict", "m.sd")):
+        status, out, err = run(capsys, "export", model, "--format", fmt, "--dtype", "float64",
+                               "--out", tmp_path / name)
+        assert status == 0, err
+    scripted = torch.jit.load(str(tmp_path / "m.pt"))
+    np.testing.assert_allclose(scripted(torch.from_numpy(X)).detach().numpy(), net.transform(X),
+                               atol=1e-10)
+    module = net.to_torch(dtype=torch.float64)
+    module.load_state_dict(torch.load(str(tmp_path / "m.sd")))
+    assert (tmp_path / "m.onnx").stat().st_size > 0
+    status, _, err = run(capsys, "export", model, "--out", tmp_path / "m.pt")
+    assert_usage_error(status, err, r"output '.*m.pt' exists; pass --force to overwrite it")
+
+
+def test_demo_quick_writes_files_that_load(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    out_dir = tmp_path / "demo"
+    status, out, err = run(capsys, "demo", "--quick", "--quiet", "--out", out_dir)
+    assert status == 0, err
+    assert "invariance: 0 of" in out and "predictions identical" in out
+    names = {p.name for p in out_dir.iterdir()}
+    assert names == {"model.npz", "module.pt", "rates.png", "cosine.png", "summary.json"}
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["test"]["changed_by_any_shift"] == 0
+    net = crn.load(out_dir / "model.npz")
+    module = torch.jit.load(str(out_dir / "module.pt"))
+    X, _ = _signals(4, (40,), k=2)
+    np.testing.assert_array_equal(module.predict(torch.from_numpy(X).float()).numpy(),
+                                  net.predict(X))
+    assert not list(tmp_path.glob(".*partial*"))
+    # An existing output is refused and left untouched.
+    before = (out_dir / "summary.json").read_bytes()
+    status, _, err = run(capsys, "demo", "--quick", "--out", out_dir)
+    assert_usage_error(status, err, r"output folder '.*demo' exists; pass --force")
+    assert (out_dir / "summary.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["fit", "--data", "imagenet", "--out", "{tmp}/m.npz"], r"unknown --data 'imagenet'"),
+    (["fit", "--data", "{tmp}/missing.npz", "--out", "{tmp}/m.npz"],
+     r"--data file '.*missing.npz' does not exist"),
+    (["fit", "--data", "{noy}", "--out", "{tmp}/m.npz"], r"--data file '.*noy.npz' lacks y"),
+    (["fit", "--data", "{text}", "--out", "{tmp}/m.npz"], r"is not a readable .npz"),
+    (["fit", "--data", "{flat}", "--out", "{tmp}/m.npz"],
+     r"X must have shape \(n_samples, T\) or \(n_samples, n_channels, T\)"),
+    (["fit", "--data", "{data}", "--eps2", "-1", "--out", "{tmp}/m.npz"],
+     r"eps2 must be a positive finite number, got -1.0"),
+    (["fit", "--data", "{data}", "--eps2", "abc", "--out", "{tmp}/m.npz"],
+     r"argument --eps2: invalid float value: 'abc'"),
+    (["fit", "--data", "{data}", "--nonlinearity", "tanh", "--out", "{tmp}/m.npz"],
+     r"nonlinearity must be one of 'relu', 'abs', None, got 'tanh'"),
+    (["fit", "--data", "{data}", "--model", "vector", "--kernel-size", "3", "--out",
+      "{tmp}/m.npz"], r"--kernel-size does not apply to ReduNetVector"),
+    (["fit", "--data", "{data}", "--out", "{tmp}/nofolder/m.npz"],
+     r"output folder '.*nofolder' does not exist"),
+    (["evaluate", "{tmp}/missing.npz", "--data", "{data}"],
+     r"model file '.*missing.npz' does not exist"),
+    (["evaluate", "{text}", "--data", "{data}"], r"is not a readable convredunet model"),
+    (["export", "{tmp}/missing.npz", "--out", "{tmp}/x.pt"], r"does not exist"),
+    (["export", "{text}", "--format", "pdf", "--out", "{tmp}/x.pt"],
+     r"argument --format: invalid choice: 'pdf'"),
+    (["bench", "speed"], r"argument which: invalid choice: 'speed'"),
+    (["frobnicate"], r"invalid choice: 'frobnicate'"),
+    ([], r"the following arguments are required: command"),
+])
+def test_bad_input_exits_2_with_one_line(argv, pattern, tmp_path, dataset, capsys):
+    np.savez(tmp_path / "noy.npz", X=np.zeros((4, 8)))
+    np.savez(tmp_path / "flat.npz", X=np.zeros(4), y=np.zeros(4))
+    (tmp_path / "text.npz").write_text("not a zip")
+    names = {"tmp": tmp_path, "noy": tmp_path / "noy.npz", "flat": tmp_path / "flat.npz",
+             "text": tmp_path / "text.npz", "data": dataset}
+    argv = [a.format(**names) for a in argv]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    status, _, err = run(capsys, *argv)
+    assert_usage_error(status, err, pattern)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_interrupt_leaves_no_partial_output(dataset, tmp_path, capsys, monkeypatch):
+    def interrupted(self, X, y):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(crn.ReduNet1D, "fit", interrupted)
+    status, _, err = run(capsys, "demo", "--quick", "--out", tmp_path / "d")
+    assert status == 130 and "interrupted" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_python_dash_m_entry_point():
+    result = subprocess.run([sys.executable, "-m", "convredunet", "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "demo" in result.stdout
+    result = subprocess.run([sys.executable, "-m", "convredunet", "fit"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
