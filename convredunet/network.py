@@ -175,6 +175,10 @@ class Layer:
         self._order = np.argsort(order)  # class j sits at position _order[j]
         self._identity_order = list(order) == list(range(self.n_classes))
         self._constants = {}
+        if self.lowrank_classes:
+            f, g, c, width = self.V.shape
+            self._V_H = backend.contiguous(
+                backend.reshape(backend.H(self.V), (f, g * width, c)))
 
     def constants(self, backend, like):
         """Small per-layer arrays on ``like``'s device and precision, made once.
@@ -222,7 +226,11 @@ class Layer:
             parts.append(backend.reshape(w[:, c:], (f, len(self.dense_classes), c, b)))
         if self.lowrank_classes:
             scale = self.constants(backend, v)["alphas"]
-            p = self.M_inv @ (backend.H(self.V) @ v[:, None])  # (F, g, w, b)
+            g, width = self.M_inv.shape[1], self.M_inv.shape[-1]
+            # V_j^H v for every class at once: one (g*w x C) product per frequency.
+            # (A broadcast product over classes takes numpy's slow non-BLAS path.)
+            p = backend.reshape(self._V_H @ v, (f, g, width, b))
+            p = self.M_inv @ p  # (F, g, w, b)
             parts.append(scale * v[:, None] - scale * scale * (self.V @ p))
         c_hat = parts[0] if len(parts) == 1 else backend.concat(parts, axis=1)
         if not self._identity_order:

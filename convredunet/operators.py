@@ -167,13 +167,14 @@ def spectral_solve(backend, Z, labels, k, eps2, batch_size=None, woodbury="auto"
     alphas = [n_channels / (size * eps2) for size in sizes]
     by_woodbury = [_use_woodbury(woodbury, size, n_channels) for size in sizes]
     keep = range(k) if by_woodbury[0] else [j for j in range(k) if by_woodbury[j + 1]]
-    grams, kept = spectral.class_grams(backend, Z, labels, k, batch_size, keep=set(keep))
-
     direct = [g for g in range(k + 1) if not by_woodbury[g]]
     small = [g for g in range(k + 1) if by_woodbury[g]]
+    grams, total_gram, kept = spectral.class_grams(
+        backend, Z, labels, k, batch_size, keep=set(keep),
+        grams_of=[g - 1 for g in direct if g > 0], total=0 in direct)
     dense, logdets = {}, {}
     if direct:
-        stack = backend.stack([grams.sum(0) if g == 0 else grams[g - 1] for g in direct])
+        stack = backend.stack([total_gram if g == 0 else grams[g - 1] for g in direct])
         out, det = spectral.regularized_inverse(
             backend, stack, [alphas[g] for g in direct], inverse=inverse)
         for i, g in enumerate(direct):
@@ -284,7 +285,7 @@ def rate_reduction(Z, y, eps2=0.1, domain="spectral", batch_size=None):
     """
     Z, labels, k, eps2, batch_size = _validate(Z, y, eps2, domain, batch_size)
     backend = get_backend(Z)
-    with thread_limits():
+    with thread_limits(blas=None if domain == "spatial" else 1):
         if domain == "spatial":
             return _spatial(backend, Z, labels, k, eps2, inverse=False)
         return _spectral(backend, Z, labels, k, eps2, batch_size, "auto", inverse=False)
@@ -313,7 +314,7 @@ def construct_operators(Z, y, eps2=0.1, domain="spectral", batch_size=None, wood
     if woodbury not in ("auto", True, False):
         raise ValueError(f"woodbury must be 'auto', True or False, got {woodbury!r}")
     backend = get_backend(Z)
-    with thread_limits():
+    with thread_limits(blas=None if domain == "spatial" else 1):
         if domain == "spatial":
             return _spatial(backend, Z, labels, k, eps2, inverse=True)
         return _spectral(backend, Z, labels, k, eps2, batch_size, woodbury, inverse=True)

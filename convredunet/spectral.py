@@ -51,11 +51,13 @@ def half_spectrum_weights(signal_shape):
 
 def spectrum(backend, x, signal_shape):
     """Unitary half spectrum of samples ``x`` ``(b, C, *S)``, as ``(F, C, b)``."""
+    # Contiguous, so that batched products on it run as BLAS calls (numpy's
+    # matmul falls back to a slow loop when neither inner axis has unit stride).
     if not signal_shape:  # vectors: (b, d) -> (1, d, b)
-        return backend.permute(x, (1, 0))[None]
+        return backend.contiguous(backend.permute(x, (1, 0))[None])
     x_hat = backend.rfft(x, len(signal_shape))
     b, c = x.shape[:2]
-    return backend.permute(backend.reshape(x_hat, (b, c, -1)), (2, 1, 0))
+    return backend.contiguous(backend.permute(backend.reshape(x_hat, (b, c, -1)), (2, 1, 0)))
 
 
 def inverse_spectrum(backend, v_hat, signal_shape):
@@ -89,39 +91,50 @@ def default_batch_size(n_channels, n_freqs, itemsize):
     return max(1, _CHUNK_BYTES // (n_channels * n_freqs * 2 * itemsize))
 
 
-def class_grams(backend, Z, labels, n_classes, batch_size=None, keep=()):
-    """Per-class, per-frequency Gram matrices ``V_j(p) V_j(p)^H``.
+def class_grams(backend, Z, labels, n_classes, batch_size=None, keep=(), grams_of=None,
+                total=True):
+    """Per-class and total per-frequency Gram matrices ``V_j(p) V_j(p)^H``.
 
     Parameters
     ----------
     Z : array, shape (m, C, *S) or (m, d)
     labels : numpy int array, shape (m,)
-    keep : classes whose spectra ``V_j`` ``(F, C, m_j)`` are also returned.
+    keep : classes whose spectra ``V_j`` ``(F, C, m_j)`` are returned too.
+    grams_of : classes whose Gram matrices are returned (default: all).
+    total : also return the Gram matrix of all samples.
 
     Returns
     -------
-    grams : array, shape (k, F, C, C)
+    grams : dict class -> array (F, C, C)
+    total_gram : array (F, C, C) or None
     kept : dict class -> array (F, C, m_j)
     """
     n_channels, signal_shape, _ = signal_layout(tuple(Z.shape[1:]))
     n_freqs = len(half_spectrum_weights(signal_shape))
     if batch_size is None:
         batch_size = default_batch_size(n_channels, n_freqs, backend.itemsize(Z))
-    grams, kept = [], {}
+    grams_of = set(range(n_classes)) if grams_of is None else set(grams_of)
+    grams, kept, total_gram = {}, {}, None
     for j in range(n_classes):
+        if not (total or j in grams_of or j in keep):
+            continue
         members = np.flatnonzero(labels == j)
         gram, pieces = None, []
         for start in range(0, len(members), batch_size):
             v = spectrum(backend, backend.take(Z, members[start:start + batch_size]),
                          signal_shape)
-            product = v @ backend.H(v)
-            gram = product if gram is None else gram + product
+            if total or j in grams_of:
+                product = v @ backend.H(v)
+                gram = product if gram is None else gram + product
             if j in keep:
                 pieces.append(v)
-        grams.append(gram)
+        if j in grams_of:
+            grams[j] = gram
+        if total:
+            total_gram = gram if total_gram is None else total_gram + gram
         if j in keep:
             kept[j] = backend.concat(pieces, axis=2)
-    return backend.stack(grams), kept
+    return grams, total_gram, kept
 
 
 def _slices(n_batch, matrix_bytes):

@@ -3,6 +3,7 @@ import numpy as np
 import scipy.linalg
 import scipy.fft
 
+from .. import _threads
 from .._threads import get_num_threads
 
 try:
@@ -24,7 +25,9 @@ _FFT_THREADS_MIN_POINTS = 1 << 20
 
 
 def _fft_workers(x):
-    return get_num_threads() if x.size >= _FFT_THREADS_MIN_POINTS else 1
+    if x.size < _FFT_THREADS_MIN_POINTS or (_fftw is not None and not _threads.OPENMP_SLEEPS):
+        return 1
+    return get_num_threads()
 
 
 # Matrices at most this size are inverted by one batched LAPACK call; larger
