@@ -175,10 +175,14 @@ class Layer:
         self._order = np.argsort(order)  # class j sits at position _order[j]
         self._identity_order = list(order) == list(range(self.n_classes))
         self._constants = {}
+        self._sorted = np.asarray(order)  # sorted position i holds class _sorted[i]
         if self.lowrank_classes:
             f, g, c, width = self.V.shape
             self._V_H = backend.contiguous(
                 backend.reshape(backend.H(self.V), (f, g * width, c)))
+            self._V_flat = backend.contiguous(
+                backend.reshape(backend.permute(self.V, (0, 2, 1, 3)), (f, c, g * width)))
+            self._G = backend.H(self.V) @ self.V  # (F, g, w, w)
 
     def constants(self, backend, like):
         """Small per-layer arrays on ``like``'s device and precision, made once.
@@ -194,6 +198,7 @@ class Layer:
                 "weights": backend.astype(spectral.half_spectrum_weights(self.signal_shape),
                                           like=real),
                 "order": backend.from_numpy(self._order, like=like),
+                "sorted": backend.from_numpy(self._sorted, like=like),
                 "eye": backend.astype(np.eye(self.n_classes), like=real),
             }
         return self._constants[key]
@@ -215,35 +220,6 @@ class Layer:
             parts.update(zip(self.lowrank_classes, dense))
         return e_hat, backend.stack([parts[j] for j in range(self.n_classes)])
 
-    def responses(self, backend, v):
-        """``E_hat v`` ``(F, C, b)`` and every ``C^j_hat v`` ``(F, k, C, b)``."""
-        c = self.n_channels
-        f, _, b = v.shape
-        w = self.stacked @ v
-        u = w[:, :c]
-        parts = []
-        if self.dense_classes:
-            parts.append(backend.reshape(w[:, c:], (f, len(self.dense_classes), c, b)))
-        if self.lowrank_classes:
-            scale = self.constants(backend, v)["alphas"]
-            g, width = self.M_inv.shape[1], self.M_inv.shape[-1]
-            # V_j^H v for every class at once: one (g*w x C) product per frequency.
-            # (A broadcast product over classes takes numpy's slow non-BLAS path.)
-            p = backend.reshape(self._V_H @ v, (f, g, width, b))
-            p = self.M_inv @ p  # (F, g, w, b)
-            parts.append(scale * v[:, None] - scale * scale * (self.V @ p))
-        c_hat = parts[0] if len(parts) == 1 else backend.concat(parts, axis=1)
-        if not self._identity_order:
-            c_hat = c_hat[:, self.constants(backend, v)["order"]]
-        return u, c_hat
-
-    def membership(self, backend, c_hat):
-        """``pi_j = softmax_j(-lmbda ||C^j z||_F)``, ``(b, k)``, from ``c_hat``."""
-        weights = self.constants(backend, c_hat)["weights"]
-        sq = backend.class_sq_norms(c_hat, weights)
-        norms = backend.sqrt(backend.maximum(sq, 0.0))  # (k, b)
-        return backend.permute(backend.softmax(-self.lmbda * norms, axis=0), (1, 0))
-
     def __call__(self, backend, z, labels=None):
         """Apply the layer to ``z`` ``(b, C, *S)``.
 
@@ -257,16 +233,59 @@ class Layer:
         -------
         z_next : array (b, C, *S), unit norm per sample
         pi : array (b, k), the estimated membership (even when labels are given)
+
+        Notes
+        -----
+        Dense classes: ``C^j v`` comes from the stacked product and its norm
+        is taken directly. Low-rank classes never form ``C^j v`` (that would
+        be a ``(F, k, C, b)`` array): with ``p = V^H v``, ``q = M^-1 p``,
+        ``C^j v = alpha (v - alpha V q)``, so
+        ``||C^j v||^2 = alpha^2 sum_p w_p (|v|^2 - 2 alpha Re p^H q + alpha^2 q^H (V^H V) q)``
+        and ``sum_j g_j C^j v = (sum_j g_j alpha_j) v - V (alpha^2 g q)``.
         """
         v = spectral.spectrum(backend, z, self.signal_shape)
-        u, c_hat = self.responses(backend, v)
-        pi = self.membership(backend, c_hat)
+        f, c, b = v.shape
+        consts = self.constants(backend, v)
+        freq_weights = consts["weights"]
+        w = self.stacked @ v
+        u = w[:, :c]
+        kd = len(self.dense_classes)
+        sq = []
+        if kd:
+            dense = backend.reshape(w[:, c:], (f, kd, c, b))
+            sq.append(backend.class_sq_norms(dense, freq_weights))
+        if self.lowrank_classes:
+            g, width = self.M_inv.shape[1], self.M_inv.shape[-1]
+            alpha = consts["alphas"][0, :, 0]  # (g, 1)
+            # V_j^H v for every class at once: one (g*w x C) product per frequency.
+            p = backend.reshape(self._V_H @ v, (f, g, width, b))
+            q = self.M_inv @ p  # (F, g, w, b)
+            gq = self._G @ q
+            vv = backend.abs2(v).sum(1)  # (F, b)
+            pq = (p.conj() * q).real.sum(2)  # (F, g, b)
+            qgq = (q.conj() * gq).real.sum(2)
+            inner = vv[:, None] - 2 * alpha * pq + alpha * alpha * qgq
+            sq.append(alpha * alpha * backend.einsum("f,fgb->gb", freq_weights, inner))
+        sq = sq[0] if len(sq) == 1 else backend.concat(sq, axis=0)  # (k, b), sorted order
+        if not self._identity_order:
+            sq = sq[consts["order"]]
+        norms = backend.sqrt(backend.maximum(sq, 0.0))
+        pi = backend.permute(backend.softmax(-self.lmbda * norms, axis=0), (1, 0))  # (b, k)
+
         weight = pi
         if labels is not None:
-            weight = self.constants(backend, pi)["eye"][backend.from_numpy(labels, like=pi)]
-        weight = weight * self.constants(backend, pi)["gamma"]  # (b, k)
-        # sum_j gamma_j pi_j C^j z, per frequency: (F, k, C, b) x (k, b)
-        compress = (c_hat * backend.permute(weight, (1, 0))[None, :, None, :]).sum(1)
+            weight = consts["eye"][backend.from_numpy(labels, like=pi)]
+        weight = backend.permute(weight * consts["gamma"], (1, 0))  # (k, b)
+        if not self._identity_order:
+            weight = weight[consts["sorted"]]  # rows in dense-then-low-rank order
+        compress = None
+        if kd:
+            compress = backend.einsum("fkcb,kb->fcb", dense, backend.as_dtype_of(weight[:kd], dense))
+        if self.lowrank_classes:
+            gw = weight[kd:]  # (g, b)
+            lowrank = v * (alpha * gw).sum(0)[None, None, :] - self._V_flat @ backend.reshape(
+                q * (alpha * alpha * gw)[None, :, None, :], (f, g * width, b))
+            compress = lowrank if compress is None else compress + lowrank
         step = v + self.eta * (u - compress)
         z_next = spectral.inverse_spectrum(backend, step, self.signal_shape)
         return normalize(backend, z_next), pi

@@ -299,3 +299,35 @@ def test_inputs_not_modified():
     net.predict(X)
     np.testing.assert_array_equal(X, X_copy)
     np.testing.assert_array_equal(y, y_copy)
+
+
+@pytest.mark.parametrize("counts", [(4, 4, 4), (3, 9, 2)], ids=["all-lowrank", "mixed"])
+def test_layer_application_matches_dense_operators(counts):
+    """The layer (dense + low-rank paths) against every C^j applied densely, per frequency."""
+    from convredunet import spectral
+
+    y = np.repeat(np.arange(3), counts)
+    X, _ = _signals(len(y), (1, 9), k=3)
+    net = crn.ReduNet1D(n_layers=1, n_channels=6, kernel_size=3, lmbda=30.0).fit(X, y)
+    layer = net.layers_[0]
+    assert layer.lowrank_classes == [j for j in range(3) if counts[j] < 6]
+    Z0 = net.lifting_(BACKEND, net._check_X(X))
+    e_hat, c_hat = layer.operators_hat(BACKEND)
+    v = spectral.spectrum(BACKEND, Z0, (9,))
+    cj = c_hat @ v[None]  # (k, F, C, b)
+    w = spectral.half_spectrum_weights((9,))
+    norms = np.sqrt(np.einsum("f,kfcb->kb", w, np.abs(cj) ** 2))
+    pi = np.exp(-30.0 * norms) / np.exp(-30.0 * norms).sum(0)
+    step = v + net.eta * (e_hat @ v - np.einsum("kfcb,kb->fcb", cj, layer.gamma[:, None] * pi))
+    expected = spectral.inverse_spectrum(BACKEND, step, (9,))
+    expected /= np.linalg.norm(expected.reshape(len(y), -1), axis=1)[:, None, None]
+    got, got_pi = layer(BACKEND, Z0)
+    np.testing.assert_allclose(got_pi, pi.T, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+    # Label membership through the same paths.
+    step = v + net.eta * (e_hat @ v - np.einsum("kfcb,kb->fcb", cj,
+                                                layer.gamma[:, None] * np.eye(3)[y].T))
+    expected = spectral.inverse_spectrum(BACKEND, step, (9,))
+    expected /= np.linalg.norm(expected.reshape(len(y), -1), axis=1)[:, None, None]
+    np.testing.assert_allclose(layer(BACKEND, Z0, labels=y)[0], expected, rtol=1e-9,
+                               atol=1e-12)

@@ -123,6 +123,12 @@ class NumpyBackend:
     def astype_complex(self, x, like):
         return np.asarray(x, dtype=self.complex_dtype(like))
 
+    def as_dtype_of(self, x, like):
+        return x.astype(like.dtype, copy=False)
+
+    def einsum(self, spec, *operands):
+        return np.einsum(spec, *operands)
+
     def where(self, mask):
         return np.flatnonzero(mask)
 

@@ -60,6 +60,12 @@ class TorchBackend:
     def astype_complex(self, x, like):
         return torch.as_tensor(np.asarray(x), dtype=self.complex_dtype(like), device=like.device)
 
+    def as_dtype_of(self, x, like):
+        return x.to(like.dtype)
+
+    def einsum(self, spec, *operands):
+        return torch.einsum(spec, *operands)
+
     def where(self, mask):
         return torch.nonzero(mask).flatten()
 
