@@ -331,3 +331,23 @@ def test_layer_application_matches_dense_operators(counts):
     expected /= np.linalg.norm(expected.reshape(len(y), -1), axis=1)[:, None, None]
     np.testing.assert_allclose(layer(BACKEND, Z0, labels=y)[0], expected, rtol=1e-9,
                                atol=1e-12)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-9), ("float32", 1e-4)])
+def test_cuda_backend_matches_numpy(dtype, tol):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    X, y = _signals(40, (1, 8, 7), k=4)
+    ref = crn.ReduNet2D(n_layers=3, n_channels=6, kernel_size=3).fit(X, y)
+    net = crn.ReduNet2D(n_layers=3, n_channels=6, kernel_size=3, backend="torch",
+                        device="cuda", dtype=dtype).fit(X, y)
+    out = net.transform(torch.as_tensor(X, device="cuda"))
+    assert out.device.type == "cuda"
+    assert rel_err(out, ref.transform(X)) < tol
+    np.testing.assert_array_equal(net.predict(X), ref.predict(X))
+    module = net.to_torch(dtype=torch.float64).cuda()
+    with torch.no_grad():
+        got = module(torch.as_tensor(X, device="cuda"))
+    assert rel_err(got, ref.transform(X)) < max(tol, 1e-9)
