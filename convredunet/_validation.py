@@ -132,6 +132,16 @@ def check_positive(value, name):
     return value
 
 
+def check_finite(value, name):
+    """A finite real number."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a finite number or None, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number or None, got {value}")
+    return value
+
+
 def check_choice(value, name, choices):
     if value not in choices:
         options = ", ".join(repr(c) for c in choices)

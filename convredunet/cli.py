@@ -91,6 +91,15 @@ def _none_or_int(text):
             from None
 
 
+def _none_or_float(text):
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
 def _nonlinearity(text):
     return None if text.lower() == "none" else text
 
@@ -108,6 +117,8 @@ def _add_estimator_options(parser):
     group.add_argument("--n-channels", type=_none_or_int, help="lifted channels, or 'none'")
     group.add_argument("--kernel-size", type=int)
     group.add_argument("--nonlinearity", type=_nonlinearity, help="relu, abs or none")
+    group.add_argument("--lifting-bias", type=_none_or_float,
+                       help="value of a constant extra input channel of the lifting, or 'none'")
     group.add_argument("--membership", help="estimated or label")
     group.add_argument("--random-state", type=int)
     group.add_argument("--backend", help="numpy or torch")
@@ -128,7 +139,7 @@ def _add_data_options(parser, required=True):
 
 
 _PARAMS = ("n_layers", "eps2", "eta", "lmbda", "n_channels", "kernel_size", "nonlinearity",
-           "membership", "random_state", "backend", "device", "dtype", "batch_size")
+           "lifting_bias", "membership", "random_state", "backend", "device", "dtype", "batch_size")
 
 
 def make_estimator(kind, args):

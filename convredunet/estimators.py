@@ -16,7 +16,8 @@ from sklearn.utils.validation import column_or_1d
 
 from . import spectral
 from ._threads import thread_limits
-from ._validation import check_batch_size, check_choice, check_features, check_positive
+from ._validation import (check_batch_size, check_choice, check_features, check_finite,
+                          check_positive)
 from .backend import NumpyBackend, is_torch
 from .network import Layer, Lifting, normalize
 from .operators import spectral_solve
@@ -67,6 +68,10 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
             p["kernel_size"] = _check_int(self.kernel_size, "kernel_size", 1)
             p["nonlinearity"] = check_choice(self.nonlinearity, "nonlinearity",
                                              _NONLINEARITIES)
+            if self.lifting_bias is not None:
+                p["lifting_bias"] = check_finite(self.lifting_bias, "lifting_bias")
+            else:
+                p["lifting_bias"] = None
         device = getattr(self, "device", None)
         if p["backend"] == "numpy" and device not in (None, "cpu"):
             raise ValueError(f"device={device!r} needs backend='torch' (the numpy backend "
@@ -208,9 +213,18 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         if not self._signal_ndim or params["n_channels"] is None:
             return None
         rng = np.random.default_rng(self.random_state)
-        shape = (params["n_channels"], sample_shape[0]) + (params["kernel_size"],) * \
+        c_in = sample_shape[0]
+        extra = 0 if params["lifting_bias"] is None else 1
+        shape = (params["n_channels"], c_in + extra) + (params["kernel_size"],) * \
             self._signal_ndim
-        return Lifting(rng.standard_normal(shape), params["nonlinearity"], sample_shape[1:])
+        kernels = rng.standard_normal(shape)
+        bias = None
+        if extra:
+            # The kernel of a constant input channel of value lifting_bias: its
+            # response is the constant lifting_bias * sum of its taps.
+            taps = tuple(range(1, kernels.ndim - 1))
+            bias = params["lifting_bias"] * kernels[:, c_in].sum(axis=taps)
+        return Lifting(kernels[:, :c_in], params["nonlinearity"], sample_shape[1:], bias)
 
     def _lift(self, backend, X, batch_size):
         if self.lifting_ is None:
@@ -390,6 +404,11 @@ class ReduNet1D(_ReduNet):
         Taps of each lifting kernel (centred).
     nonlinearity : {"relu", "abs", None}
         Applied after the lifting convolution.
+    lifting_bias : float or None
+        When set, the lifting sees one more input channel, constant and equal
+        to ``lifting_bias``, with its own random kernel: each lifted channel
+        gets the random bias ``lifting_bias * sum(taps)`` before ``sigma``.
+        Constants are unchanged by shifts, so invariance is exact.
     membership : {"estimated", "label"}
         How the training features advance during construction: the
         estimated membership (as in the paper's experiments) or the true labels.
@@ -410,9 +429,9 @@ class ReduNet1D(_ReduNet):
     _signal_ndim = 1
 
     def __init__(self, n_layers=20, eps2=0.1, eta=0.5, lmbda=500.0, n_channels=16,
-                 kernel_size=7, nonlinearity="relu", membership="estimated", random_state=0,
-                 backend="numpy", device=None, dtype="float64", batch_size=None,
-                 verbose=False):
+                 kernel_size=7, nonlinearity="relu", lifting_bias=None, membership="estimated",
+                 random_state=0, backend="numpy", device=None, dtype="float64",
+                 batch_size=None, verbose=False):
         self.n_layers = n_layers
         self.eps2 = eps2
         self.eta = eta
@@ -420,6 +439,7 @@ class ReduNet1D(_ReduNet):
         self.n_channels = n_channels
         self.kernel_size = kernel_size
         self.nonlinearity = nonlinearity
+        self.lifting_bias = lifting_bias
         self.membership = membership
         self.random_state = random_state
         self.backend = backend
@@ -441,9 +461,9 @@ class ReduNet2D(_ReduNet):
     _signal_ndim = 2
 
     def __init__(self, n_layers=25, eps2=0.1, eta=0.5, lmbda=500.0, n_channels=75,
-                 kernel_size=9, nonlinearity="relu", membership="estimated", random_state=0,
-                 backend="numpy", device=None, dtype="float64", batch_size=None,
-                 verbose=False):
+                 kernel_size=9, nonlinearity="relu", lifting_bias=None, membership="estimated",
+                 random_state=0, backend="numpy", device=None, dtype="float64",
+                 batch_size=None, verbose=False):
         self.n_layers = n_layers
         self.eps2 = eps2
         self.eta = eta
@@ -451,6 +471,7 @@ class ReduNet2D(_ReduNet):
         self.n_channels = n_channels
         self.kernel_size = kernel_size
         self.nonlinearity = nonlinearity
+        self.lifting_bias = lifting_bias
         self.membership = membership
         self.random_state = random_state
         self.backend = backend

@@ -73,11 +73,11 @@ def _layer_kernels(net):
                spectral.operator_kernels(backend, c_hat, net.signal_shape_))
 
 
-def _circular_conv(kernels, dtype):
-    """``nn.Sequential(CircularPad, Conv)`` computing ``sum_c' k[c, c'] (*) x_c'``.
+def _circular_conv(kernels, dtype, bias=None):
+    """``nn.Sequential(CircularPad, Conv)`` computing ``sum_c' k[c, c'] (*) x_c' (+ bias)``.
 
     ``kernels``: numpy ``(C_out, C_in, *K)``, centred (tap ``r`` at offset
-    ``r - (K-1)//2``).
+    ``r - (K-1)//2``); ``bias``: numpy ``(C_out,)`` or None.
     """
     nd = kernels.ndim - 2
     sizes = kernels.shape[2:]
@@ -87,9 +87,12 @@ def _circular_conv(kernels, dtype):
         pads += [k - 1 - (k - 1) // 2, (k - 1) // 2]
     conv_cls, pad_cls = (nn.Conv1d, nn.CircularPad1d) if nd == 1 else (nn.Conv2d,
                                                                          nn.CircularPad2d)
-    conv = conv_cls(kernels.shape[1], kernels.shape[0], tuple(sizes), bias=False, dtype=dtype)
+    conv = conv_cls(kernels.shape[1], kernels.shape[0], tuple(sizes), bias=bias is not None,
+                    dtype=dtype)
     with torch.no_grad():
         conv.weight.copy_(torch.from_numpy(weight))
+        if bias is not None:
+            conv.bias.copy_(torch.from_numpy(np.asarray(bias)))
     return nn.Sequential(pad_cls(tuple(pads)), conv)
 
 
@@ -224,7 +227,7 @@ def to_torch(net, dtype=torch.float32, kernel_size=None):
     if net.lifting_ is None:
         lifting = Normalize()
     else:
-        parts = [_circular_conv(net.lifting_.kernels, dtype)]
+        parts = [_circular_conv(net.lifting_.kernels, dtype, net.lifting_.bias)]
         if net.lifting_.nonlinearity == "relu":
             parts.append(nn.ReLU())
         elif net.lifting_.nonlinearity == "abs":

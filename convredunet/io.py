@@ -63,6 +63,8 @@ def save(estimator, path):
               "classes": classes}
     if estimator.lifting_ is not None:
         arrays["lifting/kernels"] = estimator.lifting_.kernels
+        if estimator.lifting_.bias is not None:
+            arrays["lifting/bias"] = estimator.lifting_.bias
     for index, layer in enumerate(estimator.layers_):
         for key, value in layer.to_arrays(get_backend(layer.stacked)).items():
             arrays[f"layer{index}/{key}"] = value
@@ -128,7 +130,7 @@ def load(path):
         estimator.lifting_ = None
         if "lifting/kernels" in arrays:
             estimator.lifting_ = Lifting(arrays["lifting/kernels"], meta["nonlinearity"],
-                                         estimator.signal_shape_)
+                                         estimator.signal_shape_, arrays.get("lifting/bias"))
         backend = NumpyBackend()
         layers = []
         for index, info in enumerate(meta["layers"]):

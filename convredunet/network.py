@@ -37,7 +37,7 @@ def _nonlinearity(backend, name, z):
 
 
 class Lifting:
-    """``z = normalize(sigma(K (*) x))``: random circular convolution, then ``sigma``.
+    """``z = normalize(sigma(K (*) x + b))``: random circular convolution, then ``sigma``.
 
     Parameters
     ----------
@@ -47,12 +47,16 @@ class Lifting:
         ``(K (*) x)_c[t] = sum_c' sum_r K[c, c', r] x_c'[t - (r - (K-1)//2)]``.
     nonlinearity : {"relu", "abs", None}
     signal_shape : tuple, ``(T,)`` or ``(H, W)``
+    bias : numpy array (C,) or None
+        Added to every position of each lifted channel before ``sigma``; a
+        constant is unchanged by shifts, so equivariance is kept.
     """
 
-    def __init__(self, kernels, nonlinearity, signal_shape):
+    def __init__(self, kernels, nonlinearity, signal_shape, bias=None):
         self.kernels = np.asarray(kernels)
         self.nonlinearity = nonlinearity
         self.signal_shape = tuple(signal_shape)
+        self.bias = None if bias is None else np.asarray(bias, dtype=np.float64)
         self._hat = {}
 
     def full_kernels(self):
@@ -81,6 +85,9 @@ class Lifting:
         v = spectral.spectrum(backend, x, self.signal_shape)
         z = spectral.inverse_spectrum(backend, self.kernel_hat(backend, x) @ v,
                                       self.signal_shape)
+        if self.bias is not None:
+            shape = (1, -1) + (1,) * len(self.signal_shape)
+            z = z + backend.reshape(backend.astype(self.bias, like=z), shape)
         return normalize(backend, _nonlinearity(backend, self.nonlinearity, z))
 
 

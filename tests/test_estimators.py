@@ -57,6 +57,16 @@ def test_clone_and_params():
 
 
 # --- invariance ----------------------------------------------------------------------
+def test_lifting_bias_is_a_constant_input_channel():
+    """lifting_bias=b equals lifting with an extra constant input channel of value b."""
+    X, y = _signals(30, (1, 10), k=3)
+    with_bias = crn.ReduNet1D(n_layers=2, n_channels=5, kernel_size=3, lifting_bias=0.8)
+    with_bias.fit(X, y)
+    constant = np.concatenate([X, np.full_like(X, 0.8)], axis=1)
+    explicit = crn.ReduNet1D(n_layers=2, n_channels=5, kernel_size=3).fit(constant, y)
+    assert rel_err(with_bias.transform(X), explicit.transform(constant)) < 1e-10
+
+
 def test_1d_equivariance_and_invariance_on_all_shifts():
     X, y = _signals(60, (2, 12), k=3)
     net = crn.ReduNet1D(n_layers=4, n_channels=6, kernel_size=5).fit(X, y)
@@ -68,7 +78,8 @@ def test_1d_equivariance_and_invariance_on_all_shifts():
 
 def test_2d_equivariance_and_invariance_on_all_shifts():
     X, y = _signals(40, (6, 5), k=2)
-    net = crn.ReduNet2D(n_layers=3, n_channels=5, kernel_size=3).fit(X, y)
+    net = crn.ReduNet2D(n_layers=3, n_channels=5, kernel_size=3, lifting_bias=0.5).fit(X, y)
+    assert net.lifting_.bias.shape == (5,)
     X_test, _ = _signals(4, (6, 5), k=2, seed=1)
     assert_shift_equivariant(net.transform, X_test, ndim=2, rtol=1e-9)
     assert_shift_invariant(net.predict, X_test, ndim=2)
@@ -191,7 +202,7 @@ def test_save_load_round_trip_bit_for_bit(fitted, tmp_path):
     np.testing.assert_array_equal(twin.predict_proba(X), net.predict_proba(X))
     assert twin.history_ == net.history_
     X2, y2 = _signals(20, (1, 6, 5), k=2)
-    net2 = crn.ReduNet2D(n_layers=2, n_channels=3, kernel_size=3).fit(X2, y2)
+    net2 = crn.ReduNet2D(n_layers=2, n_channels=3, kernel_size=3, lifting_bias=1.0).fit(X2, y2)
     net2.save(tmp_path / "m2.npz")
     np.testing.assert_array_equal(crn.load(tmp_path / "m2.npz").transform(X2), net2.transform(X2))
 
@@ -284,6 +295,8 @@ def test_bad_input_to_fit_and_predict(fitted):
     (dict(dtype="float16"), ValueError, "dtype must be one of 'float64', 'float32'"),
     (dict(device="cuda"), ValueError, "device='cuda' needs backend='torch'"),
     (dict(batch_size=0), ValueError, "batch_size must be a positive integer or None, got 0"),
+    (dict(lifting_bias=float("inf")), ValueError,
+     "lifting_bias must be a finite number or None, got inf"),
 ])
 def test_bad_parameters(params, error, match):
     X, y = _signals(12, (2, 10), k=2)

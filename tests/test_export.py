@@ -13,6 +13,8 @@ from test_estimators import _signals  # noqa: E402
 CASES = {
     "1d-even": lambda: (crn.ReduNet1D(n_layers=3, n_channels=5, kernel_size=4), (2, 10), 3),
     "1d-odd": lambda: (crn.ReduNet1D(n_layers=3, n_channels=5, kernel_size=3), (1, 9), 3),
+    "1d-bias": lambda: (crn.ReduNet1D(n_layers=3, n_channels=5, kernel_size=3,
+                                      lifting_bias=0.7), (1, 9), 3),
     "1d-nolift": lambda: (crn.ReduNet1D(n_layers=3, n_channels=None), (3, 8), 2),
     "2d-even": lambda: (crn.ReduNet2D(n_layers=2, n_channels=4, kernel_size=3), (1, 6, 4), 2),
     "2d-odd": lambda: (crn.ReduNet2D(n_layers=2, n_channels=4, kernel_size=2,
