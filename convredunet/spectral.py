@@ -114,26 +114,31 @@ def class_grams(backend, Z, labels, n_classes, batch_size=None, keep=(), grams_o
     if batch_size is None:
         batch_size = default_batch_size(n_channels, n_freqs, backend.itemsize(Z))
     grams_of = set(range(n_classes)) if grams_of is None else set(grams_of)
-    grams, kept, total_gram = {}, {}, None
-    for j in range(n_classes):
-        if not (total or j in grams_of or j in keep):
-            continue
-        members = np.flatnonzero(labels == j)
-        gram, pieces = None, []
-        for start in range(0, len(members), batch_size):
-            v = spectrum(backend, backend.take(Z, members[start:start + batch_size]),
-                         signal_shape)
-            if total or j in grams_of:
-                product = v @ backend.H(v)
-                gram = product if gram is None else gram + product
-            if j in keep:
-                pieces.append(v)
-        if j in grams_of:
-            grams[j] = gram
+    keep = set(keep)
+    # Samples in class order, in chunks: one product per chunk gives the total
+    # Gram matrix, and each class is a contiguous run of columns of the chunk.
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    grams, pieces, total_gram = {}, {j: [] for j in keep}, None
+    for start in range(0, len(order), batch_size):
+        stop = min(start + batch_size, len(order))
+        v = spectrum(backend, backend.take(Z, order[start:stop]), signal_shape)
         if total:
-            total_gram = gram if total_gram is None else total_gram + gram
-        if j in keep:
-            kept[j] = backend.concat(pieces, axis=2)
+            product = v @ backend.H(v)
+            total_gram = product if total_gram is None else total_gram + product
+        chunk_labels = sorted_labels[start:stop]
+        for j in np.unique(chunk_labels):
+            j = int(j)
+            if j not in grams_of and j not in keep:
+                continue
+            lo, hi = np.searchsorted(chunk_labels, [j, j + 1])
+            part = v[:, :, lo:hi]
+            if j in grams_of:
+                product = part @ backend.H(part)
+                grams[j] = product if j not in grams else grams[j] + product
+            if j in keep:
+                pieces[j].append(part)
+    kept = {j: backend.contiguous(backend.concat(p, axis=2)) for j, p in pieces.items()}
     return grams, total_gram, kept
 
 
@@ -213,8 +218,9 @@ def woodbury_factors(backend, spectra, alphas, inverse=True):
 def woodbury_dense(backend, v, m_inv, alphas):
     """``alpha (I - alpha V M^-1 V^H)`` from :func:`woodbury_factors`, ``(g, F, C, C)``."""
     scale = backend.astype(np.asarray(alphas).reshape(-1, 1, 1, 1), like=v.real)
-    eye = backend.eye(v.shape[-2], like=v)
-    return scale * (eye - scale * (v @ m_inv @ backend.H(v)))
+    out = (v @ m_inv) @ backend.H(v)
+    out *= -(scale * scale)
+    return out + scale * backend.eye(v.shape[-2], like=v)
 
 
 def woodbury_inverse(backend, spectra, alphas, inverse=True):
