@@ -256,3 +256,15 @@ def test_threads_setting():
         crn.set_num_threads(0)
     with pytest.raises(TypeError, match="n_threads must be a positive integer"):
         crn.set_num_threads(1.5)
+
+
+def test_scipy_fft_fallback_without_pyfftw(monkeypatch):
+    from convredunet.backend import numpy_backend
+
+    Z, y = make_features(10, (3, 12), k=2)
+    with_fftw = crn.construct_operators(Z, y)
+    monkeypatch.setattr(numpy_backend, "_fftw", None)
+    without = crn.construct_operators(Z, y)
+    assert rel_err(without.C_hat, with_fftw.C_hat) < 1e-13
+    E, _ = without.kernels()
+    assert rel_err(E, with_fftw.kernels()[0]) < 1e-13
