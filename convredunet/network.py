@@ -251,31 +251,15 @@ class Layer:
         and ``sum_j g_j C^j v = (sum_j g_j alpha_j) v - V (alpha^2 g q)``.
         """
         v = spectral.spectrum(backend, z, self.signal_shape)
-        f, c, b = v.shape
         consts = self.constants(backend, v)
-        freq_weights = consts["weights"]
-        w = self.stacked @ v
-        u = w[:, :c]
-        kd = len(self.dense_classes)
-        sq = []
-        if kd:
-            dense = backend.reshape(w[:, c:], (f, kd, c, b))
-            sq.append(backend.class_sq_norms(dense, freq_weights))
-        if self.lowrank_classes:
-            g, width = self.M_inv.shape[1], self.M_inv.shape[-1]
-            alpha = consts["alphas"][0, :, 0]  # (g, 1)
-            # V_j^H v for every class at once: one (g*w x C) product per frequency.
-            p = backend.reshape(self._V_H @ v, (f, g, width, b))
-            q = self.M_inv @ p  # (F, g, w, b)
-            gq = self._G @ q
-            vv = backend.abs2(v).sum(1)  # (F, b)
-            pq = (p.conj() * q).real.sum(2)  # (F, g, b)
-            qgq = (q.conj() * gq).real.sum(2)
-            inner = vv[:, None] - 2 * alpha * pq + alpha * alpha * qgq
-            sq.append(alpha * alpha * backend.einsum("f,fgb->gb", freq_weights, inner))
-        sq = sq[0] if len(sq) == 1 else backend.concat(sq, axis=0)  # (k, b), sorted order
+        slices = _frequency_slices(backend, v)
+        # Phase 1, per frequency: responses and each frequency's share of ||C^j z||^2.
+        parts = _map(lambda fs: self._responses(backend, v, fs, consts), slices)
+        sq = parts[0][1]
+        for _, more in parts[1:]:
+            sq = sq + more
         if not self._identity_order:
-            sq = sq[consts["order"]]
+            sq = sq[consts["order"]]  # (k, b) in class order
         norms = backend.sqrt(backend.maximum(sq, 0.0))
         pi = backend.permute(backend.softmax(-self.lmbda * norms, axis=0), (1, 0))  # (b, k)
 
@@ -285,14 +269,87 @@ class Layer:
         weight = backend.permute(weight * consts["gamma"], (1, 0))  # (k, b)
         if not self._identity_order:
             weight = weight[consts["sorted"]]  # rows in dense-then-low-rank order
-        compress = None
-        if kd:
-            compress = backend.einsum("fkcb,kb->fcb", dense, backend.as_dtype_of(weight[:kd], dense))
-        if self.lowrank_classes:
-            gw = weight[kd:]  # (g, b)
-            lowrank = v * (alpha * gw).sum(0)[None, None, :] - self._V_flat @ backend.reshape(
-                q * (alpha * alpha * gw)[None, :, None, :], (f, g * width, b))
-            compress = lowrank if compress is None else compress + lowrank
-        step = v + self.eta * (u - compress)
+        # Phase 2, per frequency: the step z + eta (E z - sum_j gamma_j pi_j C^j z).
+        steps = _map(lambda item: self._step(backend, v, item[0], item[1][0], weight, consts),
+                     list(zip(slices, parts)))
+        step = steps[0] if len(steps) == 1 else backend.concat(steps, axis=0)
         z_next = spectral.inverse_spectrum(backend, step, self.signal_shape)
         return normalize(backend, z_next), pi
+
+    def _responses(self, backend, v, fs, consts):
+        """Products for the frequencies ``fs``; returns (state, partial squared norms (k, b))."""
+        v = v[fs]
+        f, c, b = v.shape
+        freq_weights = consts["weights"][fs]
+        w = self.stacked[fs] @ v
+        kd = len(self.dense_classes)
+        state = {"u": w[:, :c]}
+        sq = []
+        if kd:
+            state["dense"] = backend.reshape(w[:, c:], (f, kd, c, b))
+            sq.append(backend.class_sq_norms(state["dense"], freq_weights))
+        if self.lowrank_classes:
+            g, width = self.M_inv.shape[1], self.M_inv.shape[-1]
+            alpha = consts["alphas"][0, :, 0]  # (g, 1)
+            # V_j^H v for every class at once: one (g*w x C) product per frequency.
+            p = backend.reshape(self._V_H[fs] @ v, (f, g, width, b))
+            q = self.M_inv[fs] @ p  # (F, g, w, b)
+            gq = self._G[fs] @ q
+            vv = backend.abs2(v).sum(1)  # (F, b)
+            pq = (p.conj() * q).real.sum(2)  # (F, g, b)
+            qgq = (q.conj() * gq).real.sum(2)
+            inner = vv[:, None] - 2 * alpha * pq + alpha * alpha * qgq
+            sq.append(alpha * alpha * backend.einsum("f,fgb->gb", freq_weights, inner))
+            state["q"] = q
+        return state, (sq[0] if len(sq) == 1 else backend.concat(sq, axis=0))
+
+    def _step(self, backend, v, fs, state, weight, consts):
+        """``v + eta (E v - sum_j weight_j C^j v)`` for the frequencies ``fs``."""
+        v = v[fs]
+        f, c, b = v.shape
+        kd = len(self.dense_classes)
+        compress = None
+        if kd:
+            dense = state["dense"]
+            compress = backend.einsum("fkcb,kb->fcb", dense,
+                                      backend.as_dtype_of(weight[:kd], dense))
+        if self.lowrank_classes:
+            g, width = self.M_inv.shape[1], self.M_inv.shape[-1]
+            alpha = consts["alphas"][0, :, 0]
+            gw = weight[kd:]  # (g, b)
+            scaled = state["q"] * (alpha * alpha * gw)[None, :, None, :]
+            lowrank = v * (alpha * gw).sum(0)[None, None, :] - self._V_flat[fs] @ backend.reshape(
+                scaled, (f, g * width, b))
+            compress = lowrank if compress is None else compress + lowrank
+        return v + self.eta * (state["u"] - compress)
+
+
+# Layers on numpy arrays split their frequencies among this many Python threads
+# (numpy releases the GIL in BLAS calls and large ufuncs), each running
+# single-threaded BLAS; below _SPLIT_MIN_ELEMENTS spectrum entries one thread.
+_SPLIT_MIN_ELEMENTS = 1 << 18
+_executor = None
+
+
+def _frequency_slices(backend, v):
+    from ._threads import get_num_threads
+
+    n = get_num_threads()
+    f = v.shape[0]
+    if backend.name != "numpy" or n < 2 or f < 2 or v.size < _SPLIT_MIN_ELEMENTS:
+        return [slice(0, f)]
+    n = min(n, f)
+    bounds = np.linspace(0, f, n + 1).round().astype(int)
+    return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def _map(fn, items):
+    global _executor
+    if len(items) == 1:
+        return [fn(items[0])]
+    if _executor is None or _executor._max_workers < len(items):
+        from concurrent.futures import ThreadPoolExecutor
+
+        _executor = ThreadPoolExecutor(max_workers=len(items),
+                                       thread_name_prefix="convredunet")
+    return list(_executor.map(fn, items))

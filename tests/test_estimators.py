@@ -364,3 +364,21 @@ def test_cuda_backend_matches_numpy(dtype, tol):
     with torch.no_grad():
         got = module(torch.as_tensor(X, device="cuda"))
     assert rel_err(got, ref.transform(X)) < max(tol, 1e-9)
+
+
+@pytest.mark.parametrize("counts", [(4, 4, 4), (3, 9, 2), (9, 9, 9)])
+def test_frequency_split_threads_give_the_same_layer(counts, monkeypatch):
+    from convredunet import network
+
+    y = np.repeat(np.arange(3), counts)
+    X, _ = _signals(len(y), (1, 11), k=3)
+    net = crn.ReduNet1D(n_layers=2, n_channels=6, kernel_size=3).fit(X, y)
+    Z0 = net.lifting_(BACKEND, net._check_X(X))
+    with crn.num_threads(1):
+        one, pi_one = net.layers_[0](BACKEND, Z0)
+    monkeypatch.setattr(network, "_SPLIT_MIN_ELEMENTS", 0)
+    with crn.num_threads(3):
+        assert len(network._frequency_slices(BACKEND, np.zeros((6, 6, 5)))) == 3
+        split, pi_split = net.layers_[0](BACKEND, Z0)
+    np.testing.assert_allclose(split, one, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(pi_split, pi_one, rtol=1e-12, atol=1e-14)
