@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from . import spectral
+from . import _parallel, spectral
 
 # Samples whose norm is below this are left as they are by normalize().
 _TINY = 1e-30
@@ -324,32 +324,9 @@ class Layer:
         return v + self.eta * (state["u"] - compress)
 
 
-# Layers on numpy arrays split their frequencies among this many Python threads
-# (numpy releases the GIL in BLAS calls and large ufuncs), each running
-# single-threaded BLAS; below _SPLIT_MIN_ELEMENTS spectrum entries one thread.
-_SPLIT_MIN_ELEMENTS = 1 << 18
-_executor = None
-
-
 def _frequency_slices(backend, v):
-    from ._threads import get_num_threads
-
-    n = get_num_threads()
-    f = v.shape[0]
-    if backend.name != "numpy" or n < 2 or f < 2 or v.size < _SPLIT_MIN_ELEMENTS:
-        return [slice(0, f)]
-    n = min(n, f)
-    bounds = np.linspace(0, f, n + 1).round().astype(int)
-    return [slice(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    """Frequency slices of ``v`` ``(F, C, b)`` for the threads (one when small)."""
+    return _parallel.batch_slices(backend, v.shape[0], math.prod(v.shape))
 
 
-def _map(fn, items):
-    global _executor
-    if len(items) == 1:
-        return [fn(items[0])]
-    if _executor is None or _executor._max_workers < len(items):
-        from concurrent.futures import ThreadPoolExecutor
-
-        _executor = ThreadPoolExecutor(max_workers=len(items),
-                                       thread_name_prefix="convredunet")
-    return list(_executor.map(fn, items))
+_map = _parallel.pmap

@@ -142,13 +142,16 @@ class SpectralSolution:
 
     def class_operators(self, backend):
         """Every ``C^j`` as dense blocks, ``(k, F, C, C)``, in class order."""
-        parts = {}
+        k = len(self.dense_classes) + len(self.lowrank_classes)
+        if self.dense_classes == list(range(k)):
+            return self.C_dense
+        lowrank = spectral.woodbury_dense(backend, self.V, self.M_inv, self.alphas)
+        if self.lowrank_classes == list(range(k)):
+            return lowrank
+        parts = dict(zip(self.lowrank_classes, lowrank))
         if self.dense_classes:
             parts.update(zip(self.dense_classes, self.C_dense))
-        if self.lowrank_classes:
-            dense = spectral.woodbury_dense(backend, self.V, self.M_inv, self.alphas)
-            parts.update(zip(self.lowrank_classes, dense))
-        return backend.stack([parts[j] for j in range(len(parts))])
+        return backend.stack([parts[j] for j in range(k)])
 
 
 def spectral_solve(backend, Z, labels, k, eps2, batch_size=None, woodbury="auto",

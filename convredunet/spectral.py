@@ -11,7 +11,11 @@ channels.
 
 Vectors ``(b, d)`` are the special case ``T = 1``: no FFT, real arithmetic.
 """
+import math
+
 import numpy as np
+
+from . import _parallel
 
 # Bytes of spectrum one chunk of samples may take when batch_size is None.
 _CHUNK_BYTES = 64 << 20
@@ -167,12 +171,15 @@ def regularized_inverse(backend, grams, alphas, inverse=True):
     flat_a = backend.reshape(eye + scale * grams, (g * n_freqs, c, c))
     invs, logdets = [], []
     for part in _slices(g * n_freqs, c * c * backend.itemsize(grams) * 4):
+        block = flat_a[part]
+        threads = _parallel.batch_slices(backend, block.shape[0], math.prod(block.shape) * c)
+        solve = backend.hpd_inverse_logdet if inverse else backend.hpd_logdet
+        results = _parallel.pmap(lambda s: solve(block[s]), threads)
         if inverse:
-            inv, logdet = backend.hpd_inverse_logdet(flat_a[part])
-            invs.append(inv)
+            invs += [r[0] for r in results]
+            logdets += [r[1] for r in results]
         else:
-            logdet = backend.hpd_logdet(flat_a[part])
-        logdets.append(logdet)
+            logdets += results
     logdets = backend.reshape(backend.concat(logdets), (g, n_freqs))
     if not inverse:
         return None, logdets
@@ -218,9 +225,15 @@ def woodbury_factors(backend, spectra, alphas, inverse=True):
 def woodbury_dense(backend, v, m_inv, alphas):
     """``alpha (I - alpha V M^-1 V^H)`` from :func:`woodbury_factors`, ``(g, F, C, C)``."""
     scale = backend.astype(np.asarray(alphas).reshape(-1, 1, 1, 1), like=v.real)
-    out = (v @ m_inv) @ backend.H(v)
-    out *= -(scale * scale)
-    return out + scale * backend.eye(v.shape[-2], like=v)
+    # Scale the small m x m factor, not the C x C result, and add alpha on the
+    # diagonal in place: one pass over the (g, F, C, C) output.
+    factor = v @ (m_inv * -(scale * scale))
+    g, f, c = v.shape[:3]
+    parts = _parallel.pmap(lambda fs: factor[:, fs] @ backend.H(v[:, fs]),
+                           _parallel.batch_slices(backend, f, g * f * c * c))
+    out = parts[0] if len(parts) == 1 else backend.concat(parts, axis=1)
+    backend.add_to_diagonal(out, backend.reshape(scale, (-1, 1, 1)))
+    return out
 
 
 def woodbury_inverse(backend, spectra, alphas, inverse=True):

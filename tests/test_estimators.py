@@ -368,7 +368,7 @@ def test_cuda_backend_matches_numpy(dtype, tol):
 
 @pytest.mark.parametrize("counts", [(4, 4, 4), (3, 9, 2), (9, 9, 9)])
 def test_frequency_split_threads_give_the_same_layer(counts, monkeypatch):
-    from convredunet import network
+    from convredunet import _parallel, network
 
     y = np.repeat(np.arange(3), counts)
     X, _ = _signals(len(y), (1, 11), k=3)
@@ -376,7 +376,7 @@ def test_frequency_split_threads_give_the_same_layer(counts, monkeypatch):
     Z0 = net.lifting_(BACKEND, net._check_X(X))
     with crn.num_threads(1):
         one, pi_one = net.layers_[0](BACKEND, Z0)
-    monkeypatch.setattr(network, "_SPLIT_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(_parallel, "MIN_ELEMENTS", 0)
     with crn.num_threads(3):
         assert len(network._frequency_slices(BACKEND, np.zeros((6, 6, 5)))) == 3
         split, pi_split = net.layers_[0](BACKEND, Z0)

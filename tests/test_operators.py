@@ -268,3 +268,20 @@ def test_scipy_fft_fallback_without_pyfftw(monkeypatch):
     assert rel_err(without.C_hat, with_fftw.C_hat) < 1e-13
     E, _ = without.kernels()
     assert rel_err(E, with_fftw.kernels()[0]) < 1e-13
+
+
+def test_threaded_construction_matches_single_thread(monkeypatch):
+    from convredunet import _parallel
+
+    rng = np.random.default_rng(2)
+    Z, _ = make_features(17, (8, 6), k=1)
+    y = np.array([0] * 3 + [1] * 5 + [2] * 9)
+    rng.shuffle(y)
+    with crn.num_threads(1):
+        one = crn.construct_operators(Z, y)
+    monkeypatch.setattr(_parallel, "MIN_ELEMENTS", 0)
+    with crn.num_threads(3):
+        split = crn.construct_operators(Z, y)
+    assert rel_err(split.E_hat, one.E_hat) < 1e-13
+    assert rel_err(split.C_hat, one.C_hat) < 1e-13
+    assert split.rates.delta == pytest.approx(one.rates.delta, rel=1e-13)

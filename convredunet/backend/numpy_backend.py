@@ -129,6 +129,11 @@ class NumpyBackend:
     def einsum(self, spec, *operands):
         return np.einsum(spec, *operands)
 
+    def add_to_diagonal(self, x, value):
+        """``x[..., i, i] += value`` in place (``value`` broadcasts against ``x[..., 0]``)."""
+        diagonal = np.einsum("...ii->...i", x)
+        diagonal += value
+
     def where(self, mask):
         return np.flatnonzero(mask)
 

@@ -66,6 +66,10 @@ class TorchBackend:
     def einsum(self, spec, *operands):
         return torch.einsum(spec, *operands)
 
+    def add_to_diagonal(self, x, value):
+        """``x[..., i, i] += value`` in place (``value`` broadcasts against ``x[..., 0]``)."""
+        x.diagonal(dim1=-2, dim2=-1).add_(value)
+
     def where(self, mask):
         return torch.nonzero(mask).flatten()
 
