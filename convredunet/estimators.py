@@ -424,12 +424,18 @@ class ReduNet1D(_ReduNet):
         Show a progress bar over the layers.
 
     Input ``X``: ``(n_samples, T)`` or ``(n_samples, C_in, T)``.
+
+    The defaults are the configuration chosen by the MNIST-1D sweep
+    (``bench/sweep_mnist1d.py``): 32 lifted channels, kernel 7, ``abs``,
+    lifting bias 1.0, ``eps2=3e-4``, 12 layers; ``ReduNet1D(random_state=0)``
+    reaches 0.856 test accuracy on MNIST-1D's default split (seeds 1 and 2:
+    0.830, 0.854).
     """
 
     _signal_ndim = 1
 
-    def __init__(self, n_layers=20, eps2=0.1, eta=0.5, lmbda=500.0, n_channels=16,
-                 kernel_size=7, nonlinearity="relu", lifting_bias=None, membership="estimated",
+    def __init__(self, n_layers=12, eps2=3e-4, eta=0.5, lmbda=500.0, n_channels=32,
+                 kernel_size=7, nonlinearity="abs", lifting_bias=1.0, membership="estimated",
                  random_state=0, backend="numpy", device=None, dtype="float64",
                  batch_size=None, verbose=False):
         self.n_layers = n_layers
