@@ -38,8 +38,8 @@ _NOT_APPLICABLE = {"check_classifiers_train": "3 classes cannot hold separate su
 
 
 @parametrize_with_checks(
-    [crn.ReduNetVector(n_layers=3), crn.ReduNet1D(n_layers=3, n_channels=4, kernel_size=1),
-     crn.ReduNet1D(n_layers=3, n_channels=None)],
+    [crn.ReduNetVector(n_layers=3), crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=4, kernel_size=1),
+     crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=None)],
     expected_failed_checks=lambda est: _NOT_APPLICABLE,
 )
 def test_sklearn_conventions(estimator, check):
@@ -60,17 +60,17 @@ def test_clone_and_params():
 def test_lifting_bias_is_a_constant_input_channel():
     """lifting_bias=b equals lifting with an extra constant input channel of value b."""
     X, y = _signals(30, (1, 10), k=3)
-    with_bias = crn.ReduNet1D(n_layers=2, n_channels=5, kernel_size=3, lifting_bias=0.8)
+    with_bias = crn.ReduNet1D(eps2=0.1, n_layers=2, n_channels=5, kernel_size=3, lifting_bias=0.8)
     with_bias.fit(X, y)
     constant = np.concatenate([X, np.full_like(X, 0.8)], axis=1)
-    explicit = crn.ReduNet1D(n_layers=2, n_channels=5, kernel_size=3,
+    explicit = crn.ReduNet1D(eps2=0.1, n_layers=2, n_channels=5, kernel_size=3,
                              lifting_bias=None).fit(constant, y)
     assert rel_err(with_bias.transform(X), explicit.transform(constant)) < 1e-10
 
 
 def test_1d_equivariance_and_invariance_on_all_shifts():
     X, y = _signals(60, (2, 12), k=3)
-    net = crn.ReduNet1D(n_layers=4, n_channels=6, kernel_size=5).fit(X, y)
+    net = crn.ReduNet1D(eps2=0.1, n_layers=4, n_channels=6, kernel_size=5).fit(X, y)
     X_test, _ = _signals(6, (2, 12), k=3, seed=1)
     assert_shift_equivariant(net.transform, X_test, ndim=1, rtol=1e-9)
     assert_shift_invariant(net.predict, X_test, ndim=1)
@@ -97,7 +97,7 @@ def test_equivariance_helper_catches_a_non_equivariant_map():
 # --- construction ----------------------------------------------------------------------
 @pytest.mark.parametrize("make", [
     lambda: (crn.ReduNetVector(n_layers=6, eps2=0.5), _signals(60, (12,), k=3)),
-    lambda: (crn.ReduNet1D(n_layers=6, n_channels=None), _signals(60, (3, 10), k=3)),
+    lambda: (crn.ReduNet1D(eps2=0.1, n_layers=6, n_channels=None), _signals(60, (3, 10), k=3)),
 ], ids=["vector", "1d"])
 def test_delta_R_increases_over_first_layers(make):
     net, (X, y) = make()
@@ -148,7 +148,7 @@ def test_first_layer_by_hand_with_label_membership():
 def test_lowrank_classes_match_dense_operators():
     # 3 classes of 4 samples, 6 lifted channels: classes are stored as Woodbury factors.
     X, y = _signals(12, (1, 9), k=3)
-    net = crn.ReduNet1D(n_layers=1, n_channels=6, kernel_size=3).fit(X, y)
+    net = crn.ReduNet1D(eps2=0.1, n_layers=1, n_channels=6, kernel_size=3).fit(X, y)
     layer = net.layers_[0]
     assert layer.lowrank_classes == [0, 1, 2]
     Z0 = net.lifting_(BACKEND, X[:, None] if X.ndim == 2 else X)
@@ -160,8 +160,8 @@ def test_lowrank_classes_match_dense_operators():
 def test_torch_backend_matches_numpy():
     torch = pytest.importorskip("torch")
     X, y = _signals(30, (2, 10), k=3)
-    a = crn.ReduNet1D(n_layers=3, n_channels=5, kernel_size=3).fit(X, y)
-    b = crn.ReduNet1D(n_layers=3, n_channels=5, kernel_size=3, backend="torch").fit(X, y)
+    a = crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=5, kernel_size=3).fit(X, y)
+    b = crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=5, kernel_size=3, backend="torch").fit(X, y)
     assert rel_err(b.transform(X), a.transform(X)) < 1e-9
     np.testing.assert_array_equal(a.predict(X), b.predict(X))
     out = b.transform(torch.from_numpy(X))
@@ -170,8 +170,8 @@ def test_torch_backend_matches_numpy():
 
 def test_float32_close_to_float64():
     X, y = _signals(30, (2, 10), k=3)
-    a = crn.ReduNet1D(n_layers=3, n_channels=5, kernel_size=3).fit(X, y)
-    b = crn.ReduNet1D(n_layers=3, n_channels=5, kernel_size=3, dtype="float32").fit(X, y)
+    a = crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=5, kernel_size=3).fit(X, y)
+    b = crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=5, kernel_size=3, dtype="float32").fit(X, y)
     Zb = b.transform(X)
     assert Zb.dtype == np.float32
     assert rel_err(Zb, a.transform(X)) < 1e-4
@@ -180,7 +180,7 @@ def test_float32_close_to_float64():
 def test_string_labels_and_proba():
     X, y = _signals(30, (2, 10), k=3)
     names = np.array(["cat", "dog", "eel"])[y]
-    net = crn.ReduNet1D(n_layers=3, n_channels=5, kernel_size=3).fit(X, names)
+    net = crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=5, kernel_size=3).fit(X, names)
     assert set(net.predict(X)) <= set(names)
     proba = net.predict_proba(X)
     np.testing.assert_allclose(proba.sum(1), 1.0)
@@ -191,7 +191,7 @@ def test_string_labels_and_proba():
 @pytest.fixture(scope="module")
 def fitted():
     X, y = _signals(30, (2, 10), k=3)
-    return crn.ReduNet1D(n_layers=3, n_channels=8, kernel_size=3).fit(X, y), X
+    return crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=8, kernel_size=3).fit(X, y), X
 
 
 def test_save_load_round_trip_bit_for_bit(fitted, tmp_path):
@@ -256,7 +256,7 @@ def test_save_refuses_unfitted(tmp_path):
 def test_bad_input_to_fit_and_predict(fitted):
     net, X = fitted
     y = np.arange(len(X)) % 3
-    fresh = crn.ReduNet1D(n_layers=2, n_channels=4, kernel_size=3)
+    fresh = crn.ReduNet1D(eps2=0.1, n_layers=2, n_channels=4, kernel_size=3)
     with pytest.raises(ValueError, match=r"X must have shape \(n_samples, T\) or \(n_samples, "
                                          r"n_channels, T\) for ReduNet1D, got shape \(30,\)"):
         fresh.fit(X[:, 0, 0], y)
@@ -308,7 +308,7 @@ def test_bad_parameters(params, error, match):
 def test_inputs_not_modified():
     X, y = _signals(20, (2, 10), k=2)
     X_copy, y_copy = X.copy(), y.copy()
-    net = crn.ReduNet1D(n_layers=2, n_channels=4, kernel_size=3).fit(X, y)
+    net = crn.ReduNet1D(eps2=0.1, n_layers=2, n_channels=4, kernel_size=3).fit(X, y)
     net.transform(X)
     net.predict(X)
     np.testing.assert_array_equal(X, X_copy)
@@ -322,7 +322,7 @@ def test_layer_application_matches_dense_operators(counts):
 
     y = np.repeat(np.arange(3), counts)
     X, _ = _signals(len(y), (1, 9), k=3)
-    net = crn.ReduNet1D(n_layers=1, n_channels=6, kernel_size=3, lmbda=30.0).fit(X, y)
+    net = crn.ReduNet1D(eps2=0.1, n_layers=1, n_channels=6, kernel_size=3, lmbda=30.0).fit(X, y)
     layer = net.layers_[0]
     assert layer.lowrank_classes == [j for j in range(3) if counts[j] < 6]
     Z0 = net.lifting_(BACKEND, net._check_X(X))
@@ -373,7 +373,7 @@ def test_frequency_split_threads_give_the_same_layer(counts, monkeypatch):
 
     y = np.repeat(np.arange(3), counts)
     X, _ = _signals(len(y), (1, 11), k=3)
-    net = crn.ReduNet1D(n_layers=2, n_channels=6, kernel_size=3).fit(X, y)
+    net = crn.ReduNet1D(eps2=0.1, n_layers=2, n_channels=6, kernel_size=3).fit(X, y)
     Z0 = net.lifting_(BACKEND, net._check_X(X))
     with crn.num_threads(1):
         one, pi_one = net.layers_[0](BACKEND, Z0)

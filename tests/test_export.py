@@ -11,11 +11,11 @@ from convredunet.testing import assert_shift_equivariant, assert_shift_invariant
 from test_estimators import _signals  # noqa: E402
 
 CASES = {
-    "1d-even": lambda: (crn.ReduNet1D(n_layers=3, n_channels=5, kernel_size=4), (2, 10), 3),
-    "1d-odd": lambda: (crn.ReduNet1D(n_layers=3, n_channels=5, kernel_size=3), (1, 9), 3),
-    "1d-bias": lambda: (crn.ReduNet1D(n_layers=3, n_channels=5, kernel_size=3,
+    "1d-even": lambda: (crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=5, kernel_size=4), (2, 10), 3),
+    "1d-odd": lambda: (crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=5, kernel_size=3), (1, 9), 3),
+    "1d-bias": lambda: (crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=5, kernel_size=3,
                                       lifting_bias=0.7), (1, 9), 3),
-    "1d-nolift": lambda: (crn.ReduNet1D(n_layers=3, n_channels=None), (3, 8), 2),
+    "1d-nolift": lambda: (crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=None), (3, 8), 2),
     "2d-even": lambda: (crn.ReduNet2D(n_layers=2, n_channels=4, kernel_size=3), (1, 6, 4), 2),
     "2d-odd": lambda: (crn.ReduNet2D(n_layers=2, n_channels=4, kernel_size=2,
                                      nonlinearity="abs"), (2, 5, 7), 2),
@@ -84,7 +84,7 @@ def test_trace_script_and_onnx(case, tmp_path):
 
 def test_truncated_kernels():
     X, y = _signals(30, (1, 16), k=3)
-    net = crn.ReduNet1D(n_layers=3, n_channels=6, kernel_size=5).fit(X, y)
+    net = crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=6, kernel_size=5).fit(X, y)
     energies = [kernel_energy_kept(net, k) for k in (1, 3, 7, 11, 16)]
     assert all(b >= a for a, b in zip(energies, energies[1:]))
     assert energies[-1] == pytest.approx(1.0)
@@ -108,7 +108,7 @@ def test_centred_kernels_layout():
 
 def test_finetuning_keeps_invariance():
     X, y = _signals(30, (1, 12), k=3)
-    net = crn.ReduNet1D(n_layers=3, n_channels=6, kernel_size=3).fit(X, y)
+    net = crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=6, kernel_size=3).fit(X, y)
     module = net.to_torch(dtype=torch.float64)
     optimizer = torch.optim.SGD(module.parameters(), lr=0.05)
     x, target = torch.from_numpy(X), torch.from_numpy(y)
