@@ -710,7 +710,7 @@ def plot(result, path):
     from matplotlib.ticker import NullFormatter
 
     cells = [c for c in result["cells"] if _ok(c)]
-    fig = Figure(figsize=(7.5, 5.0), layout="constrained")
+    fig = Figure(figsize=(10.0, 5.0), layout="constrained")
     ax = fig.subplots()
     colors = {"spectral": "tab:blue", "spatial": "tab:red", "loop": "tab:green"}
     markers = ["o", "s", "^", "v", "D", "P"]
@@ -742,7 +742,7 @@ def plot(result, path):
     ax.set_ylabel("seconds (best thread count)")
     ax.set_title("Building one layer's operators (float64)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    fig.legend(loc="outside right upper", fontsize=8)
     fig.savefig(path, dpi=120)
 
 
