@@ -82,6 +82,22 @@ def num_threads(n_threads):
         _setting = previous
 
 
+_blas_controller = None
+
+
+def _controller():
+    """A cached threadpoolctl controller: scanning the loaded libraries costs
+    about 2.7 ms, which a fresh ``threadpool_limits`` pays on every call."""
+    global _blas_controller
+    if _blas_controller is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+            return None
+        _blas_controller = ThreadpoolController()
+    return _blas_controller
+
+
 @contextlib.contextmanager
 def thread_limits(blas=1):
     """Apply the thread setting while inside.
@@ -96,13 +112,10 @@ def thread_limits(blas=1):
     """
     n = get_num_threads()
     with contextlib.ExitStack() as stack:
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-            pass
-        else:
-            stack.enter_context(threadpool_limits(limits=n if blas is None else blas,
-                                                  user_api="blas"))
+        controller = _controller()
+        if controller is not None:
+            stack.enter_context(controller.limit(limits=n if blas is None else blas,
+                                                 user_api="blas"))
         torch = sys.modules.get("torch")
         if torch is not None:
             previous = torch.get_num_threads()
