@@ -4,10 +4,16 @@
    layer kernel) for several K; report the fraction of kernel energy kept and
    the test accuracy of the exported module's own prediction.
 2. Fine-tuning: the full-size exported module (float32) is trained with
-   cross-entropy on its class scores ``-lmbda ||C^j z||`` (scaled by
-   ``temperature / lmbda``) with Adam for a few epochs on the CPU; report test
-   accuracy before and after, and check that predictions are still exactly
-   invariant to every cyclic shift (every layer stays a circular convolution).
+   cross-entropy on its class scores ``-||C^j z||`` scaled by
+   ``temperature / s`` (``s``: the mean of ``||C^j z||`` over the classes and
+   500 training signals at the start, so that the initial loss is moderate)
+   with Adam for a few epochs on the CPU; report test accuracy before and
+   after, and check that predictions are still exactly invariant to every
+   cyclic shift (every layer stays a circular convolution). The operators'
+   weights are large (``alpha_j = C / (m_j eps2)``, hundreds with the
+   defaults) and their far taps tiny, so only small learning rates leave the
+   closed-form solution intact: measured with one epoch, Adam at 1e-4 took
+   the test accuracy from 0.856 to 0.463, at 1e-5 to 0.763, at 1e-6 it stayed.
 
 Usage: ``python bench/export_mnist1d.py [--quick] [--epochs N] [--out DIR]``
 """
@@ -65,6 +71,8 @@ def finetune(net, X_train, y_train, X_test, y_test, epochs, lr, temperature, bat
     optimizer = torch.optim.Adam(module.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     x_all, y_all = torch.from_numpy(X_train).float(), torch.from_numpy(y_train).long()
+    with torch.no_grad():
+        mean_norm = float(-module.logits(x_all[:500]).mean()) / net.lmbda
     history = []
     for epoch in range(epochs):
         module.train()
@@ -73,7 +81,7 @@ def finetune(net, X_train, y_train, X_test, y_test, epochs, lr, temperature, bat
         for s in range(0, len(order), batch):
             idx = order[s:s + batch]
             optimizer.zero_grad()
-            scores = module.logits(x_all[idx]) * (temperature / net.lmbda)
+            scores = module.logits(x_all[idx]) * (temperature / (net.lmbda * mean_norm))
             loss = torch.nn.functional.cross_entropy(scores, y_all[idx])
             loss.backward()
             optimizer.step()
@@ -89,7 +97,7 @@ def finetune(net, X_train, y_train, X_test, y_test, epochs, lr, temperature, bat
                     "temperature": temperature, "batch": batch}
 
 
-def run(quick=False, out_dir=HERE / "results", epochs=3, lr=1e-3, temperature=50.0):
+def run(quick=False, out_dir=HERE / "results", epochs=3, lr=3e-6, temperature=10.0):
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     X_train, y_train, X_test, y_test = load_mnist1d()
@@ -129,8 +137,8 @@ def run(quick=False, out_dir=HERE / "results", epochs=3, lr=1e-3, temperature=50
              "|---:|---:|---:|"]
     lines += [f"| {r['kernel_size']}{' (full)' if r['kernel_size'] == T else ''} | "
               f"{r['energy_kept']:.4f} | {r['test_accuracy']:.4f} |" for r in rows]
-    lines += ["", f"Fine-tuning ({len(tuned['epochs'])} epochs, Adam lr={lr}, cross-entropy on "
-                  f"-{temperature:g}·||C^j z||): test accuracy {tuned['before']:.4f} → "
+    lines += ["", f"Fine-tuning ({len(tuned['epochs'])} epochs, Adam lr={lr:g}, cross-entropy on "
+                  f"-{temperature:g}·||C^j z||/mean): test accuracy {tuned['before']:.4f} → "
                   f"{tuned['after']:.4f}; predictions changed under all {T} cyclic shifts: "
                   f"{tuned['changed_under_all_shifts']}."]
     (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
@@ -141,8 +149,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--temperature", type=float, default=50.0)
+    parser.add_argument("--lr", type=float, default=3e-6)
+    parser.add_argument("--temperature", type=float, default=10.0)
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args(argv)
     run(args.quick, args.out, args.epochs, args.lr, args.temperature)
