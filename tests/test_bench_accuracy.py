@@ -1,7 +1,7 @@
 """The accuracy benchmark runs end to end on tiny configurations and writes its files.
 
 ``bench/accuracy.py`` is what ``convredunet bench accuracy`` runs; here every kind
-of configuration (MNIST-1D with and without a constant input channel, MNIST
+of configuration (MNIST-1D with and without a lifting bias, MNIST
 translation, MNIST rotation) is run with a few samples and two layers, so the
 test takes seconds, and the shifted predictions must equal the unshifted ones.
 """
@@ -32,9 +32,10 @@ def _tiny_configs():
     small = {"n_layers": 2, "n_channels": 4}
     make = accuracy.make_config
     return [
-        make("1d", "mnist1d", "ReduNet1D", {**small, "kernel_size": 5}, 6, 3),
-        make("1d bias", "mnist1d", "ReduNet1D", {**small, "kernel_size": 5}, 6, 3,
-             input_bias=1.0),
+        make("1d", "mnist1d", "ReduNet1D", {**small, "kernel_size": 5, "lifting_bias": None},
+             6, 3),
+        make("1d bias", "mnist1d", "ReduNet1D",
+             {**small, "kernel_size": 5, "lifting_bias": 1.0, "nonlinearity": "relu"}, 6, 3),
         make("translation", "mnist-translation", "ReduNet2D",
              {**small, "kernel_size": 3, "eps2": 0.1}, 6, 2),
         make("rotation", "mnist-rotation", "ReduNet1D", {**small, "kernel_size": 3}, 6, 2),
@@ -73,12 +74,15 @@ def test_shifted_accuracy_equals_unshifted(tiny_run):
 
 def test_records_hold_every_number(tiny_run):
     _, result = tiny_run
-    shapes = {"1d": [40], "1d bias": [2, 40], "translation": [28, 28],
+    shapes = {"1d": [40], "1d bias": [40], "translation": [28, 28],
               "rotation": [15, 200]}
     for record in result["records"]:
         assert record["n_train"] == 60
         assert record["input_shape"] == shapes[record["name"]]
         assert record["feature_shape"][0] == 4
+        bias = 1.0 if record["name"] == "1d bias" else None
+        if record["name"].startswith("1d"):
+            assert record["estimator_params"]["lifting_bias"] == bias
         assert record["fit_s"] >= 0 and record["forward_ms_per_sample"] >= 0
         for where in ("features", "input"):
             for model in ("svm", "knn5"):
