@@ -121,12 +121,29 @@ class Layer:
         if self.dense_classes:
             parts.append(backend.permute(solution.C_dense, (1, 0, 2, 3)))
         f, c = solution.E.shape[:2]
+        v, m_inv = solution.V, solution.M_inv
+        alphas = np.asarray(solution.alphas, dtype=np.float64)
+        # Low-rank application costs about 2 C m_j + 2 m_j^2 per frequency and
+        # sample, a dense operator C^2: classes past the crossover are stored dense.
+        counts = np.asarray(solution.counts)
+        wide = [i for i, j in enumerate(self.lowrank_classes)
+                if 2 * c * counts[j] + 2 * counts[j] ** 2 >= c * c]
+        if wide:
+            dense = spectral.woodbury_dense(backend, v[wide], m_inv[wide], alphas[wide])
+            parts.append(backend.permute(dense, (1, 0, 2, 3)))
+            self.dense_classes += [self.lowrank_classes[i] for i in wide]
+            keep = [i for i in range(len(self.lowrank_classes)) if i not in wide]
+            self.lowrank_classes = [self.lowrank_classes[i] for i in keep]
+            if keep:
+                v, m_inv, alphas = v[keep], m_inv[keep], alphas[keep]
+                width = int(counts[self.lowrank_classes].max())
+                v, m_inv = v[..., :width], m_inv[..., :width, :width]
         self.stacked = backend.contiguous(
             backend.reshape(backend.concat(parts, axis=1), (f, -1, c)))
         if self.lowrank_classes:
-            self.V = backend.contiguous(backend.permute(solution.V, (1, 0, 2, 3)))
-            self.M_inv = backend.contiguous(backend.permute(solution.M_inv, (1, 0, 2, 3)))
-            self.alphas = np.asarray(solution.alphas, dtype=np.float64)
+            self.V = backend.contiguous(backend.permute(v, (1, 0, 2, 3)))
+            self.M_inv = backend.contiguous(backend.permute(m_inv, (1, 0, 2, 3)))
+            self.alphas = alphas
         else:
             self.V = self.M_inv = None
             self.alphas = np.zeros(0)

@@ -210,7 +210,7 @@ def spectral_solve(backend, Z, labels, k, eps2, batch_size=None, woodbury="auto"
         if inverse and dense_classes else None,
         lowrank_classes=lowrank,
         V=v, M_inv=m_inv, alphas=[alphas[j + 1] for j in lowrank],
-        gamma=gamma,
+        gamma=gamma, counts=counts,
     )
 
 

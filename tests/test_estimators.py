@@ -146,9 +146,9 @@ def test_first_layer_by_hand_with_label_membership():
 
 
 def test_lowrank_classes_match_dense_operators():
-    # 3 classes of 4 samples, 6 lifted channels: classes are stored as Woodbury factors.
+    # 3 classes of 4 samples, 16 lifted channels: classes are stored as Woodbury factors.
     X, y = _signals(12, (1, 9), k=3)
-    net = crn.ReduNet1D(eps2=0.1, n_layers=1, n_channels=6, kernel_size=3).fit(X, y)
+    net = crn.ReduNet1D(eps2=0.1, n_layers=1, n_channels=16, kernel_size=3).fit(X, y)
     layer = net.layers_[0]
     assert layer.lowrank_classes == [0, 1, 2]
     Z0 = net.lifting_(BACKEND, X[:, None] if X.ndim == 2 else X)
@@ -315,16 +315,20 @@ def test_inputs_not_modified():
     np.testing.assert_array_equal(y, y_copy)
 
 
-@pytest.mark.parametrize("counts", [(4, 4, 4), (3, 9, 2)], ids=["all-lowrank", "mixed"])
+@pytest.mark.parametrize("counts", [(4, 4, 4), (3, 9, 2), (3, 20, 12)],
+                         ids=["all-lowrank", "mixed", "mixed-dense"])
 def test_layer_application_matches_dense_operators(counts):
     """The layer (dense + low-rank paths) against every C^j applied densely, per frequency."""
     from convredunet import spectral
 
     y = np.repeat(np.arange(3), counts)
     X, _ = _signals(len(y), (1, 9), k=3)
-    net = crn.ReduNet1D(eps2=0.1, n_layers=1, n_channels=6, kernel_size=3, lmbda=30.0).fit(X, y)
+    net = crn.ReduNet1D(eps2=0.1, n_layers=1, n_channels=16, kernel_size=3, lmbda=30.0).fit(X, y)
     layer = net.layers_[0]
-    assert layer.lowrank_classes == [j for j in range(3) if counts[j] < 6]
+    # Woodbury for the solve when m_j < C; kept low-rank when cheaper to apply.
+    assert layer.lowrank_classes == [j for j in range(3)
+                                     if 2 * 16 * counts[j] + 2 * counts[j] ** 2 < 16 ** 2]
+    assert sorted(layer.lowrank_classes + layer.dense_classes) == [0, 1, 2]
     Z0 = net.lifting_(BACKEND, net._check_X(X))
     e_hat, c_hat = layer.operators_hat(BACKEND)
     v = spectral.spectrum(BACKEND, Z0, (9,))
