@@ -14,7 +14,6 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d
 
-from . import spectral
 from ._threads import thread_limits
 from ._validation import (check_batch_size, check_choice, check_features, check_finite,
                           check_positive)

@@ -15,8 +15,7 @@ of ``K - 1 - (K - 1)//2`` before and ``(K - 1)//2`` after keeps the length.
 With ``K`` equal to the signal size every offset appears once and the export
 is exact; a smaller ``kernel_size`` keeps the ``K`` central taps.
 """
-import math
-from typing import List, Tuple
+from typing import Tuple
 
 import numpy as np
 import torch

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -26,3 +28,21 @@ def rel_err(a, b):
     a = np.asarray(a.detach().cpu() if hasattr(a, "detach") else a)
     b = np.asarray(b.detach().cpu() if hasattr(b, "detach") else b)
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+
+
+def load_bench(filename):
+    """Import a script of bench/ (not a package) as a module, once."""
+    import importlib.util
+    import sys
+
+    name = "convredunet_bench_" + filename[:-3]
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(BENCH, filename))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

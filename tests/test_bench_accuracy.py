@@ -5,27 +5,13 @@ of configuration (MNIST-1D with and without a lifting bias, MNIST
 translation, MNIST rotation) is run with a few samples and two layers, so the
 test takes seconds, and the shifted predictions must equal the unshifted ones.
 """
-import importlib.util
 import json
-import os
-import sys
 
 import pytest
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+from conftest import load_bench
 
-
-def _load(name, filename):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, os.path.join(BENCH, filename))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-accuracy = _load("convredunet_bench_accuracy", "accuracy.py")
+accuracy = load_bench("accuracy.py")
 
 
 def _tiny_configs():

@@ -3,32 +3,16 @@
 The benchmark reports speedups over ``bench/baselines.py``; these tests make
 sure that baseline computes the right numbers, and that the benchmark runs.
 """
-import importlib.util
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
 
 import convredunet as crn
 
-from conftest import make_features, rel_err
+from conftest import make_features, rel_err, load_bench
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
-
-
-def _load(name, filename):
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, os.path.join(BENCH, filename))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-baselines = _load("convredunet_bench_baselines", "baselines.py")
+baselines = load_bench("baselines.py")
 
 
 @pytest.mark.parametrize("sample_shape", [(3, 8), (2, 5, 4), (2, 4, 3)],
@@ -51,7 +35,7 @@ def test_loop_baseline_matches_spatial(sample_shape):
 
 
 def test_construction_benchmark_runs(tmp_path):
-    bench = _load("convredunet_bench_construction", "construction.py")
+    bench = load_bench("construction.py")
     grid = [bench.Case(8, 2, 2, (8,)), bench.Case(6, 2, 3, (4, 5))]
     result = bench.run(quick=True, out_dir=str(tmp_path), threads=(1,), grid=grid,
                        repeats=1, verbose=False, peak_size=256)
