@@ -387,3 +387,17 @@ def test_frequency_split_threads_give_the_same_layer(counts, monkeypatch):
         split, pi_split = net.layers_[0](BACKEND, Z0)
     np.testing.assert_allclose(split, one, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(pi_split, pi_one, rtol=1e-12, atol=1e-14)
+
+
+def test_rate_history_reproduces_training_history():
+    X, y = _signals(30, (1, 10), k=3)
+    net = crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=5, kernel_size=3).fit(X, y)
+    rates = net.rate_history(X, y)
+    assert len(rates) == 4
+    for record, r in zip(net.history_, rates):
+        assert r.delta == pytest.approx(record["delta_R"], rel=1e-10)
+        assert r.expansion == pytest.approx(record["R"], rel=1e-10)
+    features = net.layer_features(X)
+    np.testing.assert_allclose(features[-1], net.transform(X), rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="y holds labels the network was not fitted on"):
+        net.rate_history(X, y + 5)
