@@ -186,9 +186,9 @@ def _forward(net, X):
     """Features and predictions in one pass.
 
     ``transform`` and ``predict`` would each run the whole network; the estimator's
-    ``_forward`` returns both the features and the membership of one pass.
+    ``transform_with_membership`` returns both the features and the membership of one pass.
     """
-    features, proba = net._forward(X)
+    features, proba = net.transform_with_membership(X)
     return np.asarray(features), net.classes_[np.argmax(proba, axis=1)]
 
 

@@ -344,6 +344,16 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         """
         return self._forward(X)[0]
 
+    def transform_with_membership(self, X):
+        """Features after the last layer and its membership ``pi``, in one pass.
+
+        Returns
+        -------
+        Z : as :meth:`transform`
+        pi : numpy array (n_samples, k), as :meth:`predict_proba`
+        """
+        return self._forward(X)
+
     def predict_proba(self, X):
         """The last layer's estimated membership ``pi``, shape ``(n_samples, k)``."""
         return self._forward(X)[1]

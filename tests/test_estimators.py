@@ -399,5 +399,8 @@ def test_rate_history_reproduces_training_history():
         assert r.expansion == pytest.approx(record["R"], rel=1e-10)
     features = net.layer_features(X)
     np.testing.assert_allclose(features[-1], net.transform(X), rtol=1e-12, atol=1e-14)
+    Z, pi = net.transform_with_membership(X)
+    np.testing.assert_array_equal(Z, net.transform(X))
+    np.testing.assert_array_equal(pi, net.predict_proba(X))
     with pytest.raises(ValueError, match="y holds labels the network was not fitted on"):
         net.rate_history(X, y + 5)
