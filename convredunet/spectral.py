@@ -234,11 +234,3 @@ def woodbury_dense(backend, v, m_inv, alphas):
     out = parts[0] if len(parts) == 1 else backend.concat(parts, axis=1)
     backend.add_to_diagonal(out, backend.reshape(scale, (-1, 1, 1)))
     return out
-
-
-def woodbury_inverse(backend, spectra, alphas, inverse=True):
-    """Same as :func:`regularized_inverse`, through :func:`woodbury_factors`."""
-    v, m_inv, logdets = woodbury_factors(backend, spectra, alphas, inverse)
-    if not inverse:
-        return None, logdets
-    return woodbury_dense(backend, v, m_inv, alphas), logdets

@@ -105,12 +105,6 @@ class NumpyBackend:
     def zeros(self, shape, like):
         return np.zeros(shape, dtype=like.dtype)
 
-    def ones(self, shape, like):
-        return np.ones(shape, dtype=like.dtype)
-
-    def arange(self, n, like):
-        return np.arange(n)
-
     def complex_dtype(self, x):
         return np.result_type(x.dtype, np.complex64)
 
@@ -133,9 +127,6 @@ class NumpyBackend:
         """``x[..., i, i] += value`` in place (``value`` broadcasts against ``x[..., 0]``)."""
         diagonal = np.einsum("...ii->...i", x)
         diagonal += value
-
-    def where(self, mask):
-        return np.flatnonzero(mask)
 
     def concat(self, xs, axis=0):
         return np.concatenate(xs, axis=axis)

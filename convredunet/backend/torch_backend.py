@@ -42,12 +42,6 @@ class TorchBackend:
     def zeros(self, shape, like):
         return torch.zeros(shape, dtype=like.dtype, device=like.device)
 
-    def ones(self, shape, like):
-        return torch.ones(shape, dtype=like.dtype, device=like.device)
-
-    def arange(self, n, like):
-        return torch.arange(n, device=like.device)
-
     def complex_dtype(self, x):
         return torch.complex128 if x.dtype in (torch.float64, torch.complex128) else torch.complex64
 
@@ -69,9 +63,6 @@ class TorchBackend:
     def add_to_diagonal(self, x, value):
         """``x[..., i, i] += value`` in place (``value`` broadcasts against ``x[..., 0]``)."""
         x.diagonal(dim1=-2, dim2=-1).add_(value)
-
-    def where(self, mask):
-        return torch.nonzero(mask).flatten()
 
     def concat(self, xs, axis=0):
         return torch.cat(xs, dim=axis)
