@@ -3,8 +3,7 @@
 The public names are listed in ``__all__``; see ``README.md`` for a tour.
 """
 from ._threads import get_num_threads, num_threads, set_num_threads
-from .estimators import ReduNet1D, ReduNet2D, ReduNetVector
-from .io import load
+from .estimators import ReduNet1D, ReduNet2D, ReduNetVector, load
 from .operators import Operators, RateReduction, construct_operators, rate_reduction
 
 __version__ = "0.1.0"

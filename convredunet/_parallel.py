@@ -5,6 +5,8 @@ frequencies can be processed by several Python threads, each with
 single-threaded BLAS (see :func:`convredunet._threads.thread_limits` for why
 BLAS itself stays single-threaded). torch arrays are left to torch.
 """
+import threading
+
 import numpy as np
 
 from ._threads import get_num_threads
@@ -13,12 +15,13 @@ from ._threads import get_num_threads
 MIN_ELEMENTS = 1 << 18
 
 _executor = None
+_executor_lock = threading.Lock()
 
 
 def batch_slices(backend, n_batch, n_elements):
     """Slices of ``range(n_batch)``: one per thread when worth it, else one."""
     n = get_num_threads()
-    if backend.name != "numpy" or n < 2 or n_batch < 2 or n_elements < MIN_ELEMENTS:
+    if not backend.splits_threads or n < 2 or n_batch < 2 or n_elements < MIN_ELEMENTS:
         return [slice(0, n_batch)]
     n = min(n, n_batch)
     bounds = np.linspace(0, n_batch, n + 1).round().astype(int)
@@ -31,9 +34,13 @@ def pmap(fn, items):
     items = list(items)
     if len(items) == 1:
         return [fn(items[0])]
-    if _executor is None or _executor._max_workers < len(items):
-        from concurrent.futures import ThreadPoolExecutor
+    with _executor_lock:
+        if _executor is None or _executor._max_workers < len(items):
+            from concurrent.futures import ThreadPoolExecutor
 
-        _executor = ThreadPoolExecutor(max_workers=len(items),
-                                       thread_name_prefix="convredunet")
-    return list(_executor.map(fn, items))
+            # An older, smaller pool is left to finish what it runs and is
+            # collected; callers already inside it keep their reference.
+            _executor = ThreadPoolExecutor(max_workers=len(items),
+                                           thread_name_prefix="convredunet")
+        executor = _executor
+    return list(executor.map(fn, items))

@@ -11,6 +11,7 @@ threads sleep (``OMP_WAIT_POLICY=PASSIVE``, set on import unless you chose).
 import contextlib
 import os
 import sys
+import threading
 
 __all__ = ["get_num_threads", "set_num_threads", "num_threads"]
 
@@ -51,14 +52,6 @@ def available_cores():
         return os.cpu_count() or 1
 
 
-def _check_threads(n):
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"n_threads must be a positive integer, got {n!r}")
-    if n < 1:
-        raise ValueError(f"n_threads must be a positive integer, got {n}")
-    return n
-
-
 def get_num_threads():
     """Threads used by the FFT, BLAS and torch inside convredunet."""
     return available_cores() if _setting is None else _setting
@@ -66,8 +59,11 @@ def get_num_threads():
 
 def set_num_threads(n_threads):
     """Set the threads used by the FFT, BLAS and torch (``None``: all cores)."""
+    from ._validation import check_int
+
     global _setting
-    _setting = None if n_threads is None else _check_threads(n_threads)
+    _setting = None if n_threads is None else check_int(n_threads, "n_threads",
+                                                         rule="a positive integer")
 
 
 @contextlib.contextmanager
@@ -98,9 +94,17 @@ def _controller():
     return _blas_controller
 
 
+# thread_limits changes process-wide settings; calls from several threads
+# share one change: the first to enter applies it, the last to leave restores
+# it, so no caller ever runs under limits another caller has just restored.
+_limits_lock = threading.Lock()
+_limits_users = 0
+_limits_restore = []
+
+
 @contextlib.contextmanager
 def thread_limits(blas=1):
-    """Apply the thread setting while inside.
+    """Apply the thread setting while inside (safe to use from many threads).
 
     torch and the FFT get :func:`get_num_threads` threads. BLAS gets ``blas``
     threads, 1 by default: the engine's products are batches of small
@@ -108,18 +112,33 @@ def thread_limits(blas=1):
     2-core machine, a batch of 420 complex 75x75 by 75x34 products took
     0.015 s on one thread and a median of 0.6-2.5 s on two, whose threads
     spin waiting for each other. ``blas=None`` gives BLAS the setting too
-    (for the dense spatial reference's few large matrices).
+    (for the dense spatial reference's few large matrices); while another
+    thread is inside, the limits in force are kept.
     """
+    global _limits_users
     n = get_num_threads()
-    with contextlib.ExitStack() as stack:
-        controller = _controller()
-        if controller is not None:
-            stack.enter_context(controller.limit(limits=n if blas is None else blas,
-                                                 user_api="blas"))
-        torch = sys.modules.get("torch")
-        if torch is not None:
-            previous = torch.get_num_threads()
-            if previous != n:
-                torch.set_num_threads(n)
-                stack.callback(torch.set_num_threads, previous)
+    with _limits_lock:
+        if _limits_users == 0:
+            _apply_limits(n, n if blas is None else blas)
+        _limits_users += 1
+    try:
         yield n
+    finally:
+        with _limits_lock:
+            _limits_users -= 1
+            if _limits_users == 0:
+                while _limits_restore:
+                    _limits_restore.pop()()
+
+
+def _apply_limits(n, blas):
+    controller = _controller()
+    if controller is not None:
+        limiter = controller.limit(limits=blas, user_api="blas")
+        _limits_restore.append(limiter.restore_original_limits)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        previous = torch.get_num_threads()
+        if previous != n:
+            torch.set_num_threads(n)
+            _limits_restore.append(lambda: torch.set_num_threads(previous))

@@ -1,10 +1,17 @@
-"""Checks at the public API boundary; errors name the parameter, value and rule."""
+"""Checks at the public API boundary; errors name the parameter, value and rule.
+
+All checkers live here, and so does :data:`PARAMETERS`, the one table of the
+estimators' hyper-parameters (type, rule, help) that drives their
+validation and the command line's options; each default is declared once,
+in its estimator's signature.
+"""
+import dataclasses
 import math
 import numbers
 
 import numpy as np
 
-from .backend import get_backend, is_torch
+from .backend import get_backend
 
 _NDIM_RULE = "2 (n_samples, n_features), 3 (n_samples, n_channels, T) or 4 (n_samples, n_channels, H, W)"
 
@@ -14,42 +21,13 @@ def _describe(x):
 
 
 def check_features(Z, name="Z", ndims=(2, 3, 4)):
-    """Validate a real feature array; returns it (never a modified input)."""
-    if is_torch(Z):
-        import torch
+    """Validate a real feature array; returns it (never a modified input).
 
-        if Z.is_complex():
-            raise ValueError(f"Complex data not supported: {name} must be real, got a "
-                             f"complex tensor of dtype {Z.dtype}")
-        if Z.dtype not in (torch.float32, torch.float64):
-            if Z.dtype.is_floating_point:
-                raise TypeError(f"{name} must be float32 or float64, got {Z.dtype}")
-            Z = Z.to(torch.float64)
-    else:
-        if hasattr(Z, "toarray") or type(Z).__module__.startswith("scipy.sparse"):
-            raise TypeError(f"Sparse data is not supported: {name} must be a dense array "
-                            f"(use {name}.toarray()), got {type(Z).__name__}")
-        if not isinstance(Z, np.ndarray):
-            try:
-                Z = np.asarray(Z)
-            except (TypeError, ValueError) as exc:
-                raise TypeError(
-                    f"{name} must be a numpy array or a torch tensor, got {type(Z).__name__}"
-                ) from exc
-        if np.iscomplexobj(Z):
-            raise ValueError(f"Complex data not supported: {name} must be real, got complex "
-                             f"dtype {Z.dtype}")
-        if Z.dtype not in (np.float32, np.float64):
-            if Z.dtype.kind in "biu":
-                Z = Z.astype(np.float64)
-            elif Z.dtype.kind == "O":
-                try:
-                    Z = Z.astype(np.float64)
-                except (TypeError, ValueError) as exc:
-                    raise TypeError(f"{name} must hold numbers, got an object array that is "
-                                    f"not numeric ({exc})") from None
-            else:
-                raise TypeError(f"{name} must be a float32 or float64 array, got dtype {Z.dtype}")
+    The array's own library converts it (:meth:`as_real_input` of its
+    backend: numbers to float64, complex, sparse and other types refused);
+    shape and finiteness are checked here for every library.
+    """
+    Z = get_backend(Z).as_real_input(Z, name)
     if Z.ndim not in ndims:
         raise ValueError(
             f"{name} must have {_NDIM_RULE if ndims == (2, 3, 4) else ' or '.join(map(str, ndims))}"
@@ -62,9 +40,8 @@ def check_features(Z, name="Z", ndims=(2, 3, 4)):
         raise ValueError(f"{name} is empty: found array with 0 feature(s) "
                          f"(shape={tuple(Z.shape)}) while a minimum of 1 is required.")
     backend = get_backend(Z)
-    finite = backend.asnumpy(_isfinite(Z))
-    if not finite.all():
-        bad = np.argwhere(~finite)
+    if not backend.all_finite(Z):
+        bad = np.argwhere(~backend.finite_mask(Z))
         raise ValueError(
             f"{name} must contain only finite values; found {len(bad)} NaN or infinite "
             f"entries (the first in sample {bad[0][0]})"
@@ -72,27 +49,18 @@ def check_features(Z, name="Z", ndims=(2, 3, 4)):
     return Z
 
 
-def _isfinite(Z):
-    if is_torch(Z):
-        import torch
-
-        return torch.isfinite(Z)
-    return np.isfinite(Z)
-
-
 def check_labels(y, n_samples, Z=None, name="y", n_classes=None):
     """Validate labels ``0..k-1`` (every class present); returns (numpy int64 labels, k)."""
-    if is_torch(y):
-        if Z is not None and is_torch(Z) and y.device != Z.device:
-            raise ValueError(
-                f"{name} is on device {y.device} but Z is on device {Z.device}; "
-                "put both on the same device"
-            )
-        if y.is_complex():
-            raise TypeError(f"{name} must hold integer labels, got a complex tensor")
-        y = y.detach().cpu().numpy()
-    else:
-        y = np.asarray(y)
+    y_backend = get_backend(y)
+    if Z is not None and y_backend is get_backend(Z) and \
+            str(y_backend.device(y)) != str(y_backend.device(Z)):
+        raise ValueError(
+            f"{name} is on device {y_backend.device(y)} but Z is on device "
+            f"{y_backend.device(Z)}; put both on the same device"
+        )
+    y = y_backend.asnumpy(y)
+    if y.dtype.kind == "c":
+        raise TypeError(f"{name} must hold integer labels, got a complex array")
     if y.ndim != 1:
         raise ValueError(f"{name} must be a 1D array of labels, got shape {y.shape}")
     if len(y) != n_samples:
@@ -149,6 +117,67 @@ def check_choice(value, name, choices):
     return value
 
 
+def check_int(value, name, minimum=1, allow_none=False, rule=None):
+    """An integer >= ``minimum`` (bool rejected), or None when allowed; a Python int.
+
+    ``rule`` replaces the default wording ("an integer >= 1 [or None]").
+    """
+    if value is None and allow_none:
+        return None
+    if rule is None:
+        rule = f"an integer >= {minimum}" + (" or None" if allow_none else "")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be {rule}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be {rule}, got {value}")
+    return int(value)
+
+
+def check_real(value, name, rule, predicate):
+    """A finite real number for which ``predicate`` holds; ``rule`` describes it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {rule}, got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and predicate(value)):
+        raise ValueError(f"{name} must be {rule}, got {value}")
+    return value
+
+
+def check_random_state(random_state, name="random_state"):
+    """None, a non-negative integer seed or a ``numpy.random.Generator``; returned as is."""
+    if random_state is None or isinstance(random_state, np.random.Generator):
+        return random_state
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        if random_state < 0:
+            raise ValueError(f"{name} must be a non-negative integer seed, got {random_state}")
+        return int(random_state)
+    raise TypeError(f"{name} must be None, a non-negative integer seed or a "
+                    f"numpy.random.Generator, got {random_state!r}")
+
+
+def check_rng(random_state, name="random_state"):
+    """:func:`check_random_state`, then a ``numpy.random.Generator``."""
+    random_state = check_random_state(random_state, name)
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    return np.random.default_rng(random_state)
+
+
+def check_eps2(eps2, dtype):
+    """``eps2`` positive, finite and representable in ``dtype`` (a name).
+
+    ``alpha = C / (m eps2)`` must be a finite number of that precision and
+    ``eps2`` a normal one: below the precision's smallest normal number
+    (``numpy.finfo(dtype).tiny``) the operators overflow.
+    """
+    eps2 = check_positive(eps2, "eps2")
+    tiny = float(np.finfo(dtype).tiny)
+    if eps2 < tiny:
+        raise ValueError(f"eps2 must be at least {tiny:.3g} (the smallest normal {dtype} "
+                         f"number) for dtype={dtype!r}, got {eps2:g}")
+    return eps2
+
+
 def check_batch_size(batch_size, name="batch_size"):
     if batch_size is None:
         return None
@@ -157,3 +186,100 @@ def check_batch_size(batch_size, name="batch_size"):
     if batch_size < 1:
         raise ValueError(f"{name} must be a positive integer or None, got {batch_size}")
     return int(batch_size)
+
+
+def check_device(value, name="device"):
+    """None or a device name (its meaning is checked when the backend is resolved)."""
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{name} must be a device name such as 'cpu' or 'cuda', or None, "
+                        f"got {value!r}")
+    return value
+
+
+def check_verbose(value, name="verbose"):
+    if not isinstance(value, (bool, np.bool_)) and value not in (0, 1):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+NONLINEARITIES = ("relu", "abs", None)
+MEMBERSHIPS = ("estimated", "label")
+
+
+@dataclasses.dataclass(frozen=True)
+class Parameter:
+    """One estimator hyper-parameter.
+
+    Attributes
+    ----------
+    name : str
+    check : callable
+        ``check(value) -> value``: raises TypeError/ValueError naming the
+        parameter, the value and the rule.
+    help : str
+        One line for the docs and the command line.
+    parse : callable
+        Command-line text to value (``float``, ``int``, ...).
+    signals_only : bool
+        Only for ReduNet1D / ReduNet2D (the lifting's parameters).
+    """
+
+    name: str
+    check: object
+    help: str
+    parse: object = str
+    signals_only: bool = False
+
+
+def _none_or(parse):
+    """Command-line parser of ``parse``'s values or the word 'none'."""
+    def parse_text(text):
+        return None if text.lower() == "none" else parse(text)
+
+    parse_text.__name__ = f"{parse.__name__}-or-none"
+    return parse_text
+
+
+def _choice(name, choices):
+    return lambda value: check_choice(value, name, choices)
+
+
+PARAMETERS = {p.name: p for p in [
+    Parameter("n_layers", lambda v: check_int(v, "n_layers"), "layers to build", int),
+    Parameter("eps2", lambda v: check_positive(v, "eps2"),
+              "squared precision epsilon^2 of the coding rates", float),
+    Parameter("eta", lambda v: check_positive(v, "eta"), "step size of each layer", float),
+    Parameter("lmbda", lambda v: check_positive(v, "lmbda"),
+              "temperature of the membership softmax(-lmbda ||C^j z||)", float),
+    Parameter("n_channels", lambda v: check_int(v, "n_channels", allow_none=True),
+              "channels of the random lifting, or none to use the input's",
+              _none_or(int), signals_only=True),
+    Parameter("kernel_size", lambda v: check_int(v, "kernel_size"),
+              "taps per axis of each lifting kernel (centred)", int, signals_only=True),
+    Parameter("nonlinearity", _choice("nonlinearity", NONLINEARITIES),
+              "after the lifting convolution: relu, abs or none", _none_or(str),
+              signals_only=True),
+    Parameter("lifting_bias", lambda v: None if v is None else check_real(
+        v, "lifting_bias", "a finite number or None", lambda x: True),
+        "value of a constant extra input channel of the lifting, or none",
+        _none_or(float), signals_only=True),
+    Parameter("membership", _choice("membership", MEMBERSHIPS),
+              "how training features advance while building: estimated or label"),
+    Parameter("random_state", check_random_state, "seed of the lifting kernels", int),
+    Parameter("backend", _choice("backend", ("numpy", "torch")), "numpy or torch"),
+    Parameter("device", check_device, "torch device, e.g. cpu or cuda (backend torch)",
+              _none_or(str)),
+    Parameter("dtype", _choice("dtype", ("float64", "float32")), "float64 or float32"),
+    Parameter("batch_size", check_batch_size,
+              "samples per chunk in construction and inference (bounds memory)",
+              _none_or(int)),
+    Parameter("verbose", check_verbose, "show a progress bar over the layers"),
+]}
+
+
+def validate_params(params):
+    """Check every hyper-parameter of ``params`` (a dict) against :data:`PARAMETERS`."""
+    out = {name: PARAMETERS[name].check(value) for name, value in params.items()}
+    if "eps2" in out:
+        out["eps2"] = check_eps2(out["eps2"], out.get("dtype", "float64"))
+    return out

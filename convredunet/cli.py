@@ -81,50 +81,23 @@ def load_data(spec, model=None, n_train_per_class=10, n_test_per_class=None, see
 
 
 # --- estimator options -----------------------------------------------------------------------
-def _none_or_int(text):
-    if text.lower() == "none":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'none', got {text!r}") \
-            from None
-
-
-def _none_or_float(text):
-    if text.lower() == "none":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
-
-
-def _nonlinearity(text):
-    return None if text.lower() == "none" else text
+# Every hyper-parameter in convredunet._validation.PARAMETERS becomes an option
+# (verbose is --quiet); defaults are the estimator's own.
+_NOT_OPTIONS = ("verbose",)
 
 
 def _add_estimator_options(parser):
+    from ._validation import PARAMETERS
+
     group = parser.add_argument_group("network (defaults: the estimator's own)",
                                       argument_default=argparse.SUPPRESS)
     group.add_argument("--model", choices=("1d", "2d", "vector"), default=None,
                        help="estimator: ReduNet1D, ReduNet2D or ReduNetVector "
                             "(default from the data)")
-    group.add_argument("--n-layers", type=int)
-    group.add_argument("--eps2", type=float, help="squared precision epsilon^2")
-    group.add_argument("--eta", type=float, help="step size")
-    group.add_argument("--lmbda", type=float, help="membership temperature")
-    group.add_argument("--n-channels", type=_none_or_int, help="lifted channels, or 'none'")
-    group.add_argument("--kernel-size", type=int)
-    group.add_argument("--nonlinearity", type=_nonlinearity, help="relu, abs or none")
-    group.add_argument("--lifting-bias", type=_none_or_float,
-                       help="value of a constant extra input channel of the lifting, or 'none'")
-    group.add_argument("--membership", help="estimated or label")
-    group.add_argument("--random-state", type=int)
-    group.add_argument("--backend", help="numpy or torch")
-    group.add_argument("--device", help="torch device, e.g. cpu or cuda")
-    group.add_argument("--dtype", help="float64 or float32")
-    group.add_argument("--batch-size", type=int)
+    for name, param in PARAMETERS.items():
+        if name not in _NOT_OPTIONS:
+            group.add_argument("--" + name.replace("_", "-"), dest=name, type=param.parse,
+                               help=param.help)
 
 
 def _add_data_options(parser, required=True):
@@ -138,16 +111,13 @@ def _add_data_options(parser, required=True):
     group.add_argument("--seed", type=int, default=0, help="seed of the split and the shifts")
 
 
-_PARAMS = ("n_layers", "eps2", "eta", "lmbda", "n_channels", "kernel_size", "nonlinearity",
-           "lifting_bias", "membership", "random_state", "backend", "device", "dtype", "batch_size")
-
-
 def make_estimator(kind, args):
+    from ._validation import PARAMETERS
     from .estimators import ReduNet1D, ReduNet2D, ReduNetVector
 
     cls = {"1d": ReduNet1D, "2d": ReduNet2D, "vector": ReduNetVector}[kind]
     est = cls(verbose=not args.quiet)
-    given = {name: getattr(args, name) for name in _PARAMS if hasattr(args, name)}
+    given = {name: getattr(args, name) for name in PARAMETERS if hasattr(args, name)}
     for name in given:
         if name not in est.get_params():
             raise CLIError(f"--{name.replace('_', '-')} does not apply to {cls.__name__}")
@@ -345,7 +315,7 @@ def cmd_fit(args):
 
 
 def cmd_evaluate(args):
-    from .io import load
+    from .estimators import load
 
     net = load(args.model_file)
     X_train, y_train, X_test, y_test, _ = load_data(
@@ -380,7 +350,7 @@ def cmd_evaluate(args):
 def cmd_export(args):
     import torch
 
-    from .io import load
+    from .estimators import load
 
     out = _check_new(args.out, args.force)
     net = load(args.model_file)

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse
 
+from ._validation import check_int, check_real, check_rng
+
 __all__ = [
     "load_mnist1d",
     "load_mnist",
@@ -42,43 +44,6 @@ _DATA_ENV_VAR = "CONVREDUNET_DATA"
 # --------------------------------------------------------------------------------------------
 # small checks at the API boundary
 # --------------------------------------------------------------------------------------------
-def _check_int(value, name, minimum=1):
-    """An integer >= ``minimum`` (bool rejected); returns a Python int."""
-    rule = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be {rule}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be {rule}, got {value}")
-    return int(value)
-
-
-def _check_real(value, name, rule, predicate):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be {rule}, got {value!r}")
-    value = float(value)
-    if not (np.isfinite(value) and predicate(value)):
-        raise ValueError(f"{name} must be {rule}, got {value}")
-    return value
-
-
-def _check_rng(random_state):
-    """``None``, an integer seed or a ``numpy.random.Generator`` -> a Generator."""
-    if isinstance(random_state, np.random.Generator):
-        return random_state
-    if random_state is None or (
-        isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool)
-    ):
-        if random_state is not None and random_state < 0:
-            raise ValueError(
-                f"random_state must be a non-negative integer seed, got {random_state}"
-            )
-        return np.random.default_rng(random_state)
-    raise TypeError(
-        "random_state must be None, a non-negative integer seed or a numpy.random.Generator, "
-        f"got {random_state!r}"
-    )
-
-
 def _check_real_array(X, name):
     """A real numeric numpy array (bool and complex rejected); never copies needlessly."""
     try:
@@ -342,11 +307,11 @@ def train_test_split_per_class(X, y, n_train_per_class, n_test_per_class=None, r
         raise ValueError(
             f"y must have one label per sample: X has {len(X)} samples, y has {len(y)}"
         )
-    n_train = _check_int(n_train_per_class, "n_train_per_class", minimum=1)
+    n_train = check_int(n_train_per_class, "n_train_per_class", rule="a positive integer")
     n_test = None
     if n_test_per_class is not None:
-        n_test = _check_int(n_test_per_class, "n_test_per_class", minimum=0)
-    rng = _check_rng(random_state)
+        n_test = check_int(n_test_per_class, "n_test_per_class", minimum=0)
+    rng = check_rng(random_state)
 
     train_idx, test_idx = [], []
     for label in np.unique(y):
@@ -450,13 +415,13 @@ def to_polar(images, n_radii=15, n_angles=200, r_min=0.0, r_max=None):
         )
     if any(s == 0 for s in images.shape):
         raise ValueError(f"images must not be empty, got shape {images.shape}")
-    n_radii = _check_int(n_radii, "n_radii")
-    n_angles = _check_int(n_angles, "n_angles")
-    r_min = _check_real(r_min, "r_min", "a non-negative finite number", lambda v: v >= 0)
+    n_radii = check_int(n_radii, "n_radii", rule="a positive integer")
+    n_angles = check_int(n_angles, "n_angles", rule="a positive integer")
+    r_min = check_real(r_min, "r_min", "a non-negative finite number", lambda v: v >= 0)
     height, width = images.shape[-2:]
     if r_max is None:
         r_max = min(height, width) / 2.0
-    r_max = _check_real(
+    r_max = check_real(
         r_max, "r_max", f"a finite number greater than r_min={r_min}", lambda v: v > r_min
     )
     dtype = np.float32 if images.dtype == np.float32 else np.float64
@@ -602,7 +567,7 @@ def random_cyclic_shift(X, ndim, random_state=0):
     """
     ndim = _check_signal_ndim(ndim)
     X = _check_signals(X, ndim)
-    rng = _check_rng(random_state)
+    rng = check_rng(random_state)
     m = X.shape[0]
     sizes = X.shape[-ndim:]
     shifts = np.stack([rng.integers(0, n, size=m) for n in sizes], axis=1).astype(np.int64)

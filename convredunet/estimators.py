@@ -2,11 +2,12 @@
 
 ``__init__`` only stores hyper-parameters; ``fit`` validates, lifts the
 training signals, then builds the layers one after the other in closed form
-(SPEC.md, "One ReduNet layer"); learned attributes end in ``_``.
+(SPEC.md, "One ReduNet layer"); learned attributes end in ``_``. The fitted
+network is one object, ``network_`` (:class:`convredunet.network.Network`),
+which owns the forward pass; the estimator validates and delegates.
 """
 import logging
 import math
-import numbers
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
@@ -14,35 +15,15 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d
 
+from . import io, spectral
 from ._threads import thread_limits
-from ._validation import (check_batch_size, check_choice, check_features, check_finite,
-                          check_positive)
-from .backend import NumpyBackend, is_torch
-from .network import Layer, Lifting, normalize
-from .operators import spectral_solve
+from ._validation import check_features, validate_params
+from .backend import resolve
+from .network import Layer, Lifting, Network, array_chunks
 
-__all__ = ["ReduNet1D", "ReduNet2D", "ReduNetVector"]
+__all__ = ["ReduNet1D", "ReduNet2D", "ReduNetVector", "load"]
 
 log = logging.getLogger(__name__)
-
-_NONLINEARITIES = ("relu", "abs", None)
-_MEMBERSHIPS = ("estimated", "label")
-_BACKENDS = ("numpy", "torch")
-_DTYPES = ("float64", "float32")
-# Bytes of features one chunk of samples may take in transform / predict.
-_CHUNK_BYTES = 128 << 20
-
-
-def _check_int(value, name, minimum, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        rule = f"an integer >= {minimum}" + (" or None" if allow_none else "")
-        raise TypeError(f"{name} must be {rule}, got {value!r}")
-    if value < minimum:
-        rule = f"an integer >= {minimum}" + (" or None" if allow_none else "")
-        raise ValueError(f"{name} must be {rule}, got {value}")
-    return int(value)
 
 
 class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
@@ -52,46 +33,13 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
 
     # --- parameters ------------------------------------------------------------------
     def _validated_params(self):
-        p = {
-            "n_layers": _check_int(self.n_layers, "n_layers", 1),
-            "eps2": check_positive(self.eps2, "eps2"),
-            "eta": check_positive(self.eta, "eta"),
-            "lmbda": check_positive(self.lmbda, "lmbda"),
-            "membership": check_choice(self.membership, "membership", _MEMBERSHIPS),
-            "backend": check_choice(self.backend, "backend", _BACKENDS),
-            "dtype": check_choice(self.dtype, "dtype", _DTYPES),
-            "batch_size": check_batch_size(self.batch_size),
-        }
-        if self._signal_ndim:
-            p["n_channels"] = _check_int(self.n_channels, "n_channels", 1, allow_none=True)
-            p["kernel_size"] = _check_int(self.kernel_size, "kernel_size", 1)
-            p["nonlinearity"] = check_choice(self.nonlinearity, "nonlinearity",
-                                             _NONLINEARITIES)
-            if self.lifting_bias is not None:
-                p["lifting_bias"] = check_finite(self.lifting_bias, "lifting_bias")
-            else:
-                p["lifting_bias"] = None
-        device = getattr(self, "device", None)
-        if p["backend"] == "numpy" and device not in (None, "cpu"):
-            raise ValueError(f"device={device!r} needs backend='torch' (the numpy backend "
-                             "runs on the CPU)")
+        """Every hyper-parameter checked (see ``_validation.PARAMETERS``), plus the workspace."""
+        p = validate_params(self.get_params())
+        p["workspace"] = resolve(p["backend"], p["device"], p["dtype"])
         return p
 
-    def _backend(self):
-        if self.backend == "torch":
-            from .backend import _torch
-
-            return _torch()
-        return NumpyBackend()
-
-    def _like(self, backend):
-        """A zero-size array of the working library, precision and device."""
-        if backend.name == "torch":
-            import torch
-
-            device = getattr(self, "device", None) or "cpu"
-            return torch.zeros(0, dtype=getattr(torch, self.dtype), device=device)
-        return np.zeros(0, dtype=self.dtype)
+    def _workspace(self):
+        return resolve(self.backend, self.device, self.dtype)
 
     # --- input -------------------------------------------------------------------------
     def _check_X(self, X, name="X"):
@@ -114,33 +62,45 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
             X = X[:, None]
         return X
 
-    def _to_working(self, backend, like, X):
-        """X in the working library, precision and device."""
-        if is_torch(X):
-            if backend.name == "torch":
-                return X.to(dtype=like.dtype, device=like.device)
-            return backend.astype(X.detach().cpu().numpy(), like=like)
-        return backend.astype(X, like=like)
-
-    def _output(self, backend, x, X_in):
-        """``x`` in the library of the user's input ``X_in``."""
-        if is_torch(X_in):
-            import torch
-
-            if backend.name == "torch":
-                return x
-            return torch.from_numpy(np.asarray(x))
-        return backend.asnumpy(x)
+    def _check_y(self, y, n_samples):
+        """Labels -> (sorted classes, integer labels 0..k-1)."""
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target "
+                             "y is None")
+        y_arr = np.asarray(y.detach().cpu().numpy() if hasattr(y, "detach") else y)
+        if y_arr.ndim == 2 and y_arr.shape[1] == 1:
+            y_arr = column_or_1d(y_arr, warn=True)
+        if y_arr.ndim != 1:
+            raise ValueError(f"y must be a 1D array of labels, got shape {y_arr.shape}")
+        if len(y_arr) != n_samples:
+            raise ValueError(f"y must have one label per sample: X has {n_samples} samples, "
+                             f"y has {len(y_arr)}")
+        if y_arr.dtype.kind == "f" and not np.all(np.isfinite(y_arr)):
+            raise ValueError("y must not contain NaN or infinite labels")
+        check_classification_targets(y_arr)
+        if y_arr.dtype.kind == "O":
+            kinds = sorted({type(v).__name__ for v in y_arr})
+            if len(kinds) > 1:
+                raise TypeError(f"y must hold labels of one type (all numbers or all "
+                                f"strings), got a mix of {', '.join(kinds)}")
+        classes, labels = np.unique(y_arr, return_inverse=True)
+        if len(classes) < 2:
+            raise ValueError(f"y must hold at least 2 classes to build a classifier, got "
+                             f"1 class ({classes[0]!r})")
+        return classes, labels.reshape(-1)
 
     # --- fit ---------------------------------------------------------------------------
     def fit(self, X, y):
         """Build the network from labelled signals.
 
+        All or nothing: the fitted attributes are set only when every layer is
+        built, so an error or an interruption leaves a previous fit intact.
+
         Parameters
         ----------
         X : array, see the class docstring for its shape
         y : array, shape (n_samples,)
-            Class labels (any sortable values; at least two classes).
+            Class labels (any sortable values of one type; at least two classes).
 
         Returns
         -------
@@ -148,70 +108,63 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         """
         params = self._validated_params()
         X = self._check_X(X)
-        if y is None:
-            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target "
-                             "y is None")
-        y_arr = np.asarray(y.detach().cpu().numpy() if is_torch(y) else y)
-        if y_arr.ndim == 2 and y_arr.shape[1] == 1:
-            y_arr = column_or_1d(y_arr, warn=True)
-        if y_arr.ndim != 1:
-            raise ValueError(f"y must be a 1D array of labels, got shape {y_arr.shape}")
-        if len(y_arr) != X.shape[0]:
-            raise ValueError(f"y must have one label per sample: X has {X.shape[0]} samples, "
-                             f"y has {len(y_arr)}")
-        if y_arr.dtype.kind == "f" and not np.all(np.isfinite(y_arr)):
-            raise ValueError("y must not contain NaN or infinite labels")
-        check_classification_targets(y_arr)
-        classes, labels = np.unique(y_arr, return_inverse=True)
-        if len(classes) < 2:
-            raise ValueError(f"y must hold at least 2 classes to build a classifier, got "
-                             f"1 class ({classes[0]!r})")
-        backend = self._backend()
-        like = self._like(backend)
+        classes, labels = self._check_y(y, X.shape[0])
+        workspace = params["workspace"]
         sample_shape = tuple(X.shape[1:])
         signal_shape = sample_shape[1:] if self._signal_ndim else ()
-        if self._signal_ndim:
-            too_big = [n for n in signal_shape if params["kernel_size"] > n]
-            if params["n_channels"] is not None and too_big:
+        if self._signal_ndim and params["n_channels"] is not None:
+            if any(params["kernel_size"] > n for n in signal_shape):
                 raise ValueError(f"kernel_size must be at most the signal size "
                                  f"{signal_shape}, got {params['kernel_size']}")
 
-        self.classes_ = classes
-        self.n_features_in_ = int(math.prod(sample_shape))
-        self.input_shape_ = sample_shape
-        self.signal_shape_ = signal_shape
+        network = Network(self._make_lifting(params, sample_shape), [], sample_shape,
+                          workspace)
+        history = []
+        backend = workspace.backend
+        k = len(classes)
         with thread_limits():
-            X_work = self._to_working(backend, like, X)
-            self.lifting_ = self._make_lifting(params, sample_shape)
-            Z = self._lift(backend, X_work, params["batch_size"])
-            self.layers_, self.history_ = [], []
-            progress = _progress(params["n_layers"], self.verbose, type(self).__name__)
-            for index in range(params["n_layers"]):
-                solution = spectral_solve(backend, Z, labels, len(classes), params["eps2"],
-                                          batch_size=params["batch_size"])
-                layer = Layer(backend, solution, params["eta"], params["lmbda"],
-                              signal_shape)
-                Z, pi = self._apply_in_chunks(
-                    backend, layer, Z,
-                    labels if params["membership"] == "label" else None)
-                accuracy = float(np.mean(backend.asnumpy(backend.argmax(pi, 1)) == labels))
-                record = {"layer": index, "delta_R": solution.rates.delta,
-                          "R": solution.rates.expansion, "R_c": solution.rates.compression,
-                          "train_accuracy": accuracy}
-                self.layers_.append(layer)
-                self.history_.append(record)
-                log.info("layer %d: delta_R=%.4f R=%.4f R_c=%.4f train_acc=%.4f", index,
-                         record["delta_R"], record["R"], record["R_c"], accuracy)
-                progress.update(1)
-                progress.set_postfix(delta_R=f"{record['delta_R']:.3f}",
-                                     acc=f"{accuracy:.3f}")
-            progress.close()
+            Z = self._lift_all(network, workspace.to_working(X), params["batch_size"])
+            progress = _progress(params["n_layers"], params["verbose"], type(self).__name__)
+            try:
+                for index in range(params["n_layers"]):
+                    solution = spectral.solve_layer(backend, Z, labels, k, params["eps2"],
+                                                    batch_size=params["batch_size"])
+                    layer = Layer(backend, solution, params["eta"], params["lmbda"],
+                                  signal_shape)
+                    network.layers.append(layer)
+                    Z, pi = _apply_in_chunks(
+                        backend, layer, Z,
+                        labels if params["membership"] == "label" else None,
+                        network.chunk_size(params["batch_size"], backend.itemsize(Z)))
+                    accuracy = float(np.mean(backend.asnumpy(backend.argmax(pi, 1))
+                                             == labels))
+                    record = {"layer": index, "delta_R": solution.rates.delta,
+                              "R": solution.rates.expansion,
+                              "R_c": solution.rates.compression,
+                              "train_accuracy": accuracy}
+                    history.append(record)
+                    log.info("layer %d: delta_R=%.4f R=%.4f R_c=%.4f train_acc=%.4f", index,
+                             record["delta_R"], record["R"], record["R_c"], accuracy)
+                    progress.update(1)
+                    progress.set_postfix(delta_R=f"{record['delta_R']:.3f}",
+                                         acc=f"{accuracy:.3f}")
+            finally:
+                progress.close()
+        self._set_fitted(network, classes, history)
         return self
+
+    def _set_fitted(self, network, classes, history):
+        self.network_ = network
+        self.classes_ = classes
+        self.history_ = history
+        self.input_shape_ = network.input_shape
+        self.signal_shape_ = tuple(network.signal_shape)
+        self.n_features_in_ = int(math.prod(network.input_shape))
 
     def _make_lifting(self, params, sample_shape):
         if not self._signal_ndim or params["n_channels"] is None:
             return None
-        rng = np.random.default_rng(self.random_state)
+        rng = np.random.default_rng(params["random_state"])
         c_in = sample_shape[0]
         extra = 0 if params["lifting_bias"] is None else 1
         shape = (params["n_channels"], c_in + extra) + (params["kernel_size"],) * \
@@ -225,37 +178,42 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
             bias = params["lifting_bias"] * kernels[:, c_in].sum(axis=taps)
         return Lifting(kernels[:, :c_in], params["nonlinearity"], sample_shape[1:], bias)
 
-    def _lift(self, backend, X, batch_size):
-        if self.lifting_ is None:
-            return normalize(backend, X)
-        size = batch_size or self._chunk(self.lifting_.kernels.shape[0], X)
-        parts = [self.lifting_(backend, X[s:s + size]) for s in range(0, X.shape[0], size)]
-        return parts[0] if len(parts) == 1 else backend.concat(parts)
+    @staticmethod
+    def _lift_all(network, X, batch_size):
+        """The lifted, normalized features of every working sample, chunk by chunk."""
+        size = network.chunk_size(batch_size, network.workspace.backend.itemsize(X))
+        parts = [network.lift(x) for x in array_chunks(X, size)]
+        return parts[0] if len(parts) == 1 else network.workspace.backend.concat(parts)
 
-    def _chunk(self, n_channels, X):
-        per_sample = n_channels * max(1, math.prod(X.shape[2:] or (1,))) * 16 * 4
-        return max(1, _CHUNK_BYTES // per_sample)
-
-    def _apply_in_chunks(self, backend, layer, Z, labels):
-        size = self.batch_size or self._chunk(Z.shape[1] if Z.ndim > 2 else 1, Z)
-        outs, pis = [], []
-        for s in range(0, Z.shape[0], size):
-            z, pi = layer(backend, Z[s:s + size],
-                          None if labels is None else labels[s:s + size])
-            outs.append(z)
-            pis.append(pi)
-        if len(outs) == 1:
-            return outs[0], pis[0]
-        return backend.concat(outs), backend.concat(pis)
-
-    # --- inference ---------------------------------------------------------------------
+    # --- fitted state ----------------------------------------------------------------
     def _check_fitted(self):
-        if not hasattr(self, "layers_"):
+        if "network_" not in self.__dict__:
             raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet; "
                                  "call fit(X, y) first")
 
-    def _forward(self, X, name="X"):
-        """Features after the last layer and the last layer's membership."""
+    @property
+    def layers_(self):
+        """The fitted layers (``network_.layers``)."""
+        self._check_fitted_attribute("layers_")
+        return self.network_.layers
+
+    @property
+    def lifting_(self):
+        """The fitted lifting (``network_.lifting``), None without one."""
+        self._check_fitted_attribute("lifting_")
+        return self.network_.lifting
+
+    def _check_fitted_attribute(self, name):
+        if "network_" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r} before fit")
+
+    def _network(self, workspace):
+        """``network_`` in ``workspace`` (itself unless the settings changed after fit)."""
+        return self.network_.to(workspace)
+
+    # --- inference ---------------------------------------------------------------------
+    def _check_input(self, X, name="X"):
+        """Fitted check and validation of inference input ``X``."""
         self._check_fitted()
         X = self._check_X(X, name=name)
         if tuple(X.shape[1:]) != self.input_shape_:
@@ -265,35 +223,36 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
                 f"expecting {self.n_features_in_} features as input: samples of shape "
                 f"{tuple(X.shape[1:])} where the network was fitted on {self.input_shape_} "
                 f"{what[self._signal_ndim]}; its operators are built for one signal size")
-        backend = self._backend()
-        like = self._like(backend)
-        layers = self._layers_for(backend, like)
-        size = self.batch_size or self._chunk(self.lifting_.kernels.shape[0]
-                                              if self.lifting_ is not None
-                                              else max(1, X.shape[1]), X)
-        outs, pis = [], []
-        with thread_limits():
-            for s in range(0, X.shape[0], size):
-                z = self._lift(backend, self._to_working(backend, like, X[s:s + size]),
-                               None)
-                pi = None
-                for layer in layers:
-                    z, pi = layer(backend, z)
-                outs.append(z)
-                pis.append(pi)
-        Z = outs[0] if len(outs) == 1 else backend.concat(outs)
-        P = pis[0] if len(pis) == 1 else backend.concat(pis)
-        return self._output(backend, Z, X), backend.asnumpy(P)
+        return X
 
-    def _layers_for(self, backend, like):
-        """The layers in the working library/precision/device (converted once, cached)."""
-        first = self.layers_[0].stacked
-        same = (backend.name == ("torch" if is_torch(first) else "numpy")
-                and str(backend.device(first)) == str(backend.device(like))
-                and backend.real_dtype(first) == backend.real_dtype(like))
-        if same:
-            return self.layers_
-        return [layer.to(backend, like) for layer in self.layers_]
+    def _chunks(self, X):
+        """Yield ``(start, z, pi)`` per chunk of validated ``X``, as working arrays."""
+        workspace = self._workspace()
+        network = self._network(workspace)
+        size = network.chunk_size(self.batch_size, workspace.backend.itemsize(workspace.like))
+        with thread_limits():
+            start = 0
+            for z, pi in network.stream(workspace.to_working(x)
+                                        for x in array_chunks(X, size)):
+                yield start, z, pi
+                start += z.shape[0]
+
+    def _forward(self, X, name="X", features=True):
+        """Features after the last layer (None unless ``features``) and the membership.
+
+        The samples stream through the network chunk by chunk; features are
+        written into one output array, memberships (``(b, k)``) gathered.
+        """
+        X = self._check_input(X, name)
+        workspace = self._workspace()
+        Z, pis = None, []
+        for start, z, pi in self._chunks(X):
+            if features:
+                if Z is None:
+                    Z = workspace.user_empty((X.shape[0],) + tuple(z.shape[1:]), X)
+                Z[start:start + z.shape[0]] = workspace.to_user(z, X)
+            pis.append(workspace.backend.asnumpy(pi))
+        return Z, np.concatenate(pis)
 
     def layer_features(self, X):
         """Features entering every layer and after the last: a list of ``n_layers + 1`` arrays.
@@ -301,17 +260,18 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         Holds every sample at every layer in memory: meant for analysis and
         figures on moderate sets (use :meth:`transform` for large ones).
         """
-        self._check_fitted()
-        X = self._check_X(X)
-        backend = self._backend()
-        like = self._like(backend)
-        layers = self._layers_for(backend, like)
+        X = self._check_input(X)
+        workspace = self._workspace()
+        network = self._network(workspace)
+        backend = workspace.backend
         with thread_limits():
-            z = self._lift(backend, self._to_working(backend, like, X), self.batch_size)
-            out = [self._output(backend, z, X)]
-            for layer in layers:
-                z, _ = self._apply_in_chunks(backend, layer, z, None)
-                out.append(self._output(backend, z, X))
+            z = self._lift_all(network, workspace.to_working(X), self.batch_size)
+            out = [workspace.to_user(z, X)]
+            for layer in network.layers:
+                z, _ = _apply_in_chunks(backend, layer, z, None,
+                                        network.chunk_size(self.batch_size,
+                                                           backend.itemsize(z)))
+                out.append(workspace.to_user(z, X))
         return out
 
     def rate_history(self, X, y):
@@ -340,7 +300,8 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
     def transform(self, X):
         """Features after the last layer, shape ``(n_samples, C, *signal_shape)``.
 
-        Vectors: ``(n_samples, d)``. Computed in batches of ``batch_size``.
+        Vectors: ``(n_samples, d)``. Computed in chunks of ``batch_size``
+        samples (or of the memory budget), written into the output.
         """
         return self._forward(X)[0]
 
@@ -355,8 +316,11 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         return self._forward(X)
 
     def predict_proba(self, X):
-        """The last layer's estimated membership ``pi``, shape ``(n_samples, k)``."""
-        return self._forward(X)[1]
+        """The last layer's estimated membership ``pi``, shape ``(n_samples, k)``.
+
+        Streams the samples: memory is the model plus one chunk.
+        """
+        return self._forward(X, features=False)[1]
 
     def predict(self, X):
         """``argmax_j pi_j`` of the last layer, as the original class labels."""
@@ -377,14 +341,53 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
 
     def save(self, path):
         """Write the fitted network to ``path`` (``.npz``, no pickle); see :func:`load`."""
-        from .io import save
-
-        save(self, path)
+        self._check_fitted()
+        classes = np.asarray(self.classes_)
+        io.save_network(path, self.network_, {
+            "estimator": type(self).__name__,
+            "params": self.get_params(),
+            "classes": classes,
+            "history": self.history_,
+        })
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
+
+
+def _apply_in_chunks(backend, layer, Z, labels, size):
+    """``layer`` over every chunk of working features ``Z``: (next features, membership)."""
+    outs, pis = [], []
+    for s in range(0, Z.shape[0], size):
+        z, pi = layer(backend, Z[s:s + size], None if labels is None else labels[s:s + size])
+        outs.append(z)
+        pis.append(pi)
+    if len(outs) == 1:
+        return outs[0], pis[0]
+    return backend.concat(outs), backend.concat(pis)
+
+
+def load(path):
+    """Read a network written by ``estimator.save`` (an ``.npz`` file).
+
+    Every entry is checked against the format before anything is built.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``path`` does not exist.
+    ValueError
+        When the file is truncated, corrupted, inconsistent, not a convredunet
+        model, or of another format version; the message names the file and
+        the entry.
+    """
+    estimators = {cls.__name__: cls for cls in (ReduNet1D, ReduNet2D, ReduNetVector)}
+    model = io.read_model(path, estimators)
+    estimator = estimators[model.estimator](**model.params)
+    network = model.network.to(estimator._workspace())
+    estimator._set_fitted(network, model.classes, model.history)
+    return estimator
 
 
 def _progress(total, verbose, name):

@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from . import spectral
-from .backend import NumpyBackend
+from sklearn.utils.validation import check_is_fitted
+
+from .backend import resolve
 
 __all__ = ["to_torch", "ReduNetModule", "kernel_energy_kept", "centred_kernels"]
 
@@ -63,11 +65,10 @@ def kernel_energy_kept(net, kernel_size):
 
 def _layer_kernels(net):
     """Real kernels (E (C, C, *S), C (k, C, C, *S)) of every layer, numpy float64."""
-    backend = NumpyBackend()
-    for layer in net.layers_:
-        numpy_layer = layer.to(backend, np.zeros(0)) if not isinstance(
-            layer.stacked, np.ndarray) else layer
-        e_hat, c_hat = numpy_layer.operators_hat(backend)
+    workspace = resolve("numpy", None, "float64")
+    backend = workspace.backend
+    for layer in net.network_.to(workspace).layers:
+        e_hat, c_hat = layer.operators_hat(backend)
         yield (spectral.operator_kernels(backend, e_hat, net.signal_shape_),
                spectral.operator_kernels(backend, c_hat, net.signal_shape_))
 
@@ -210,7 +211,7 @@ def to_torch(net, dtype=torch.float32, kernel_size=None):
     -------
     ReduNetModule
     """
-    net._check_fitted()
+    check_is_fitted(net, "network_")
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
     nd = len(net.signal_shape_)

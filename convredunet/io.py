@@ -1,153 +1,396 @@
-"""Save and load fitted networks: one ``.npz`` file, no pickle.
+"""Save and load fitted networks: one ``.npz`` file, no pickle, checked whole.
 
-The file holds a format version, every hyper-parameter, the classes, the
-lifting kernels and, per layer, the half-spectrum operators (``stacked``:
-``E`` over the dense ``C^j``; Woodbury factors for small classes) and
-``gamma``. Loading reproduces ``transform`` bit for bit.
+The file holds a format version, a JSON ``meta`` entry (estimator, every
+hyper-parameter, shapes, per-layer ``eta``/``lmbda``, the training history),
+the classes, the lifting kernels and, per layer, the half-spectrum operators
+(``stacked``: ``E`` over the dense ``C^j``; Woodbury factors ``V``/``M_inv``
+for low-rank classes) and ``gamma``. Loading reproduces ``transform`` bit for
+bit.
+
+Reading checks the file against the format before building anything: every
+required entry is present, each entry's header (dtype, shape) is read before
+its data and must agree with the bytes the archive holds, shapes agree with
+each other and with the parameters, values are finite and class indices in
+range. Unknown entries are never read. Every failure is a ``ValueError``
+naming the file and the entry.
+
+Writing goes to a fresh temporary file beside the target (a unique name,
+never an existing path) that is renamed over the target when complete and
+removed on any error or interruption.
 """
+import contextlib
+import dataclasses
 import json
+import math
 import os
+import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from .network import Layer, Lifting
+from ._validation import NONLINEARITIES, validate_params
+from .backend import workspace_of
+from .network import Network
 
-__all__ = ["save", "load", "FORMAT_VERSION"]
+__all__ = ["save_network", "read_model", "atomic_path", "FORMAT_VERSION", "ModelFile"]
 
 FORMAT_VERSION = 1
 _MAGIC = "convredunet-model"
+# Signal dimension of each estimator, by name.
+_SIGNAL_NDIM = {"ReduNetVector": 0, "ReduNet1D": 1, "ReduNet2D": 2}
 
 
-def _estimators():
-    from .estimators import ReduNet1D, ReduNet2D, ReduNetVector
+# --- writing -------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a fresh temporary path beside ``path``; rename it to ``path`` on success.
 
-    return {cls.__name__: cls for cls in (ReduNet1D, ReduNet2D, ReduNetVector)}
-
-
-def save(estimator, path):
-    """Write a fitted estimator to ``path`` (a ``.npz`` file, written atomically).
+    The temporary name is created exclusively (``tempfile.mkstemp``), so no
+    existing file is ever touched; on an exception, ``KeyboardInterrupt`` or
+    ``SystemExit`` (the command line turns SIGTERM into one) it is removed.
+    Two concurrent writers each rename a complete file: the last rename wins.
 
     Raises
     ------
-    sklearn.exceptions.NotFittedError
-        When the estimator has not been fitted.
-    TypeError
-        When a hyper-parameter cannot be stored (e.g. a Generator as random_state).
+    ValueError
+        When the folder does not exist or cannot be written (the message
+        names the path and the reason).
     """
-    from .backend import get_backend
-
-    estimator._check_fitted()
-    params = estimator.get_params()
-    try:
-        json.dumps(params)
-    except TypeError as exc:
-        raise TypeError(f"cannot save {type(estimator).__name__}: every parameter must be a "
-                        f"number, string, bool or None ({exc}); use an int random_state") from None
-    classes = np.asarray(estimator.classes_)
-    if classes.dtype == object:
-        classes = classes.astype(str)
-    meta = {
-        "magic": _MAGIC,
-        "estimator": type(estimator).__name__,
-        "params": params,
-        "input_shape": list(estimator.input_shape_),
-        "signal_shape": list(estimator.signal_shape_),
-        "n_layers": len(estimator.layers_),
-        "layers": [{"eta": layer.eta, "lmbda": layer.lmbda} for layer in estimator.layers_],
-        "history": estimator.history_,
-        "nonlinearity": None if estimator.lifting_ is None else estimator.lifting_.nonlinearity,
-    }
-    arrays = {"format_version": np.array(FORMAT_VERSION), "meta": np.array(json.dumps(meta)),
-              "classes": classes}
-    if estimator.lifting_ is not None:
-        arrays["lifting/kernels"] = estimator.lifting_.kernels
-        if estimator.lifting_.bias is not None:
-            arrays["lifting/bias"] = estimator.lifting_.bias
-    for index, layer in enumerate(estimator.layers_):
-        for key, value in layer.to_arrays(get_backend(layer.stacked)).items():
-            arrays[f"layer{index}/{key}"] = value
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ValueError(f"output '{path}' is a directory; give a file name")
+    if not folder.is_dir():
+        raise ValueError(f"cannot write '{path}': folder '{folder}' does not exist")
     try:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
+        # A short prefix keeps a 255-character target name legal.
+        handle, tmp = tempfile.mkstemp(prefix=f".{path.name[:32]}.", suffix=".tmp",
+                                       dir=folder)
+    except OSError as exc:
+        raise ValueError(f"cannot write '{path}': {exc.strerror or exc}") from None
+    os.close(handle)
+    tmp = Path(tmp)
+    try:
+        yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        raise ValueError(f"cannot write '{path}': {exc.strerror or exc}") from None
     finally:
-        if tmp.exists():
+        with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
 
 
-def _bad(path, why):
-    return ValueError(f"model file '{path}' {why}")
+def save_network(path, network, meta):
+    """Write a fitted network and its estimator's description to ``path``.
+
+    Parameters
+    ----------
+    path : str or Path
+    network : convredunet.network.Network
+    meta : dict
+        ``estimator`` (class name), ``params`` (``get_params()``), ``classes``
+        (array), ``history`` (list of dicts).
+
+    Raises
+    ------
+    TypeError
+        When a hyper-parameter cannot be stored (e.g. a Generator as random_state).
+    ValueError
+        When the file cannot be written.
+    """
+    params = meta["params"]
+    try:
+        json.dumps(params)
+    except TypeError as exc:
+        raise TypeError(f"cannot save {meta['estimator']}: every parameter must be a "
+                        f"number, string, bool or None ({exc}); use an int random_state"
+                        ) from None
+    classes = np.asarray(meta["classes"])
+    if classes.dtype == object:
+        classes = classes.astype(str)
+    header = {
+        "magic": _MAGIC,
+        "estimator": meta["estimator"],
+        "params": params,
+        "input_shape": list(network.input_shape),
+        "signal_shape": list(network.signal_shape),
+        "n_layers": len(network.layers),
+        "layers": [{"eta": layer.eta, "lmbda": layer.lmbda} for layer in network.layers],
+        "history": meta["history"],
+        "nonlinearity": None if network.lifting is None else network.lifting.nonlinearity,
+    }
+    arrays = {"format_version": np.array(FORMAT_VERSION), "meta": np.array(json.dumps(header)),
+              "classes": classes, **network.to_arrays()}
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
 
 
-def load(path):
-    """Read a network written by :func:`save` (or ``estimator.save``).
+# --- reading -------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ModelFile:
+    """What a model file holds, checked: enough to rebuild the estimator."""
+
+    estimator: str
+    params: dict
+    classes: np.ndarray
+    history: list
+    network: Network
+
+
+class _Archive:
+    """An ``.npz`` archive whose entries are checked by header before they are read."""
+
+    def __init__(self, path, zf):
+        self.path = path
+        self.zf = zf
+        self.names = {name[:-4]: name for name in zf.namelist() if name.endswith(".npy")}
+
+    def bad(self, why):
+        return ValueError(f"model file '{self.path}' {why}")
+
+    def __contains__(self, key):
+        return key in self.names
+
+    def header(self, key):
+        """``(shape, dtype, header bytes)`` of entry ``key``, reading only its header."""
+        if key not in self.names:
+            raise self.bad(f"lacks the entry '{key}'")
+        info = self.zf.getinfo(self.names[key])
+        try:
+            with self.zf.open(info) as handle:
+                version = np.lib.format.read_magic(handle)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+                elif version == (2, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+                else:
+                    raise ValueError(f"unknown .npy version {version}")
+                offset = handle.tell()
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise self.bad(f"has an unreadable entry '{key}' ({exc})") from None
+        if dtype.hasobject:
+            raise self.bad(f"entry '{key}' holds Python objects, which are never loaded")
+        declared = math.prod(shape) * dtype.itemsize
+        if declared != info.file_size - offset:
+            raise self.bad(f"entry '{key}' declares shape {shape} of {dtype} "
+                           f"({declared} bytes) but holds {info.file_size - offset} bytes")
+        return tuple(shape), dtype
+
+    def read(self, key, kinds, ndim=None, shape=None, finite=True):
+        """Entry ``key``, checked: dtype kind in ``kinds``, ``ndim``/``shape``, finiteness."""
+        entry_shape, dtype = self.header(key)
+        if dtype.kind not in kinds:
+            names = {"f": "real floats", "c": "complex numbers", "i": "integers",
+                     "u": "integers", "U": "strings", "b": "booleans"}
+            rule = " or ".join(dict.fromkeys(names[k] for k in kinds))
+            raise self.bad(f"entry '{key}' must hold {rule}, got dtype {dtype}")
+        if ndim is not None and len(entry_shape) != ndim:
+            raise self.bad(f"entry '{key}' must have {ndim} dimension(s), got shape "
+                           f"{entry_shape}")
+        if shape is not None and entry_shape != tuple(shape):
+            raise self.bad(f"entry '{key}' must have shape {tuple(shape)}, got {entry_shape}")
+        try:
+            with self.zf.open(self.names[key]) as handle:
+                value = np.lib.format.read_array(handle, allow_pickle=False)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise self.bad(f"has an unreadable entry '{key}' ({exc})") from None
+        if finite and dtype.kind in "fc" and not np.isfinite(value).all():
+            raise self.bad(f"entry '{key}' holds NaN or infinite values")
+        return value
+
+
+def _open(path):
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"model file '{path}' is a directory, not a model file")
+    if not path.exists():
+        raise FileNotFoundError(f"model file '{path}' does not exist")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"model file '{path}' is not a readable convredunet model (not an "
+                         ".npz archive: truncated, corrupted or another format)")
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError) as exc:
+        raise ValueError(f"model file '{path}' is not a readable convredunet model "
+                         f"(truncated or corrupted: {exc})") from None
+
+
+def read_model(path, estimators):
+    """Read and check a model file written by :func:`save_network`.
+
+    Parameters
+    ----------
+    path : str or Path
+    estimators : dict name -> estimator class (used to check the parameters)
+
+    Returns
+    -------
+    ModelFile
 
     Raises
     ------
     FileNotFoundError
         When ``path`` does not exist.
     ValueError
-        When the file is truncated, corrupted, not a convredunet model, or of
-        another format version; the message names the file and the problem.
+        For anything else that is not a complete, consistent model of a
+        format version this library reads; names the file and the entry.
     """
-    from .backend import NumpyBackend
+    with _open(path) as zf:
+        archive = _Archive(Path(path), zf)
+        try:
+            return _read(archive, estimators)
+        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            raise archive.bad(f"is truncated or corrupted ({exc})") from None
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file '{path}' does not exist")
+
+def _read(archive, estimators):
+    bad = archive.bad
+    if "format_version" not in archive or "meta" not in archive:
+        raise bad("is not a convredunet model (no format_version/meta entries)")
+    version = archive.read("format_version", "iu", shape=())
+    if int(version) != FORMAT_VERSION:
+        raise bad(f"has format version {version}; this convredunet reads version "
+                  f"{FORMAT_VERSION}")
     try:
-        with np.load(path, allow_pickle=False) as handle:
-            arrays = {key: handle[key] for key in handle.files}
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError) as exc:
-        raise _bad(path, f"is not a readable convredunet model (truncated or corrupted: {exc})"
-                   ) from None
-    if "format_version" not in arrays or "meta" not in arrays:
-        raise _bad(path, "is not a convredunet model (no format_version/meta entries)")
-    version = int(arrays["format_version"])
-    if version != FORMAT_VERSION:
-        raise _bad(path, f"has format version {version}; this convredunet reads version "
-                   f"{FORMAT_VERSION}")
-    try:
-        meta = json.loads(str(arrays["meta"]))
+        meta = json.loads(str(archive.read("meta", "U", shape=())))
     except json.JSONDecodeError as exc:
-        raise _bad(path, f"has an unreadable meta entry ({exc})") from None
+        raise bad(f"has an unreadable meta entry ({exc})") from None
     if not isinstance(meta, dict) or meta.get("magic") != _MAGIC:
-        raise _bad(path, "is not a convredunet model (wrong magic)")
-    classes_by_name = _estimators()
-    if meta.get("estimator") not in classes_by_name:
-        raise _bad(path, f"names an unknown estimator {meta.get('estimator')!r}")
+        raise bad("is not a convredunet model (wrong magic)")
+    name = meta.get("estimator")
+    if name not in estimators:
+        raise bad(f"names an unknown estimator {name!r}")
+    params = _check_params(bad, meta, estimators[name])
+    nd = _SIGNAL_NDIM[name]
+    input_shape = _shape(bad, meta.get("input_shape"), "input_shape", nd + 1 if nd else 1)
+    signal_shape = input_shape[1:] if nd else ()
+    if list(meta.get("signal_shape", [])) != list(signal_shape):
+        raise bad(f"meta signal_shape {meta.get('signal_shape')} does not match input_shape "
+                  f"{list(input_shape)}")
+    n_layers = params["n_layers"]
+    steps = meta.get("layers")
+    if meta.get("n_layers") != n_layers or not isinstance(steps, list) or \
+            len(steps) != n_layers:
+        raise bad(f"describes {meta.get('n_layers')!r} layers with "
+                  f"{len(steps) if isinstance(steps, list) else steps!r} layer records, "
+                  f"but n_layers={n_layers}")
+    steps = [(_positive(bad, step, "eta", i), _positive(bad, step, "lmbda", i))
+             for i, step in enumerate(steps)]
+    history = meta.get("history")
+    if not isinstance(history, list) or len(history) != n_layers or \
+            not all(isinstance(h, dict) for h in history):
+        raise bad(f"meta history must be a list of {n_layers} records")
+
+    classes = archive.read("classes", "iufU", ndim=1)
+    k = len(classes)
+    if k < 2 or len(np.unique(classes)) != k:
+        raise bad(f"entry 'classes' must hold at least 2 distinct labels, got {k} entries "
+                  f"({len(np.unique(classes))} distinct)")
+
+    arrays = {}
+    n_channels = input_shape[0]
+    nonlinearity = meta.get("nonlinearity")
+    lifted = nd and params["n_channels"] is not None
+    if lifted:
+        if nonlinearity not in NONLINEARITIES or nonlinearity != params["nonlinearity"]:
+            raise bad(f"meta nonlinearity {nonlinearity!r} does not match the parameter "
+                      f"nonlinearity={params['nonlinearity']!r}")
+        n_channels = params["n_channels"]
+        kernel_shape = (n_channels, input_shape[0]) + (params["kernel_size"],) * nd
+        if any(params["kernel_size"] > n for n in signal_shape):
+            raise bad(f"lifting kernels of {params['kernel_size']} taps are longer than the "
+                      f"signal {signal_shape}")
+        arrays["lifting/kernels"] = archive.read("lifting/kernels", "f", shape=kernel_shape)
+        if params["lifting_bias"] is not None:
+            arrays["lifting/bias"] = archive.read("lifting/bias", "f", shape=(n_channels,))
+        elif "lifting/bias" in archive:
+            raise bad("has an entry 'lifting/bias' but lifting_bias=None")
+    elif "lifting/kernels" in archive:
+        raise bad("has lifting kernels but its parameters describe no lifting "
+                  "(n_channels=None or a vector model)")
+
+    complex_dtype = np.dtype(np.complex128 if params["dtype"] == "float64" else np.complex64)
+    op_dtype = complex_dtype if nd else np.dtype(params["dtype"])
+    n_freqs = 1
+    if nd:
+        n_freqs = math.prod(signal_shape[:-1]) * (signal_shape[-1] // 2 + 1)
+    for index in range(n_layers):
+        arrays.update(_read_layer(archive, f"layer{index}/", k, n_channels, n_freqs,
+                                  op_dtype))
+
+    workspace = workspace_of(np.zeros(0, dtype=params["dtype"]))
+    network = Network.from_arrays(arrays, input_shape, nonlinearity if lifted else None,
+                                  steps, workspace)
+    return ModelFile(name, meta["params"], classes, history, network)
+
+
+def _read_layer(archive, prefix, k, n_channels, n_freqs, op_dtype):
+    bad = archive.bad
+    out = {}
+    gamma = archive.read(prefix + "gamma", "f", shape=(k,))
+    if (gamma <= 0).any() or abs(gamma.sum() - 1) > 1e-6:
+        raise bad(f"entry '{prefix}gamma' must hold {k} positive class proportions summing "
+                  f"to 1, got sum {gamma.sum():.6g}")
+    out[prefix + "gamma"] = gamma
+    dense = archive.read(prefix + "dense_classes", "iu", ndim=1)
+    lowrank = archive.read(prefix + "lowrank_classes", "iu", ndim=1)
+    every = np.concatenate([dense, lowrank])
+    if sorted(every.tolist()) != list(range(k)):
+        raise bad(f"entries '{prefix}dense_classes' and '{prefix}lowrank_classes' must "
+                  f"together list each class 0..{k - 1} once, got {every.tolist()}")
+    out[prefix + "dense_classes"] = dense.astype(np.int64)
+    out[prefix + "lowrank_classes"] = lowrank.astype(np.int64)
+    kinds = op_dtype.kind
+    stacked_shape = (n_freqs, (1 + len(dense)) * n_channels, n_channels)
+    stacked = archive.read(prefix + "stacked", kinds, shape=stacked_shape)
+    if stacked.dtype != op_dtype:
+        raise bad(f"entry '{prefix}stacked' must be {op_dtype} (the model's dtype), got "
+                  f"{stacked.dtype}")
+    out[prefix + "stacked"] = stacked
+    g = len(lowrank)
+    alphas = archive.read(prefix + "alphas", "f", shape=(g,)) if (
+        g or prefix + "alphas" in archive) else np.zeros(0)
+    if (alphas <= 0).any():
+        raise bad(f"entry '{prefix}alphas' must be positive")
+    out[prefix + "alphas"] = alphas
+    if g:
+        v_shape, _ = archive.header(prefix + "V")
+        if len(v_shape) != 4 or v_shape[:3] != (n_freqs, g, n_channels):
+            raise bad(f"entry '{prefix}V' must have shape ({n_freqs}, {g}, {n_channels}, w), "
+                      f"got {v_shape}")
+        width = v_shape[3]
+        for key, shape in (("V", v_shape), ("M_inv", (n_freqs, g, width, width))):
+            value = archive.read(prefix + key, kinds, shape=shape)
+            if value.dtype != op_dtype:
+                raise bad(f"entry '{prefix}{key}' must be {op_dtype}, got {value.dtype}")
+            out[prefix + key] = value
+    return out
+
+
+def _check_params(bad, meta, cls):
+    params = meta.get("params")
+    if not isinstance(params, dict):
+        raise bad("has no parameter record in its meta entry")
     try:
-        estimator = classes_by_name[meta["estimator"]](**meta["params"])
-        estimator.classes_ = arrays["classes"]
-        estimator.input_shape_ = tuple(meta["input_shape"])
-        estimator.signal_shape_ = tuple(meta["signal_shape"])
-        estimator.n_features_in_ = int(np.prod(estimator.input_shape_))
-        estimator.history_ = meta["history"]
-        estimator.lifting_ = None
-        if "lifting/kernels" in arrays:
-            estimator.lifting_ = Lifting(arrays["lifting/kernels"], meta["nonlinearity"],
-                                         estimator.signal_shape_, arrays.get("lifting/bias"))
-        backend = NumpyBackend()
-        layers = []
-        for index, info in enumerate(meta["layers"]):
-            prefix = f"layer{index}/"
-            layer_arrays = {key[len(prefix):]: value for key, value in arrays.items()
-                            if key.startswith(prefix)}
-            if "stacked" not in layer_arrays:
-                raise KeyError(f"{prefix}stacked")
-            layers.append(Layer.from_arrays(backend, layer_arrays, info["eta"], info["lmbda"],
-                                            estimator.signal_shape_))
-    except KeyError as exc:
-        raise _bad(path, f"lacks the entry {exc}") from None
+        estimator = cls(**params)
+        checked = validate_params(estimator.get_params())
     except (TypeError, ValueError) as exc:
-        raise _bad(path, f"holds inconsistent data ({exc})") from None
-    if estimator.backend == "torch":
-        backend_ = estimator._backend()
-        like = estimator._like(backend_)
-        layers = [layer.to(backend_, like) for layer in layers]
-    estimator.layers_ = layers
-    return estimator
+        raise bad(f"holds invalid parameters ({exc})") from None
+    return checked
+
+
+def _shape(bad, value, name, ndim):
+    if not isinstance(value, list) or len(value) != ndim or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in value):
+        raise bad(f"meta {name} must be a list of {ndim} positive integers, got {value!r}")
+    return tuple(value)
+
+
+def _positive(bad, step, key, index):
+    value = step.get(key) if isinstance(step, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value) or value <= 0:
+        raise bad(f"meta layer {index} {key} must be a positive finite number, got {value!r}")
+    return float(value)

@@ -8,12 +8,17 @@ inside a layer it becomes its unitary half spectrum ``(F, C, b)``
 (:func:`convredunet.spectral.spectrum`), frequency first, so that every
 operator is applied by one batched matrix product over all frequencies.
 """
+import dataclasses
 import math
+import threading
 
 import numpy as np
 
 from . import _parallel, spectral
+from .backend import resolve, workspace_of
 
+# Guards the per-layer caches of constants (layers are shared between threads).
+_CONSTANTS_LOCK = threading.Lock()
 # Samples whose norm is below this are left as they are by normalize().
 _TINY = 1e-30
 
@@ -80,6 +85,12 @@ class Lifting:
                 backend.permute(backend.reshape(hat, (c_out, c_in, -1)), (2, 0, 1)))
         return self._hat[key]
 
+    def bytes_per_sample(self, itemsize):
+        """Bytes of work arrays one sample takes in :meth:`__call__` (real ``itemsize``)."""
+        c_out, c_in = self.kernels.shape[:2]
+        n = math.prod(self.signal_shape)
+        return (c_out + c_in) * (n // 2 + 1) * 2 * itemsize * 2 + 2 * c_out * n * itemsize
+
     def __call__(self, backend, x):
         """Lift ``x`` ``(b, C_in, *S)`` to unit-norm features ``(b, C, *S)``."""
         v = spectral.spectrum(backend, x, self.signal_shape)
@@ -94,15 +105,13 @@ class Lifting:
 class Layer:
     """One ReduNet layer: ``z+ = normalize(z + eta (E z - sum_j gamma_j pi_j C^j z))``.
 
-    The operators are stored per frequency: ``stacked`` ``(F, (1+k_d) C, C)``
-    holds ``E`` on top of every class operator kept dense, so that one
-    batched product applies them all; classes with fewer samples than
-    channels keep their Woodbury factors instead (``C^j = alpha_j I -
-    alpha_j^2 V_j M_j^-1 V_j^H``), which are cheaper to store and apply.
+    Stores the engine's :class:`convredunet.spectral.LayerSolution` as it
+    comes (each operator once, in the layout it is applied in) and applies it;
+    it decides nothing about storage.
 
     Parameters
     ----------
-    solution : convredunet.operators.SpectralSolution
+    solution : convredunet.spectral.LayerSolution
         The engine's output for the features entering this layer.
     eta, lmbda : float
         Step size and membership temperature.
@@ -110,64 +119,44 @@ class Layer:
     """
 
     def __init__(self, backend, solution, eta, lmbda, signal_shape):
+        self.solution = solution
         self.eta = float(eta)
         self.lmbda = float(lmbda)
         self.signal_shape = tuple(signal_shape)
-        self.gamma = np.asarray(solution.gamma, dtype=np.float64)
-        self.rates = solution.rates
-        self.dense_classes = list(solution.dense_classes)
-        self.lowrank_classes = list(solution.lowrank_classes)
-        parts = [solution.E[:, None]]
-        if self.dense_classes:
-            parts.append(backend.permute(solution.C_dense, (1, 0, 2, 3)))
-        f, c = solution.E.shape[:2]
-        v, m_inv = solution.V, solution.M_inv
-        alphas = np.asarray(solution.alphas, dtype=np.float64)
-        # Low-rank application costs about 2 C m_j + 2 m_j^2 per frequency and
-        # sample, a dense operator C^2: classes past the crossover are stored dense.
-        counts = np.asarray(solution.counts)
-        wide = [i for i, j in enumerate(self.lowrank_classes)
-                if 2 * c * counts[j] + 2 * counts[j] ** 2 >= c * c]
-        if wide:
-            dense = spectral.woodbury_dense(backend, v[wide], m_inv[wide], alphas[wide])
-            parts.append(backend.permute(dense, (1, 0, 2, 3)))
-            self.dense_classes += [self.lowrank_classes[i] for i in wide]
-            keep = [i for i in range(len(self.lowrank_classes)) if i not in wide]
-            self.lowrank_classes = [self.lowrank_classes[i] for i in keep]
-            if keep:
-                v, m_inv, alphas = v[keep], m_inv[keep], alphas[keep]
-                width = int(counts[self.lowrank_classes].max())
-                v, m_inv = v[..., :width], m_inv[..., :width, :width]
-        self.stacked = backend.contiguous(
-            backend.reshape(backend.concat(parts, axis=1), (f, -1, c)))
-        if self.lowrank_classes:
-            self.V = backend.contiguous(backend.permute(v, (1, 0, 2, 3)))
-            self.M_inv = backend.contiguous(backend.permute(m_inv, (1, 0, 2, 3)))
-            self.alphas = alphas
-        else:
-            self.V = self.M_inv = None
-            self.alphas = np.zeros(0)
         self._prepare(backend)
+
+    # The solution's fields, read-only.
+    gamma = property(lambda self: self.solution.gamma)
+    rates = property(lambda self: self.solution.rates)
+    stacked = property(lambda self: self.solution.stacked)
+    dense_classes = property(lambda self: list(self.solution.dense_classes))
+    lowrank_classes = property(lambda self: list(self.solution.lowrank_classes))
+    M_inv = property(lambda self: self.solution.M_inv)
+    alphas = property(lambda self: self.solution.alphas)
 
     @classmethod
     def from_arrays(cls, backend, arrays, eta, lmbda, signal_shape, rates=None):
-        """Rebuild a layer from :meth:`to_arrays` (backend arrays or numpy)."""
-        layer = cls.__new__(cls)
-        layer.eta, layer.lmbda = float(eta), float(lmbda)
-        layer.signal_shape = tuple(signal_shape)
-        layer.gamma = np.asarray(arrays["gamma"], dtype=np.float64)
-        layer.rates = rates
-        layer.dense_classes = [int(j) for j in arrays["dense_classes"]]
-        layer.lowrank_classes = [int(j) for j in arrays["lowrank_classes"]]
-        layer.stacked = arrays["stacked"]
-        layer.V = arrays.get("V") if layer.lowrank_classes else None
-        layer.M_inv = arrays.get("M_inv") if layer.lowrank_classes else None
-        layer.alphas = np.asarray(arrays.get("alphas", np.zeros(0)), dtype=np.float64)
-        layer._prepare(backend)
-        return layer
+        """Rebuild a layer from :meth:`to_arrays` (backend arrays or numpy).
+
+        ``V`` is given per class, ``(F, g, C, w)`` (the file layout).
+        """
+        lowrank = tuple(int(j) for j in arrays["lowrank_classes"])
+        v = m_inv = None
+        if lowrank:
+            f, g, c, w = arrays["V"].shape
+            v = backend.contiguous(backend.reshape(
+                backend.permute(arrays["V"], (0, 2, 1, 3)), (f, c, g * w)))
+            m_inv = arrays["M_inv"]
+        solution = spectral.LayerSolution(
+            rates=rates, gamma=np.asarray(arrays["gamma"], dtype=np.float64),
+            stacked=arrays["stacked"],
+            dense_classes=tuple(int(j) for j in arrays["dense_classes"]),
+            lowrank_classes=lowrank, V=v, M_inv=m_inv,
+            alphas=np.asarray(arrays.get("alphas", np.zeros(0)), dtype=np.float64))
+        return cls(backend, solution, eta, lmbda, signal_shape)
 
     def to_arrays(self, backend):
-        """The layer's numbers as numpy arrays (for saving)."""
+        """The layer's numbers as numpy arrays (for saving); ``V`` as ``(F, g, C, w)``."""
         out = {
             "gamma": self.gamma,
             "dense_classes": np.asarray(self.dense_classes, dtype=np.int64),
@@ -176,21 +165,20 @@ class Layer:
             "alphas": self.alphas,
         }
         if self.lowrank_classes:
-            out["V"] = backend.asnumpy(self.V)
+            out["V"] = backend.asnumpy(self.solution.lowrank_blocks(backend))
             out["M_inv"] = backend.asnumpy(self.M_inv)
         return out
 
-    def to(self, backend, like):
-        """The same layer with its arrays in ``like``'s library, precision and device."""
-        from .backend import get_backend
-
-        arrays = self.to_arrays(get_backend(self.stacked))
-        for key in ("stacked", "V", "M_inv"):
-            if key in arrays:
-                arrays[key] = (backend.astype_complex(arrays[key], like=like)
-                               if self.signal_shape else backend.astype(arrays[key], like=like))
-        return Layer.from_arrays(backend, arrays, self.eta, self.lmbda, self.signal_shape,
-                                 self.rates)
+    def to(self, source, workspace):
+        """The same layer with its arrays in ``workspace`` (from ``source``'s backend)."""
+        backend = workspace.backend
+        convert = (lambda x: None if x is None else backend.astype_complex(
+            source.asnumpy(x), like=workspace.like)) if self.signal_shape else \
+            (lambda x: None if x is None else backend.astype(source.asnumpy(x),
+                                                              like=workspace.like))
+        solution = dataclasses.replace(self.solution, stacked=convert(self.stacked),
+                                       V=convert(self.solution.V), M_inv=convert(self.M_inv))
+        return Layer(backend, solution, self.eta, self.lmbda, self.signal_shape)
 
     def _prepare(self, backend):
         self.n_classes = len(self.gamma)
@@ -200,13 +188,17 @@ class Layer:
         self._identity_order = list(order) == list(range(self.n_classes))
         self._constants = {}
         self._sorted = np.asarray(order)  # sorted position i holds class _sorted[i]
+        self._G = None
         if self.lowrank_classes:
-            f, g, c, width = self.V.shape
-            self._V_H = backend.contiguous(
-                backend.reshape(backend.H(self.V), (f, g * width, c)))
-            self._V_flat = backend.contiguous(
-                backend.reshape(backend.permute(self.V, (0, 2, 1, 3)), (f, c, g * width)))
-            self._G = backend.H(self.V) @ self.V  # (F, g, w, w)
+            blocks = self.solution.lowrank_blocks(backend)  # (F, g, C, w), transient
+            self._G = backend.H(blocks) @ blocks  # (F, g, w, w)
+
+    def bytes_per_sample(self, itemsize):
+        """Bytes of work arrays one sample takes inside :meth:`__call__` (real ``itemsize``)."""
+        f = self.stacked.shape[0]
+        g, w = len(self.lowrank_classes), self.solution.width
+        rows = self.stacked.shape[1] + 3 * self.n_channels + 4 * g * w
+        return f * rows * 2 * itemsize
 
     def constants(self, backend, like):
         """Small per-layer arrays on ``like``'s device and precision, made once.
@@ -214,9 +206,10 @@ class Layer:
         Keeps host-to-device copies out of every application of the layer.
         """
         key = (backend.name, str(backend.real_dtype(like)), str(backend.device(like)))
-        if key not in self._constants:
+        consts = self._constants.get(key)
+        if consts is None:
             real = backend.zeros((0,), like=like.real)
-            self._constants[key] = {
+            consts = {
                 "gamma": backend.astype(self.gamma, like=real),
                 "alphas": backend.astype(self.alphas.reshape(1, -1, 1, 1), like=real),
                 "weights": backend.astype(spectral.half_spectrum_weights(self.signal_shape),
@@ -225,24 +218,14 @@ class Layer:
                 "sorted": backend.from_numpy(self._sorted, like=like),
                 "eye": backend.astype(np.eye(self.n_classes), like=real),
             }
-        return self._constants[key]
+            with _CONSTANTS_LOCK:
+                consts = self._constants.setdefault(key, consts)
+        return consts
 
     # --- application -----------------------------------------------------------
     def operators_hat(self, backend):
         """Dense ``E_hat`` ``(F, C, C)`` and ``C_hat`` ``(k, F, C, C)``."""
-        c = self.n_channels
-        f = self.stacked.shape[0]
-        e_hat = self.stacked[:, :c]
-        parts = {}
-        if self.dense_classes:
-            dense = backend.reshape(self.stacked[:, c:], (f, -1, c, c))
-            parts.update(zip(self.dense_classes, backend.permute(dense, (1, 0, 2, 3))))
-        if self.lowrank_classes:
-            v = backend.permute(self.V, (1, 0, 2, 3))
-            m_inv = backend.permute(self.M_inv, (1, 0, 2, 3))
-            dense = spectral.woodbury_dense(backend, v, m_inv, self.alphas)
-            parts.update(zip(self.lowrank_classes, dense))
-        return e_hat, backend.stack([parts[j] for j in range(self.n_classes)])
+        return self.solution.dense_operators(backend)
 
     def __call__(self, backend, z, labels=None):
         """Apply the layer to ``z`` ``(b, C, *S)``.
@@ -309,7 +292,9 @@ class Layer:
             g, width = self.M_inv.shape[1], self.M_inv.shape[-1]
             alpha = consts["alphas"][0, :, 0]  # (g, 1)
             # V_j^H v for every class at once: one (g*w x C) product per frequency.
-            p = backend.reshape(self._V_H[fs] @ v, (f, g, width, b))
+            v_h = backend.contiguous(backend.H(self.solution.V[fs]))  # (f, g w, C)
+            p = backend.reshape(v_h @ v, (f, g, width, b))
+            del v_h
             q = self.M_inv[fs] @ p  # (F, g, w, b)
             gq = self._G[fs] @ q
             vv = backend.abs2(v).sum(1)  # (F, b)
@@ -335,7 +320,7 @@ class Layer:
             alpha = consts["alphas"][0, :, 0]
             gw = weight[kd:]  # (g, b)
             scaled = state["q"] * (alpha * alpha * gw)[None, :, None, :]
-            lowrank = v * (alpha * gw).sum(0)[None, None, :] - self._V_flat[fs] @ backend.reshape(
+            lowrank = v * (alpha * gw).sum(0)[None, None, :] - self.solution.V[fs] @ backend.reshape(
                 scaled, (f, g * width, b))
             compress = lowrank if compress is None else compress + lowrank
         return v + self.eta * (state["u"] - compress)
@@ -347,3 +332,162 @@ def _frequency_slices(backend, v):
 
 
 _map = _parallel.pmap
+
+
+def array_chunks(X, size):
+    """``X[s:s + size]`` for consecutive ``s``: the in-memory chunk source.
+
+    Any iterable of sample blocks can stand in its place in
+    :meth:`Network.stream` (a reader of files, the blocks of a Dask array).
+    """
+    for start in range(0, X.shape[0], size):
+        yield X[start:start + size]
+
+
+class Network:
+    """A fitted ReduNet: the lifting and the layers, and the forward pass.
+
+    Parameters
+    ----------
+    lifting : Lifting or None
+        None for vectors, or for signals used with their own channels.
+    layers : list of Layer
+    input_shape : tuple
+        One sample's shape, ``(C_in, *signal_shape)`` or ``(d,)``.
+    workspace : convredunet.backend.Workspace
+        Where the layers' arrays live (library, precision, device).
+
+    Notes
+    -----
+    Samples flow through in chunks (:meth:`chunk_size` bounds their work
+    arrays by the one budget :data:`convredunet.spectral.CHUNK_BYTES`);
+    :meth:`forward` is one chunk, :meth:`stream` any source of chunks.
+    """
+
+    def __init__(self, lifting, layers, input_shape, workspace):
+        self.lifting = lifting
+        self.layers = list(layers)
+        self.input_shape = tuple(input_shape)
+        self.workspace = workspace
+
+    @property
+    def signal_shape(self):
+        return self.input_shape[1:]
+
+    @property
+    def n_channels(self):
+        """Channels of the features (after the lifting)."""
+        if self.layers:
+            return self.layers[0].n_channels
+        return self.lifting.kernels.shape[0] if self.lifting is not None else \
+            self.input_shape[0]
+
+    @property
+    def feature_shape(self):
+        """One sample's feature shape, ``(C, *signal_shape)`` or ``(d,)``."""
+        return (self.n_channels,) + tuple(self.signal_shape)
+
+    def __len__(self):
+        return len(self.layers)
+
+    # --- placement -------------------------------------------------------------------
+    def to(self, workspace):
+        """The network with its layers in ``workspace`` (``self`` when already there)."""
+        if workspace.key == self.workspace.key:
+            return self
+        source = self.workspace.backend
+        layers = [layer.to(source, workspace) for layer in self.layers]
+        return Network(self.lifting, layers, self.input_shape, workspace)
+
+    def to_arrays(self):
+        """Every number as numpy arrays, keyed as in the model file.
+
+        ``lifting/kernels``, ``lifting/bias`` and ``layer{i}/...`` (see
+        :meth:`Layer.to_arrays`).
+        """
+        out = {}
+        if self.lifting is not None:
+            out["lifting/kernels"] = self.lifting.kernels
+            if self.lifting.bias is not None:
+                out["lifting/bias"] = self.lifting.bias
+        backend = self.workspace.backend
+        for index, layer in enumerate(self.layers):
+            for key, value in layer.to_arrays(backend).items():
+                out[f"layer{index}/{key}"] = value
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays, input_shape, nonlinearity, steps, workspace):
+        """Rebuild from :meth:`to_arrays`.
+
+        Parameters
+        ----------
+        arrays : dict of numpy arrays
+        input_shape : tuple
+        nonlinearity : str or None
+            The lifting's.
+        steps : list of (eta, lmbda), one per layer
+        workspace : convredunet.backend.Workspace
+        """
+        input_shape = tuple(input_shape)
+        lifting = None
+        if "lifting/kernels" in arrays:
+            lifting = Lifting(arrays["lifting/kernels"], nonlinearity, input_shape[1:],
+                              arrays.get("lifting/bias"))
+        first = arrays.get("layer0/stacked")
+        numpy_ws = workspace_of(first) if first is not None else resolve("numpy")
+        layers = []
+        for index, (eta, lmbda) in enumerate(steps):
+            prefix = f"layer{index}/"
+            layer_arrays = {key[len(prefix):]: value for key, value in arrays.items()
+                            if key.startswith(prefix)}
+            layers.append(Layer.from_arrays(numpy_ws.backend, layer_arrays, eta, lmbda,
+                                            input_shape[1:]))
+        return cls(lifting, layers, input_shape, numpy_ws).to(workspace)
+
+    # --- forward pass ----------------------------------------------------------------
+    def chunk_size(self, batch_size=None, itemsize=8):
+        """Samples per chunk: ``batch_size``, or what fits the memory budget."""
+        if batch_size is not None:
+            return batch_size
+        per_sample = [layer.bytes_per_sample(itemsize) for layer in self.layers]
+        if self.lifting is not None:
+            per_sample.append(self.lifting.bytes_per_sample(itemsize))
+        per_sample.append(2 * math.prod(self.input_shape) * itemsize)
+        return spectral.samples_per_chunk(max(per_sample))
+
+    def lift(self, x):
+        """Unit-norm features of working-array samples ``x`` ``(b, *input_shape)``."""
+        backend = self.workspace.backend
+        if self.lifting is None:
+            return normalize(backend, x)
+        return self.lifting(backend, x)
+
+    def forward(self, x, n_layers=None):
+        """Features after the layers and the last layer's membership, for one chunk.
+
+        Parameters
+        ----------
+        x : working array (b, *input_shape), in :attr:`workspace`
+        n_layers : int or None
+            Stop after this many layers (None: all).
+
+        Returns
+        -------
+        z : working array (b, *feature_shape)
+        pi : working array (b, k), or None when no layer ran
+        """
+        backend = self.workspace.backend
+        z, pi = self.lift(x), None
+        for layer in self.layers[:n_layers]:
+            z, pi = layer(backend, z)
+        return z, pi
+
+    def stream(self, chunks):
+        """``forward`` over every chunk of a source: yields ``(z, pi)`` per chunk.
+
+        ``chunks`` yields working arrays ``(b, *input_shape)`` (see
+        :func:`array_chunks`); only one chunk's work arrays exist at a time.
+        """
+        for x in chunks:
+            yield self.forward(x)

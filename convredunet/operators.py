@@ -1,5 +1,9 @@
-"""MCR^2 operators and rates: the public entry points of the engine."""
-import dataclasses
+"""MCR^2 operators and rates: the public entry points of the engine.
+
+The engine itself (Gram matrices, batched Hermitian solves, one layer's
+solve in storage layout) is :mod:`convredunet.spectral`; this module
+validates input and presents its results.
+"""
 import math
 
 import numpy as np
@@ -9,32 +13,11 @@ from ._threads import thread_limits
 from ._validation import (check_batch_size, check_choice, check_features, check_labels,
                           check_positive)
 from .backend import get_backend
+from .spectral import RateReduction
 
 __all__ = ["RateReduction", "Operators", "rate_reduction", "construct_operators"]
 
 DOMAINS = ("spectral", "spatial")
-
-
-@dataclasses.dataclass(frozen=True)
-class RateReduction:
-    """Coding rates of features ``Z`` with labels ``y`` (nats).
-
-    Attributes
-    ----------
-    expansion : float
-        ``R(Z)`` (``R_circ`` for signals).
-    compression : float
-        ``R_c(Z) = sum_j gamma_j R(Z_j)``.
-    delta : float
-        ``expansion - compression``, the rate reduction.
-    """
-
-    expansion: float
-    compression: float
-
-    @property
-    def delta(self):
-        return self.expansion - self.compression
 
 
 class Operators:
@@ -117,113 +100,18 @@ def _validate(Z, y, eps2, domain, batch_size):
     return Z, labels, k, eps2, batch_size
 
 
-def _use_woodbury(woodbury, n_samples, n_channels):
-    if woodbury == "auto":
-        return n_samples < n_channels
-    return bool(woodbury)
-
-
-class SpectralSolution:
-    """What the spectral engine computes for one set of features (flat frequencies).
-
-    Attributes
-    ----------
-    rates : RateReduction
-    E : array (F, C, C) or None
-    dense_classes : list of int, and C_dense : array (len, F, C, C) or None
-    lowrank_classes : list of int, with the Woodbury factors ``V`` (g, F, C, w),
-        ``M_inv`` (g, F, w, w) and ``alphas`` (g,) such that
-        ``C^j = alpha_j (I - alpha_j V_j M_j^-1 V_j^H)``
-    gamma : numpy array (k,)
-    """
-
-    def __init__(self, **fields):
-        self.__dict__.update(fields)
-
-    def class_operators(self, backend):
-        """Every ``C^j`` as dense blocks, ``(k, F, C, C)``, in class order."""
-        k = len(self.dense_classes) + len(self.lowrank_classes)
-        if self.dense_classes == list(range(k)):
-            return self.C_dense
-        lowrank = spectral.woodbury_dense(backend, self.V, self.M_inv, self.alphas)
-        if self.lowrank_classes == list(range(k)):
-            return lowrank
-        parts = dict(zip(self.lowrank_classes, lowrank))
-        if self.dense_classes:
-            parts.update(zip(self.dense_classes, self.C_dense))
-        return backend.stack([parts[j] for j in range(k)])
-
-
-def spectral_solve(backend, Z, labels, k, eps2, batch_size=None, woodbury="auto",
-                   inverse=True):
-    """Run the spectral engine on validated input (see :func:`construct_operators`).
-
-    Classes solved through Woodbury keep their factors (``lowrank_classes``):
-    applying ``C^j`` from them costs ``O(C m_j)`` per frequency instead of
-    ``O(C^2)``, and storing them ``O(C m_j)`` instead of ``O(C^2)``.
-    """
-    m = Z.shape[0]
-    n_channels, signal_shape, _ = spectral.signal_layout(tuple(Z.shape[1:]))
-    t = math.prod(signal_shape)
-    counts = np.bincount(labels, minlength=k)
-    sizes = [m] + list(counts)
-    alphas = [n_channels / (size * eps2) for size in sizes]
-    by_woodbury = [_use_woodbury(woodbury, size, n_channels) for size in sizes]
-    keep = range(k) if by_woodbury[0] else [j for j in range(k) if by_woodbury[j + 1]]
-    direct = [g for g in range(k + 1) if not by_woodbury[g]]
-    small = [g for g in range(k + 1) if by_woodbury[g]]
-    grams, total_gram, kept = spectral.class_grams(
-        backend, Z, labels, k, batch_size, keep=set(keep),
-        grams_of=[g - 1 for g in direct if g > 0], total=0 in direct)
-    dense, logdets = {}, {}
-    if direct:
-        stack = backend.stack([total_gram if g == 0 else grams[g - 1] for g in direct])
-        out, det = spectral.regularized_inverse(
-            backend, stack, [alphas[g] for g in direct], inverse=inverse)
-        for i, g in enumerate(direct):
-            dense[g] = out[i] if inverse else None
-            logdets[g] = det[i]
-    v = m_inv = None
-    lowrank = [g - 1 for g in small if g > 0]
-    if small:
-        spectra = [backend.concat([kept[j] for j in range(k)], axis=2) if g == 0
-                   else kept[g - 1] for g in small]
-        v, m_inv, det = spectral.woodbury_factors(
-            backend, spectra, [alphas[g] for g in small], inverse=inverse)
-        for i, g in enumerate(small):
-            logdets[g] = det[i]
-        if small[0] == 0:  # E by Woodbury (fewer samples than channels in all)
-            if inverse:
-                dense[0] = spectral.woodbury_dense(backend, v[:1], m_inv[:1], alphas[:1])[0]
-            v = v[1:]
-            m_inv = m_inv[1:] if inverse else None
-
-    weights = backend.astype(spectral.half_spectrum_weights(signal_shape), like=logdets[0])
-    rates = [backend.to_float((weights * logdets[g]).sum()) / (2 * t) for g in range(k + 1)]
-    gamma = counts / m
-    dense_classes = [g - 1 for g in direct if g > 0]
-    return SpectralSolution(
-        rates=RateReduction(rates[0], float(np.dot(gamma, rates[1:]))),
-        E=dense.get(0),
-        dense_classes=dense_classes,
-        C_dense=backend.stack([dense[j + 1] for j in dense_classes])
-        if inverse and dense_classes else None,
-        lowrank_classes=lowrank,
-        V=v, M_inv=m_inv, alphas=[alphas[j + 1] for j in lowrank],
-        gamma=gamma, counts=counts,
-    )
-
-
 def _spectral(backend, Z, labels, k, eps2, batch_size, woodbury, inverse):
     """Operators (or just the rates) by the spectral engine."""
-    solution = spectral_solve(backend, Z, labels, k, eps2, batch_size, woodbury, inverse)
+    solution = spectral.solve_layer(backend, Z, labels, k, eps2, batch_size, woodbury,
+                                    operators=inverse)
     if not inverse:
         return solution.rates
     n_channels, signal_shape, freq_shape = spectral.signal_layout(tuple(Z.shape[1:]))
     shape = freq_shape + (n_channels, n_channels)
+    e_hat, c_hat = solution.dense_operators(backend)
     return Operators(
-        E_hat=backend.reshape(solution.E, shape),
-        C_hat=backend.reshape(solution.class_operators(backend), (k,) + shape),
+        E_hat=backend.reshape(e_hat, shape),
+        C_hat=backend.reshape(c_hat, (k,) + shape),
         gamma=backend.astype(solution.gamma, like=Z),
         rates=solution.rates, eps2=eps2, signal_shape=signal_shape, domain="spectral",
     )

@@ -11,14 +11,16 @@ channels.
 
 Vectors ``(b, d)`` are the special case ``T = 1``: no FFT, real arithmetic.
 """
+import dataclasses
 import math
 
 import numpy as np
 
 from . import _parallel
 
-# Bytes of spectrum one chunk of samples may take when batch_size is None.
-_CHUNK_BYTES = 64 << 20
+# The one memory budget: bytes of per-sample work arrays one chunk of samples
+# may take when batch_size is None (Gram accumulation, lifting, layers).
+CHUNK_BYTES = 64 << 20
 # Bytes of matrices one batched solve may take (operators are solved in slices).
 _SOLVE_BYTES = 256 << 20
 
@@ -91,8 +93,14 @@ def operator_kernels(backend, op_hat, signal_shape):
     return backend.irfft(backend.permute(shaped, axes), signal_shape, unitary=False)
 
 
+def samples_per_chunk(bytes_per_sample):
+    """Samples per chunk so that a chunk's work arrays stay within :data:`CHUNK_BYTES`."""
+    return max(1, CHUNK_BYTES // max(1, int(bytes_per_sample)))
+
+
 def default_batch_size(n_channels, n_freqs, itemsize):
-    return max(1, _CHUNK_BYTES // (n_channels * n_freqs * 2 * itemsize))
+    """Samples per chunk of a spectrum ``(F, C, b)`` of complex ``2 * itemsize`` entries."""
+    return samples_per_chunk(n_channels * n_freqs * 2 * itemsize)
 
 
 def class_grams(backend, Z, labels, n_classes, batch_size=None, keep=(), grams_of=None,
@@ -234,3 +242,215 @@ def woodbury_dense(backend, v, m_inv, alphas):
     out = parts[0] if len(parts) == 1 else backend.concat(parts, axis=1)
     backend.add_to_diagonal(out, backend.reshape(scale, (-1, 1, 1)))
     return out
+
+
+# --- one layer's solve ---------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class RateReduction:
+    """Coding rates of features ``Z`` with labels ``y`` (nats).
+
+    Attributes
+    ----------
+    expansion : float
+        ``R(Z)`` (``R_circ`` for signals).
+    compression : float
+        ``R_c(Z) = sum_j gamma_j R(Z_j)``.
+    delta : float
+        ``expansion - compression``, the rate reduction.
+    """
+
+    expansion: float
+    compression: float
+
+    @property
+    def delta(self):
+        return self.expansion - self.compression
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LayerSolution:
+    """The engine's result for one set of features, in the layout a layer stores.
+
+    Each class operator is kept in exactly one form, decided once by
+    :func:`storage_plan`: dense, stacked under ``E`` so that one batched product
+    applies them all, or low rank as Woodbury factors
+    ``C^j = alpha_j (I - alpha_j V_j M_j^-1 V_j^H)``.
+
+    Attributes
+    ----------
+    rates : RateReduction
+    gamma : numpy array (k,)
+        Class proportions ``m_j / m``.
+    stacked : array (F, (1 + k_d) C, C), complex (real for vectors), or None
+        ``E`` on top of the dense classes' operators, in ``dense_classes`` order.
+        None when only the rates were asked for.
+    dense_classes, lowrank_classes : tuple of int
+        Which class sits where; together a permutation of ``0..k-1``.
+    V : array (F, C, g w) or None
+        The low-rank classes' spectra side by side, each padded with zero
+        columns to the width ``w``.
+    M_inv : array (F, g, w, w) or None
+        ``(I + alpha_j V_j^H V_j)^-1`` per low-rank class.
+    alphas : numpy array (g,)
+        ``alpha_j`` of the low-rank classes.
+    """
+
+    rates: RateReduction
+    gamma: np.ndarray
+    stacked: object = None
+    dense_classes: tuple = ()
+    lowrank_classes: tuple = ()
+    V: object = None
+    M_inv: object = None
+    alphas: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def n_classes(self):
+        return len(self.gamma)
+
+    @property
+    def n_channels(self):
+        return self.stacked.shape[-1]
+
+    @property
+    def width(self):
+        """Columns of each low-rank factor (0 without low-rank classes)."""
+        return 0 if self.M_inv is None else self.M_inv.shape[-1]
+
+    def lowrank_blocks(self, backend):
+        """``V`` as ``(F, g, C, w)`` (a contiguous copy: one class per block)."""
+        f, c, _ = self.V.shape
+        g, w = len(self.lowrank_classes), self.width
+        return backend.contiguous(backend.permute(backend.reshape(self.V, (f, c, g, w)),
+                                                  (0, 2, 1, 3)))
+
+    def dense_operators(self, backend):
+        """Dense ``E_hat`` ``(F, C, C)`` and ``C_hat`` ``(k, F, C, C)`` in class order."""
+        c = self.n_channels
+        f = self.stacked.shape[0]
+        parts = {}
+        if self.dense_classes:
+            dense = backend.reshape(self.stacked[:, c:], (f, -1, c, c))
+            parts.update(zip(self.dense_classes, backend.permute(dense, (1, 0, 2, 3))))
+        if self.lowrank_classes:
+            v = backend.permute(self.lowrank_blocks(backend), (1, 0, 2, 3))
+            m_inv = backend.permute(self.M_inv, (1, 0, 2, 3))
+            parts.update(zip(self.lowrank_classes, woodbury_dense(backend, v, m_inv,
+                                                                  self.alphas)))
+        e_hat = self.stacked[:, :c]
+        return e_hat, backend.stack([parts[j] for j in range(self.n_classes)])
+
+
+def uses_woodbury(woodbury, n_samples, n_channels):
+    """Whether a group of ``n_samples`` is solved through the Woodbury identity."""
+    if woodbury == "auto":
+        return n_samples < n_channels
+    return bool(woodbury)
+
+
+def stays_lowrank(n_samples, n_channels):
+    """Whether a class solved by Woodbury is stored and applied in low-rank form.
+
+    Low-rank application costs about ``2 C m_j + 2 m_j^2`` per frequency and
+    sample, a dense operator ``C^2``: past that crossover the class is stored dense.
+    """
+    return 2 * n_channels * n_samples + 2 * n_samples ** 2 < n_channels ** 2
+
+
+def solve_layer(backend, Z, labels, k, eps2, batch_size=None, woodbury="auto",
+                operators=True):
+    """Rates and (optionally) operators of validated features, in storage layout.
+
+    Parameters
+    ----------
+    Z : array (m, C, *S) or (m, d)
+    labels : numpy int array (m,), values ``0..k-1``, every class present
+    k : int
+    eps2 : float
+    batch_size : int or None
+        Samples per chunk of the Gram accumulation.
+    woodbury : {"auto", True, False}
+        Which groups are solved through the ``m_j x m_j`` Woodbury form.
+    operators : bool
+        False computes only the rates.
+
+    Returns
+    -------
+    LayerSolution
+
+    Notes
+    -----
+    Groups (the whole set, then each class) solved by Woodbury keep their
+    factors; a class stays low rank when :func:`stays_lowrank` says so, and
+    is densified otherwise, so the layer never decides again.
+    """
+    m = Z.shape[0]
+    n_channels, signal_shape, _ = signal_layout(tuple(Z.shape[1:]))
+    t = math.prod(signal_shape)
+    counts = np.bincount(labels, minlength=k)
+    sizes = [m] + list(counts)
+    alphas = [n_channels / (size * eps2) for size in sizes]
+    by_woodbury = [uses_woodbury(woodbury, size, n_channels) for size in sizes]
+    keep = range(k) if by_woodbury[0] else [j for j in range(k) if by_woodbury[j + 1]]
+    direct = [g for g in range(k + 1) if not by_woodbury[g]]
+    small = [g for g in range(k + 1) if by_woodbury[g]]
+    grams, total_gram, kept = class_grams(
+        backend, Z, labels, k, batch_size, keep=set(keep),
+        grams_of=[g - 1 for g in direct if g > 0], total=0 in direct)
+    dense, logdets = {}, {}
+    if direct:
+        stack = backend.stack([total_gram if g == 0 else grams[g - 1] for g in direct])
+        out, det = regularized_inverse(backend, stack, [alphas[g] for g in direct],
+                                       inverse=operators)
+        del stack
+        for i, g in enumerate(direct):
+            dense[g] = out[i] if operators else None
+            logdets[g] = det[i]
+    factors = {}
+    if small:
+        spectra = [backend.concat([kept[j] for j in range(k)], axis=2) if g == 0
+                   else kept[g - 1] for g in small]
+        v, m_inv, det = woodbury_factors(backend, spectra, [alphas[g] for g in small],
+                                         inverse=operators)
+        del spectra
+        for i, g in enumerate(small):
+            logdets[g] = det[i]
+            if operators:
+                factors[g] = (v[i], m_inv[i])
+    weights = backend.astype(half_spectrum_weights(signal_shape), like=logdets[0])
+    rates = [backend.to_float((weights * logdets[g]).sum()) / (2 * t) for g in range(k + 1)]
+    gamma = counts / m
+    result = RateReduction(rates[0], float(np.dot(gamma, rates[1:])))
+    if not operators:
+        return LayerSolution(rates=result, gamma=gamma)
+
+    # Storage: every group by Woodbury that is not worth keeping low rank
+    # (E always) is densified; the rest keep their factors.
+    lowrank = [j for j in range(k) if j + 1 in factors
+               and stays_lowrank(int(counts[j]), n_channels)]
+    for g in list(factors):
+        if g == 0 or g - 1 not in lowrank:
+            v, m_inv = factors.pop(g)
+            dense[g] = woodbury_dense(backend, v[None], m_inv[None], [alphas[g]])[0]
+    # Classes solved directly first, then densified ones: the order the
+    # stacked rows follow (any order works; this one is fixed here, once).
+    dense_classes = ([g - 1 for g in direct if g > 0]
+                     + [g - 1 for g in small if g > 0 and g - 1 not in lowrank])
+    stacked = backend.stack([dense[0]] + [dense[j + 1] for j in dense_classes], axis=1)
+    f = stacked.shape[0]
+    stacked = backend.contiguous(backend.reshape(stacked, (f, -1, n_channels)))
+    dense.clear()
+    V = M_inv = None
+    if lowrank:
+        width = int(counts[lowrank].max())
+        # (g, F, C, w) -> (F, C, g w): the layout one product per frequency needs.
+        v = backend.stack([factors[j + 1][0][..., :width] for j in lowrank])
+        V = backend.contiguous(backend.reshape(backend.permute(v, (1, 2, 0, 3)),
+                                               (f, n_channels, -1)))
+        M_inv = backend.contiguous(backend.stack(
+            [factors[j + 1][1][..., :width, :width] for j in lowrank], axis=1))
+    return LayerSolution(rates=result, gamma=gamma, stacked=stacked,
+                         dense_classes=tuple(dense_classes), lowrank_classes=tuple(lowrank),
+                         V=V, M_inv=M_inv,
+                         alphas=np.asarray([alphas[j + 1] for j in lowrank], dtype=np.float64))

@@ -88,6 +88,54 @@ class NumpyBackend:
     """Primitives on numpy arrays (CPU)."""
 
     name = "numpy"
+    splits_threads = True
+
+    def template(self, device, dtype):
+        """A zero-size real array of ``dtype`` (a name); ``device`` must be the CPU."""
+        return np.zeros(0, dtype=dtype)
+
+    def real_template(self, x):
+        """A zero-size real array of ``x``'s precision."""
+        return np.zeros(0, dtype=self.real_dtype(x))
+
+    def as_real_input(self, Z, name):
+        """A user's array as a real float32/float64 numpy array (a copy only if converted).
+
+        Integers, booleans and numeric object arrays become float64; complex,
+        sparse, string and other arrays are refused with a TypeError/ValueError.
+        """
+        if hasattr(Z, "toarray") or type(Z).__module__.startswith("scipy.sparse"):
+            raise TypeError(f"Sparse data is not supported: {name} must be a dense array "
+                            f"(use {name}.toarray()), got {type(Z).__name__}")
+        if not isinstance(Z, np.ndarray):
+            try:
+                Z = np.asarray(Z)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(
+                    f"{name} must be a numpy array or a torch tensor, got {type(Z).__name__}"
+                ) from exc
+        if np.iscomplexobj(Z):
+            raise ValueError(f"Complex data not supported: {name} must be real, got complex "
+                             f"dtype {Z.dtype}")
+        if Z.dtype in (np.float32, np.float64):
+            return Z
+        if Z.dtype.kind in "biu":
+            return Z.astype(np.float64)
+        if Z.dtype.kind == "O":
+            try:
+                return Z.astype(np.float64)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"{name} must hold numbers, got an object array that is "
+                                f"not numeric ({exc})") from None
+        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {Z.dtype}")
+
+    def all_finite(self, x):
+        """True when every entry of ``x`` is finite."""
+        return bool(np.isfinite(x).all())
+
+    def finite_mask(self, x):
+        """Elementwise finiteness of ``x`` as a numpy bool array."""
+        return np.isfinite(x)
 
     # --- arrays --------------------------------------------------------------
     def asnumpy(self, x):

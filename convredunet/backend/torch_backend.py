@@ -10,7 +10,7 @@ def _H(a):
 def _cholesky(a):
     l, info = torch.linalg.cholesky_ex(a)
     if bool((info != 0).any()):
-        raise torch.linalg.LinAlgError(
+        raise np.linalg.LinAlgError(
             "a matrix that must be Hermitian positive definite is not "
             "(non-finite features, or eps2 too small for this precision?)"
         )
@@ -25,6 +25,61 @@ class TorchBackend:
     """Primitives on torch tensors (CPU or CUDA)."""
 
     name = "torch"
+    splits_threads = False
+
+    def template(self, device, dtype):
+        """A zero-size real tensor of ``dtype`` (a name) on ``device``.
+
+        Raises ValueError for a device torch does not know, a device type other
+        than CPU or CUDA, and CUDA when torch sees no GPU.
+        """
+        try:
+            dev = torch.device("cpu" if device is None else device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got "
+                             f"{device!r} ({exc})") from None
+        if dev.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be a CPU or CUDA device, got {device!r} (device "
+                             f"type {dev.type!r} cannot run the solves)")
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(f"device={device!r} needs CUDA, but torch sees no GPU "
+                                 "(use device='cpu')")
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise ValueError(f"device={device!r} does not exist: torch sees "
+                                 f"{torch.cuda.device_count()} GPU(s)")
+        return torch.zeros(0, dtype=getattr(torch, dtype), device=dev)
+
+    def real_template(self, x):
+        """A zero-size real tensor of ``x``'s precision on ``x``'s device."""
+        return torch.zeros(0, dtype=self.real_dtype(x), device=x.device)
+
+    def as_real_input(self, Z, name):
+        """A user's tensor as a real float32/float64 tensor, detached from autograd.
+
+        Other real dtypes become float64; complex tensors are refused, and so
+        are tensors on devices that cannot run the computation (``meta``).
+        """
+        if Z.is_complex():
+            raise ValueError(f"Complex data not supported: {name} must be real, got a "
+                             f"complex tensor of dtype {Z.dtype}")
+        if Z.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"{name} is on device {Z.device}; convredunet computes on CPU "
+                             "or CUDA tensors")
+        Z = Z.detach()
+        if Z.dtype in (torch.float32, torch.float64):
+            return Z
+        if Z.dtype.is_floating_point:
+            raise TypeError(f"{name} must be float32 or float64, got {Z.dtype}")
+        return Z.to(torch.float64)
+
+    def all_finite(self, x):
+        """True when every entry of ``x`` is finite."""
+        return bool(torch.isfinite(x).all())
+
+    def finite_mask(self, x):
+        """Elementwise finiteness of ``x`` as a numpy bool array."""
+        return torch.isfinite(x).cpu().numpy()
 
     # --- arrays --------------------------------------------------------------
     def asnumpy(self, x):
