@@ -16,6 +16,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d
 
 from . import io, spectral
+from ._memory import release_memory
 from ._threads import thread_limits
 from ._validation import check_features, validate_params
 from .backend import resolve
@@ -143,6 +144,7 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
                               "R_c": solution.rates.compression,
                               "train_accuracy": accuracy}
                     history.append(record)
+                    release_memory()
                     log.info("layer %d: delta_R=%.4f R=%.4f R_c=%.4f train_acc=%.4f", index,
                              record["delta_R"], record["R"], record["R_c"], accuracy)
                     progress.update(1)
@@ -357,15 +359,18 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
 
 
 def _apply_in_chunks(backend, layer, Z, labels, size):
-    """``layer`` over every chunk of working features ``Z``: (next features, membership)."""
-    outs, pis = [], []
+    """``layer`` over every chunk of working features ``Z``: (next features, membership).
+
+    The next features are written into one new array, chunk by chunk.
+    """
+    if Z.shape[0] <= size:
+        return layer(backend, Z, labels)
+    out, pis = backend.zeros(Z.shape, like=Z), []
     for s in range(0, Z.shape[0], size):
         z, pi = layer(backend, Z[s:s + size], None if labels is None else labels[s:s + size])
-        outs.append(z)
+        out[s:s + z.shape[0]] = z
         pis.append(pi)
-    if len(outs) == 1:
-        return outs[0], pis[0]
-    return backend.concat(outs), backend.concat(pis)
+    return out, backend.concat(pis)
 
 
 def load(path):

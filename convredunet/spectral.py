@@ -174,9 +174,10 @@ def regularized_inverse(backend, grams, alphas, inverse=True):
     logdets : array (g, F), real
     """
     g, n_freqs, c, _ = grams.shape
-    eye = backend.eye(c, like=grams)
     scale = backend.astype(np.asarray(alphas).reshape(g, 1, 1, 1), like=grams.real)
-    flat_a = backend.reshape(eye + scale * grams, (g * n_freqs, c, c))
+    # I + alpha G, formed in one new array.
+    flat_a = backend.reshape(scale * grams, (g * n_freqs, c, c))
+    backend.add_to_diagonal(flat_a, 1.0)
     invs, logdets = [], []
     for part in _slices(g * n_freqs, c * c * backend.itemsize(grams) * 4):
         block = flat_a[part]
@@ -189,9 +190,14 @@ def regularized_inverse(backend, grams, alphas, inverse=True):
         else:
             logdets += results
     logdets = backend.reshape(backend.concat(logdets), (g, n_freqs))
+    del flat_a
     if not inverse:
         return None, logdets
-    return scale * backend.reshape(backend.concat(invs), (g, n_freqs, c, c)), logdets
+    ops = backend.reshape(backend.concat(invs) if len(invs) > 1 else invs[0],
+                          (g, n_freqs, c, c))
+    del invs
+    ops *= scale
+    return ops, logdets
 
 
 def woodbury_factors(backend, spectra, alphas, inverse=True):
@@ -444,10 +450,11 @@ def solve_layer(backend, Z, labels, k, eps2, batch_size=None, woodbury="auto",
     V = M_inv = None
     if lowrank:
         width = int(counts[lowrank].max())
-        # (g, F, C, w) -> (F, C, g w): the layout one product per frequency needs.
-        v = backend.stack([factors[j + 1][0][..., :width] for j in lowrank])
-        V = backend.contiguous(backend.reshape(backend.permute(v, (1, 2, 0, 3)),
-                                               (f, n_channels, -1)))
+        # (F, C, g w): the layout one product per frequency needs, filled class
+        # by class (no intermediate copy of all factors).
+        V = backend.zeros((f, n_channels, len(lowrank) * width), like=factors[lowrank[0] + 1][0])
+        for i, j in enumerate(lowrank):
+            V[:, :, i * width:(i + 1) * width] = factors[j + 1][0][..., :width]
         M_inv = backend.contiguous(backend.stack(
             [factors[j + 1][1][..., :width, :width] for j in lowrank], axis=1))
     return LayerSolution(rates=result, gamma=gamma, stacked=stacked,
