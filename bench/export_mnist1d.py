@@ -95,6 +95,7 @@ def finetune(net, X_train, y_train, X_test, y_test, epochs, lr, temperature, bat
 def run(quick=False, out_dir=harness.RESULTS, epochs=3, lr=3e-6, temperature=10.0):
     out_dir = harness.output_dir(out_dir)
     machine = harness.machine_info()
+    load_start = harness.load_average()
     X_train, y_train, X_test, y_test = load_mnist1d()
     if quick:
         X_train, y_train = X_train[:800], y_train[:800]
@@ -120,6 +121,7 @@ def run(quick=False, out_dir=harness.RESULTS, epochs=3, lr=3e-6, temperature=10.
           flush=True)
     result = {
         "machine": machine,
+        "load_average": {"start": load_start, "end": harness.load_average()},
         "quick": quick, "params": {k: v for k, v in net.get_params().items()},
         "fit_seconds": fit_seconds, "own_test_accuracy": own,
         "truncation": rows, "finetune": tuned,

@@ -26,6 +26,7 @@ def run(device="cuda", quick=False, out_dir=harness.RESULTS, dtypes=("float32", 
     # Wait for the queued CUDA work before reading the clock.
     sync = torch.cuda.synchronize if cuda else None
     machine = harness.machine_info()
+    load_start = harness.load_average()
     X, y = load_mnist()
     X_train, y_train, X_test, y_test = train_test_split_per_class(X, y, 10, 20 if quick else None)
     n_layers = 3 if quick else 25
@@ -55,8 +56,9 @@ def run(device="cuda", quick=False, out_dir=harness.RESULTS, dtypes=("float32", 
         if cuda:
             torch.cuda.empty_cache()
     name = torch.cuda.get_device_name(0) if cuda else machine["cpu_model"]
-    result = {"machine": machine, "device": str(device), "device_name": name,
-              "quick": quick, "rows": rows}
+    result = {"machine": machine,
+              "load_average": {"start": load_start, "end": harness.load_average()},
+              "device": str(device), "device_name": name, "quick": quick, "rows": rows}
     stem = "gpu_quick" if quick else "gpu"
     harness.write_json(harness.output_dir(out_dir) / f"{stem}.json", result, indent=2)
     return result
