@@ -42,19 +42,13 @@ Usage::
 
     python3 bench/accuracy.py [--quick] [--out DIR] [--threads N]
 
-or, from Python, :func:`run` (what ``convredunet bench accuracy`` calls).
+or, from Python, :func:`run`.
 Writes ``accuracy.json`` and ``accuracy.md`` to the output directory
 (default ``bench/results/``) and prints the table.
 """
-import argparse
 import contextlib
 import copy
-import datetime
-import json
-import os
-import platform
 import sys
-import time
 import warnings
 
 import numpy as np
@@ -69,10 +63,11 @@ from convredunet import ReduNet1D, ReduNet2D
 from convredunet.datasets import (load_mnist, load_mnist1d, random_cyclic_shift, to_polar,
                                   train_test_split_per_class)
 
+import harness  # bench/harness.py: this script's folder is first on sys.path
+
 __all__ = ["run", "main", "make_config", "full_configs", "quick_configs", "MNIST1D_BEST"]
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_OUT = os.path.join(_HERE, "results")
+DEFAULT_OUT = str(harness.RESULTS)
 ESTIMATORS = {"ReduNet1D": ReduNet1D, "ReduNet2D": ReduNet2D}
 #: Seed of the train/test splits and of the random test shifts.
 SPLIT_SEED = 0
@@ -211,13 +206,14 @@ def _references(train, tests, y_train, y_tests):
         "knn5": KNeighborsClassifier(n_neighbors=5),
     }
     for key, model in models.items():
-        start = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model.fit(A, y_train)
-        scores = [float(np.mean(model.predict(flat(T)) == y)) for T, y in zip(tests, y_tests)]
+        with harness.Timer() as timer:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                model.fit(A, y_train)
+            scores = [float(np.mean(model.predict(flat(T)) == y))
+                      for T, y in zip(tests, y_tests)]
         out[key] = {"accuracy": scores[0], "shifted_accuracy": scores[1],
-                    "seconds": round(time.perf_counter() - start, 2)}
+                    "seconds": round(timer.seconds, 2)}
     return out
 
 
@@ -226,15 +222,15 @@ def evaluate(config, verbose=True):
     X_train, y_train, X_test, y_test, ndim = load_data(config)
     X_shifted, shifts = random_cyclic_shift(X_test, ndim, random_state=SHIFT_SEED)
     net = ESTIMATORS[config["estimator"]](**config["params"])
-    _log(verbose, f"  {config['name']}: fit on {X_train.shape}, test {X_test.shape}")
+    harness.log(verbose, f"  {config['name']}: fit on {X_train.shape}, test {X_test.shape}")
 
-    start = time.perf_counter()
-    net.fit(X_train, y_train)
-    fit_s = time.perf_counter() - start
+    with harness.Timer() as fit:
+        net.fit(X_train, y_train)
+    fit_s = fit.seconds
 
-    start = time.perf_counter()
-    F_test, pred = _forward(net, X_test)
-    forward_s = time.perf_counter() - start
+    with harness.Timer() as forward:
+        F_test, pred = _forward(net, X_test)
+    forward_s = forward.seconds
     F_shifted, pred_shifted = _forward(net, X_shifted)
     ref = _first_indices(y_train, config["n_reference_train_per_class"])
     X_ref, y_ref = X_train[ref], y_train[ref]
@@ -244,7 +240,7 @@ def evaluate(config, verbose=True):
     expected = _roll_each(F_test, shifts, ndim)
     equivariance_error = float(np.max(np.abs(F_shifted - expected)))
 
-    _log(verbose, f"    fit {fit_s:.1f} s, test forward {forward_s:.1f} s; references...")
+    harness.log(verbose, f"    fit {fit_s:.1f} s, test forward {forward_s:.1f} s; references...")
     refs = {"features": _references(F_ref, (F_test, F_shifted), y_ref, (y_test, y_test)),
             "input": _references(X_ref, (X_test, X_shifted), y_ref, (y_test, y_test)),
             "n_train": int(len(y_ref))}
@@ -272,34 +268,6 @@ def evaluate(config, verbose=True):
 # --------------------------------------------------------------------------------------------
 # report
 # --------------------------------------------------------------------------------------------
-def machine_info(threads):
-    """Platform, CPU, core count, library versions and thread setting."""
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count()
-    import scipy
-    import sklearn
-
-    try:
-        load = list(os.getloadavg())
-    except OSError:  # pragma: no cover
-        load = None
-    return {"platform": platform.platform(), "cpu_model": cpu, "cores_available": cores,
-            "threads": threads, "python": platform.python_version(),
-            "numpy": np.__version__, "scipy": scipy.__version__,
-            "sklearn": sklearn.__version__, "convredunet": convredunet.__version__,
-            "load_average_start": load,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-
-
 #: Estimator parameters listed under the Markdown table.
 _SHOWN = ("n_layers", "eps2", "eta", "lmbda", "n_channels", "kernel_size", "nonlinearity",
           "lifting_bias", "membership", "dtype", "random_state")
@@ -327,12 +295,7 @@ def table_rows(result):
 
 
 def format_table(result):
-    rows = [list(COLUMNS)] + table_rows(result)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                       for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    return harness.text_table(list(COLUMNS), table_rows(result))
 
 
 def markdown_report(result):
@@ -354,12 +317,9 @@ def markdown_report(result):
         "(flattened) and on the network's input. *train memb.*: accuracy of the estimated "
         "membership on the training set after the last layer.",
         "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(COLUMNS) - 1)) + "|",
+        harness.markdown_table(COLUMNS, table_rows(result)),
+        "",
     ]
-    for row in table_rows(result):
-        lines.append("| " + " | ".join(row) + " |")
-    lines.append("")
     for r in result["records"]:
         used = r["estimator_params"]
         params = ", ".join(f"{k}={used[k]!r}" for k in _SHOWN if k in used)
@@ -370,11 +330,6 @@ def markdown_report(result):
                      f"input {tuple(r['input_shape'])}{refs}.")
     lines.append("")
     return "\n".join(lines)
-
-
-def _log(verbose, message):
-    if verbose:
-        print(message, flush=True)
 
 
 def run(quick=False, out_dir=DEFAULT_OUT, configs=None, threads=None, verbose=True):
@@ -409,27 +364,21 @@ def run(quick=False, out_dir=DEFAULT_OUT, configs=None, threads=None, verbose=Tr
     setting = (convredunet.num_threads(threads) if threads is not None
                else contextlib.nullcontext())
     with setting:
-        machine = machine_info(convredunet.get_num_threads())
-        _log(verbose, f"machine: {machine['cpu_model']}, {machine['cores_available']} cores, "
-                      f"{machine['threads']} thread(s); load average "
-                      f"{machine['load_average_start']}")
-        start = time.perf_counter()
-        records = [evaluate(config, verbose) for config in configs]
-        total_s = time.perf_counter() - start
-    try:
-        machine["load_average_end"] = list(os.getloadavg())
-    except OSError:  # pragma: no cover
-        machine["load_average_end"] = None
+        machine = harness.machine_info()  # inside the setting: records its thread count
+        load_start = harness.load_average()
+        harness.log(verbose, f"machine: {machine['cpu_model']}, {machine['cores_available']} "
+                             f"cores, {machine['threads']} thread(s); load average {load_start}")
+        with harness.Timer() as total:
+            records = [evaluate(config, verbose) for config in configs]
+    total_s = total.seconds
     result = {"machine": machine,
+              "load_average": {"start": load_start, "end": harness.load_average()},
               "settings": {"quick": bool(quick), "split_seed": SPLIT_SEED,
                            "shift_seed": SHIFT_SEED, "total_s": round(total_s, 1)},
               "records": records}
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "accuracy.json"), "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
-    with open(os.path.join(out_dir, "accuracy.md"), "w") as f:
-        f.write(markdown_report(result))
+    out = harness.output_dir(out_dir)
+    harness.write_json(out / "accuracy.json", result)
+    harness.write_text(out / "accuracy.md", markdown_report(result))
     if verbose:
         print()
         print(format_table(result))
@@ -442,13 +391,10 @@ def run(quick=False, out_dir=DEFAULT_OUT, configs=None, threads=None, verbose=Tr
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Accuracy of ReduNets on MNIST-1D, MNIST translation and rotation, "
-                    "unshifted and randomly shifted, with linear SVM and 5-NN references.")
-    parser.add_argument("--quick", action="store_true",
-                        help="reduced configurations (under 2 minutes)")
-    parser.add_argument("--out", default=DEFAULT_OUT,
-                        help=f"output directory (default {DEFAULT_OUT})")
+    parser = harness.arguments(
+        "Accuracy of ReduNets on MNIST-1D, MNIST translation and rotation, unshifted and "
+        "randomly shifted, with linear SVM and 5-NN references.",
+        quick_help="reduced configurations (under 2 minutes)")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for FFT/BLAS (default: every available core)")
     args = parser.parse_args(argv)

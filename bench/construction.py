@@ -31,33 +31,28 @@ Usage::
 
     python3 bench/construction.py [--quick] [--out DIR] [--threads 1,2]
 
-or, from Python, :func:`run` (what ``convredunet bench construction`` calls).
+or, from Python, :func:`run`.
 Writes ``construction.json``, ``construction.md`` and ``construction.png`` to
 the output directory (default ``bench/results/``).
 """
-import argparse
 import contextlib
 import dataclasses
-import datetime
-import importlib.util
-import json
 import math
-import os
-import platform
 import sys
-import time
 
 import numpy as np
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
 import convredunet
 from convredunet import spatial
 
+import baselines  # bench/ modules: this script's folder is first on sys.path
+import harness
+
 __all__ = ["Case", "run", "main", "full_grid", "quick_grid", "spectral_flops",
            "spatial_flops", "loop_flops"]
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_OUT = os.path.join(_HERE, "results")
+DEFAULT_OUT = str(harness.RESULTS)
 METHODS = ("spectral", "spatial", "loop")
 EPS2 = 0.1
 #: Largest max relative difference to the spectral engine that a timed cell accepts.
@@ -66,21 +61,6 @@ AGREEMENT_RTOL = 1e-8
 SPATIAL_TIME_LIMIT_S = 60.0
 #: Side of the float64 matrices whose product measures the machine's peak.
 PEAK_SIZE = 2048
-
-
-def _load_baselines():
-    """``bench/baselines.py`` as a module, wherever this file is run from."""
-    name = "convredunet_bench_baselines"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, os.path.join(_HERE, "baselines.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-baselines = _load_baselines()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,90 +261,9 @@ def differences(got, ref):
     return out
 
 
-def time_call(fn, repeats, budget_s):
-    """Warm-up call, then up to ``repeats`` timed calls (at least one).
-
-    Stops repeating once the timed calls have taken ``budget_s`` seconds.
-
-    Returns
-    -------
-    (output of the warm-up call, warm-up seconds, list of timed seconds)
-    """
-    start = time.perf_counter()
-    out = fn()
-    warmup = time.perf_counter() - start
-    times = []
-    while len(times) < max(1, repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-        if sum(times) >= budget_s:
-            break
-    return out, warmup, times
-
-
 def measure_peak(threads, repeats, size=PEAK_SIZE):
     """Best float64 ``size x size`` matmul rate (flops/s) for each thread count."""
-    rng = np.random.default_rng(1)
-    a = rng.standard_normal((size, size))
-    b = rng.standard_normal((size, size))
-    peaks = {}
-    for n in threads:
-        with threadpool_limits(limits=n):
-            _, _, times = time_call(lambda: a @ b, repeats, budget_s=5.0)
-        peaks[n] = 2.0 * size ** 3 / min(times)
-    return peaks
-
-
-# --- machine ------------------------------------------------------------------
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _version(name):
-    try:
-        module = __import__(name)
-    except ImportError:
-        return None
-    return getattr(module, "__version__", None)
-
-
-def _loadavg():
-    try:
-        return list(os.getloadavg())
-    except OSError:  # pragma: no cover - not on Linux/macOS
-        return None
-
-
-def machine_info():
-    """Platform, CPU, library versions and BLAS/OpenMP pools of this process."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover
-        cores = os.cpu_count()
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor(),
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cores_available": cores,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scipy": _version("scipy"),
-        "torch": _version("torch"),
-        "pyfftw": _version("pyfftw"),
-        "convredunet": convredunet.__version__,
-        "threadpool_info": threadpool_info(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    return {n: harness.matmul_peak(n, size, repeats, budget_s=5.0) for n in threads}
 
 
 # --- the run ------------------------------------------------------------------
@@ -385,11 +284,6 @@ def _cell(case, method, n):
         "signal_shape": list(case.signal_shape), "T": case.size, "is_2d": case.is_2d,
         "label": case.label, "method": method, "threads": n, "status": "pending",
     }
-
-
-def _log(verbose, message):
-    if verbose:
-        print(message, flush=True)
 
 
 def run(quick=False, out_dir=DEFAULT_OUT, threads=(1, 2), grid=None, repeats=None,
@@ -431,14 +325,14 @@ def run(quick=False, out_dir=DEFAULT_OUT, threads=(1, 2), grid=None, repeats=Non
     if repeats is None:
         repeats = 2 if quick else 5
     budget_s = 1.0 if quick else 10.0
-    machine = machine_info()
-    load_start = _loadavg()
-    _log(verbose, f"machine: {machine['cpu_model']}, {machine['cores_available']} cores; "
+    machine = harness.machine_info()
+    load_start = harness.load_average()
+    harness.log(verbose, f"machine: {machine['cpu_model']}, {machine['cores_available']} cores; "
                   f"load average {load_start}")
 
     peaks = measure_peak(threads, repeats=2 if quick else 3, size=peak_size)
     for n, p in peaks.items():
-        _log(verbose, f"peak ({peak_size}x{peak_size} float64 matmul), {n} thread(s): "
+        harness.log(verbose, f"peak ({peak_size}x{peak_size} float64 matmul), {n} thread(s): "
                       f"{p / 1e9:.1f} GFLOP/s")
 
     records = []
@@ -450,7 +344,7 @@ def run(quick=False, out_dir=DEFAULT_OUT, threads=(1, 2), grid=None, repeats=Non
 
     result = {
         "machine": machine,
-        "load_average": {"start": load_start, "end": _loadavg()},
+        "load_average": {"start": load_start, "end": harness.load_average()},
         "settings": {"quick": bool(quick), "threads": list(threads), "repeats": repeats,
                      "repeat_budget_s": budget_s, "eps2": EPS2, "dtype": "float64",
                      "seed": 0, "agreement_rtol": AGREEMENT_RTOL,
@@ -459,14 +353,10 @@ def run(quick=False, out_dir=DEFAULT_OUT, threads=(1, 2), grid=None, repeats=Non
         "cells": records,
     }
     result["headline"] = headline(result)
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "construction.json"), "w") as f:
-        json.dump(result, f, indent=1, default=_jsonable)
-        f.write("\n")
-    markdown = markdown_report(result)
-    with open(os.path.join(out_dir, "construction.md"), "w") as f:
-        f.write(markdown)
-    plot(result, os.path.join(out_dir, "construction.png"))
+    out = harness.output_dir(out_dir)
+    harness.write_json(out / "construction.json", result)
+    harness.write_text(out / "construction.md", markdown_report(result))
+    plot(result, out / "construction.png")
     if verbose:
         print()
         print(format_table(result))
@@ -486,17 +376,17 @@ def _time_case(case, n, Z, y, records, peak, repeats, budget_s, spatial_time_lim
             continue
         cell = _cell(case, method, n)
         cell["flops"] = FLOPS[method](case)
-        cell["load_average_before"] = _loadavg()
+        cell["load_average_before"] = harness.load_average()
         records.append(cell)
         if method == "spatial":
             reason = _spatial_skip(case, n, cell, records, spatial_time_limit)
             if reason is not None:
                 cell.update(status="skipped", reason=reason)
-                _log(verbose, f"{case.describe()} spatial threads={n}: {reason}")
+                harness.log(verbose, f"{case.describe()} spatial threads={n}: {reason}")
                 continue
         with _threads(method, n):
             try:
-                out, warmup, times = time_call(
+                out, warmup, times = harness.time_call(
                     lambda: BUILDERS[method](Z, y), repeats, budget_s)
             except ValueError as exc:  # the dense reference's size limit
                 if method != "spatial":
@@ -512,7 +402,7 @@ def _time_case(case, n, Z, y, records, peak, repeats, budget_s, spatial_time_lim
             # The engine's own deliverable (half-spectrum operators), without
             # the inverse FFT to kernels.
             with _threads(method, n):
-                _, _, only = time_call(lambda: convredunet.construct_operators(
+                _, _, only = harness.time_call(lambda: convredunet.construct_operators(
                     Z, y, eps2=EPS2, domain="spectral"), repeats, budget_s)
             cell["construct_only_s"] = min(only)
         else:
@@ -526,7 +416,7 @@ def _time_case(case, n, Z, y, records, peak, repeats, budget_s, spatial_time_lim
                     f"{method} disagrees with the spectral engine on {case.describe()} "
                     f"(threads={n}): max relative difference {diff['max']:.3g} > "
                     f"{AGREEMENT_RTOL:g}; details {diff}")
-        _log(verbose, f"{case.describe()} {method} threads={n}: {best:.4g} s "
+        harness.log(verbose, f"{case.describe()} {method} threads={n}: {best:.4g} s "
                       f"(warm-up {warmup:.3g} s, {len(times)} repeats)")
 
 
@@ -542,14 +432,6 @@ def _spatial_skip(case, n, cell, records, limit):
         cell["estimated_s"] = estimate
         return f"estimated {estimate:.0f} s > {limit:.0f} s"
     return None
-
-
-def _jsonable(x):
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    raise TypeError(f"cannot write {type(x).__name__} to JSON")
 
 
 # --- reporting -------------------------------------------------------------------
@@ -657,13 +539,7 @@ def table_rows(result):
 
 
 def format_table(result):
-    header, rows = table_rows(result)
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in
-                        enumerate(zip(r, widths))) for r in rows]
-    return "\n".join(lines)
+    return harness.text_table(*table_rows(result))
 
 
 def markdown_report(result):
@@ -694,9 +570,7 @@ def markdown_report(result):
         "",
     ]
     lines += [f"- {line}" for line in _headline_lines(result)]
-    lines += ["", "| " + " | ".join(header) + " |",
-              "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["", harness.markdown_table(header, rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -706,11 +580,10 @@ def _fmt_load(load):
 
 def plot(result, path):
     """Log-log time vs T: one line per method and C (best thread count); 2D as stars."""
-    from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter
 
     cells = [c for c in result["cells"] if _ok(c)]
-    fig = Figure(figsize=(10.0, 5.0), layout="constrained")
+    fig = harness.figure(10.0, 5.0)
     ax = fig.subplots()
     colors = {"spectral": "tab:blue", "spatial": "tab:red", "loop": "tab:green"}
     markers = ["o", "s", "^", "v", "D", "P"]
@@ -743,17 +616,14 @@ def plot(result, path):
     ax.set_title("Building one layer's operators (float64)")
     ax.grid(True, which="both", alpha=0.3)
     fig.legend(loc="outside right upper", fontsize=8)
-    fig.savefig(path, dpi=120)
+    harness.save_figure(fig, path, dpi=120)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Time the construction of one layer's operators: spectral engine, "
-                    "dense spatial reference and the per-frequency loop baseline.")
-    parser.add_argument("--quick", action="store_true",
-                        help="reduced grid and fewer repeats (under a minute)")
-    parser.add_argument("--out", default=DEFAULT_OUT,
-                        help=f"output directory (default {DEFAULT_OUT})")
+    parser = harness.arguments(
+        "Time the construction of one layer's operators: spectral engine, dense spatial "
+        "reference and the per-frequency loop baseline.",
+        quick_help="reduced grid and fewer repeats (under a minute)")
     parser.add_argument("--threads", default="1,2",
                         help="comma-separated thread settings (default 1,2)")
     args = parser.parse_args(argv)

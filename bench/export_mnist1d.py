@@ -17,13 +17,7 @@
 
 Usage: ``python bench/export_mnist1d.py [--quick] [--epochs N] [--out DIR]``
 """
-import argparse
-import datetime
-import json
-import platform
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,7 +26,7 @@ import convredunet as crn
 from convredunet.datasets import load_mnist1d
 from convredunet.export import kernel_energy_kept
 
-HERE = Path(__file__).resolve().parent
+import harness  # bench/harness.py: this script's folder is first on sys.path
 
 
 def accuracy(module, X, y, batch=500):
@@ -77,19 +71,20 @@ def finetune(net, X_train, y_train, X_test, y_test, epochs, lr, temperature, bat
     for epoch in range(epochs):
         module.train()
         order = torch.randperm(len(x_all), generator=generator)
-        total, start = 0.0, time.perf_counter()
-        for s in range(0, len(order), batch):
-            idx = order[s:s + batch]
-            optimizer.zero_grad()
-            scores = module.logits(x_all[idx]) * (temperature / (net.lmbda * mean_norm))
-            loss = torch.nn.functional.cross_entropy(scores, y_all[idx])
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(idx)
-        module.eval()
+        total = 0.0
+        with harness.Timer() as timer:
+            for s in range(0, len(order), batch):
+                idx = order[s:s + batch]
+                optimizer.zero_grad()
+                scores = module.logits(x_all[idx]) * (temperature / (net.lmbda * mean_norm))
+                loss = torch.nn.functional.cross_entropy(scores, y_all[idx])
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(idx)
+            module.eval()
+            test_accuracy = accuracy(module, X_test, y_test)
         history.append({"epoch": epoch + 1, "loss": total / len(order),
-                        "test_accuracy": accuracy(module, X_test, y_test),
-                        "seconds": time.perf_counter() - start})
+                        "test_accuracy": test_accuracy, "seconds": timer.seconds})
         print(f"epoch {epoch + 1}: loss {history[-1]['loss']:.4f}, test accuracy "
               f"{history[-1]['test_accuracy']:.4f} ({history[-1]['seconds']:.0f} s)", flush=True)
     after = history[-1]["test_accuracy"] if history else before
@@ -97,9 +92,10 @@ def finetune(net, X_train, y_train, X_test, y_test, epochs, lr, temperature, bat
                     "temperature": temperature, "batch": batch}
 
 
-def run(quick=False, out_dir=HERE / "results", epochs=3, lr=3e-6, temperature=10.0):
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def run(quick=False, out_dir=harness.RESULTS, epochs=3, lr=3e-6, temperature=10.0):
+    out_dir = harness.output_dir(out_dir)
+    machine = harness.machine_info()
+    load_start = harness.load_average()
     X_train, y_train, X_test, y_test = load_mnist1d()
     if quick:
         X_train, y_train = X_train[:800], y_train[:800]
@@ -108,9 +104,9 @@ def run(quick=False, out_dir=HERE / "results", epochs=3, lr=3e-6, temperature=10
     net = crn.ReduNet1D(random_state=0)
     if quick:
         net.set_params(n_layers=3)
-    t0 = time.perf_counter()
-    net.fit(X_train, y_train)
-    fit_seconds = time.perf_counter() - t0
+    with harness.Timer() as fit:
+        net.fit(X_train, y_train)
+    fit_seconds = fit.seconds
     own = float(net.score(X_test, y_test))
     print(f"{net!r}: fitted in {fit_seconds:.1f} s, test accuracy {own:.4f}", flush=True)
     T = X_train.shape[-1]
@@ -124,34 +120,33 @@ def run(quick=False, out_dir=HERE / "results", epochs=3, lr=3e-6, temperature=10
           f"{tuned['changed_under_all_shifts']} predictions changed under all {T} shifts",
           flush=True)
     result = {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads()},
+        "machine": machine,
+        "load_average": {"start": load_start, "end": harness.load_average()},
         "quick": quick, "params": {k: v for k, v in net.get_params().items()},
         "fit_seconds": fit_seconds, "own_test_accuracy": own,
         "truncation": rows, "finetune": tuned,
     }
     name = "export_mnist1d_quick" if quick else "export_mnist1d"
-    (out_dir / f"{name}.json").write_text(json.dumps(result, indent=2))
-    lines = ["| kernel_size | kernel energy kept | test accuracy (exported module) |",
-             "|---:|---:|---:|"]
-    lines += [f"| {r['kernel_size']}{' (full)' if r['kernel_size'] == T else ''} | "
-              f"{r['energy_kept']:.4f} | {r['test_accuracy']:.4f} |" for r in rows]
+    harness.write_json(out_dir / f"{name}.json", result, indent=2)
+    table = harness.markdown_table(
+        ["kernel_size", "kernel energy kept", "test accuracy (exported module)"],
+        [[f"{r['kernel_size']}{' (full)' if r['kernel_size'] == T else ''}",
+          f"{r['energy_kept']:.4f}", f"{r['test_accuracy']:.4f}"] for r in rows], n_left=0)
+    lines = [table]
     lines += ["", f"Fine-tuning ({len(tuned['epochs'])} epochs, Adam lr={lr:g}, cross-entropy on "
                   f"-{temperature:g}·||C^j z||/mean): test accuracy {tuned['before']:.4f} → "
                   f"{tuned['after']:.4f}; predictions changed under all {T} cyclic shifts: "
                   f"{tuned['changed_under_all_shifts']}."]
-    (out_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
+    harness.write_text(out_dir / f"{name}.md", "\n".join(lines))
     return result
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
+    parser = harness.arguments(__doc__.splitlines()[0],
+                               quick_help="800 training signals, 3 layers, one epoch")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=3e-6)
     parser.add_argument("--temperature", type=float, default=10.0)
-    parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args(argv)
     run(args.quick, args.out, args.epochs, args.lr, args.temperature)
     return 0

@@ -31,18 +31,17 @@ Usage::
 import argparse
 import datetime
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
-
 
 import convredunet
 from convredunet import ReduNet1D
 from convredunet.datasets import load_mnist1d
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "mnist1d_sweep.json"
+import harness  # bench/harness.py: this script's folder is first on sys.path
+
+DEFAULT_OUT = harness.RESULTS / "mnist1d_sweep.json"
 
 # The ReduNet1D parameters a point may set (everything else keeps its default).
 NET_KEYS = ("n_layers", "eps2", "eta", "lmbda", "n_channels", "kernel_size",
@@ -65,16 +64,14 @@ def evaluate(params, data):
     full = dict(BASE)
     full.update(params)
     net = ReduNet1D(**{k: full[k] for k in NET_KEYS})
-    start = time.perf_counter()
-    net.fit(X_train, y_train)
-    fit_s = time.perf_counter() - start
-    start = time.perf_counter()
-    test_accuracy = float(net.score(X_test, y_test))
-    predict_s = time.perf_counter() - start
+    with harness.Timer() as fit:
+        net.fit(X_train, y_train)
+    with harness.Timer() as predict:
+        test_accuracy = float(net.score(X_test, y_test))
     return {
         "params": full,
-        "fit_s": round(fit_s, 2),
-        "predict_s": round(predict_s, 2),
+        "fit_s": round(fit.seconds, 2),
+        "predict_s": round(predict.seconds, 2),
         "train_accuracy": float(net.history_[-1]["train_accuracy"]),
         "test_accuracy": test_accuracy,
         "train_accuracy_per_layer": [round(h["train_accuracy"], 4) for h in net.history_],
@@ -117,10 +114,8 @@ class Sweep:
             print(_row(record), flush=True)
 
     def _save(self):
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.records, indent=1))
-        os.replace(tmp, self.out)
+        harness.output_dir(self.out.parent)
+        harness.write_json(self.out, self.records)
 
     def best(self, where=None, stages=None):
         """Parameters of the best point (highest test accuracy, then fastest fit).
@@ -235,8 +230,10 @@ def main(argv=None):
         print(table(json.loads(out.read_text())))
         return 0
     convredunet.set_num_threads(args.threads)
-    print(f"MNIST-1D sweep, {platform.processor() or platform.machine()}, "
-          f"{args.threads} thread(s), budget {args.budget_min:g} min -> {out}", flush=True)
+    machine = harness.machine_info()
+    print(f"MNIST-1D sweep, {machine['cpu_model']}, {machine['cores_available']} cores, "
+          f"{args.threads} thread(s), load average {harness.load_average()}, "
+          f"budget {args.budget_min:g} min -> {out}", flush=True)
     sweep = Sweep(out, args.budget_min * 60.0, load_mnist1d(), args.threads)
     try:
         stages(sweep)

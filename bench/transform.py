@@ -9,22 +9,14 @@ in the same run on the same machine.
 
 Usage: ``python bench/transform.py [--quick] [--out DIR]``
 """
-import argparse
-import datetime
-import json
 import math
-import platform
 import sys
-import time
-from pathlib import Path
-
-import numpy as np
 
 import convredunet as crn
 from convredunet.backend import NumpyBackend
 from convredunet.datasets import load_mnist, load_mnist1d, train_test_split_per_class
 
-HERE = Path(__file__).resolve().parent
+import harness  # bench/harness.py: this script's folder is first on sys.path
 
 
 def layer_flops(layer, n_channels, signal_shape, n_samples):
@@ -46,24 +38,6 @@ def layer_flops(layer, n_channels, signal_shape, n_samples):
     return n_samples * (8 * macs + fft)
 
 
-def matmul_peak(threads, n=1536, repeats=3):
-    """Best GFLOP/s of a float64 n x n matmul with ``threads`` BLAS threads."""
-    from threadpoolctl import threadpool_limits
-
-    rng = np.random.default_rng(0)
-    a, b = rng.standard_normal((n, n)), rng.standard_normal((n, n))
-    with threadpool_limits(threads, user_api="blas"):
-        a @ b
-        best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n ** 3 / best / 1e9
-
-
-def _timed(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def cases(quick):
     X1, y1, _, _ = load_mnist1d()
     X, y = load_mnist()
@@ -77,11 +51,13 @@ def cases(quick):
                big_X, big_y)
 
 
-def run(quick=False, out_dir=HERE / "results", batch=200, threads=(1, 2)):
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def run(quick=False, out_dir=harness.RESULTS, batch=200, threads=(1, 2)):
+    out_dir = harness.output_dir(out_dir)
+    machine = harness.machine_info()
+    load_start = harness.load_average()
     backend = NumpyBackend()
-    peaks = {n: matmul_peak(n) for n in threads}
+    # Best GFLOP/s of a float64 1536 x 1536 matmul with n threads.
+    peaks = {n: harness.matmul_peak(n, size=1536, repeats=3) / 1e9 for n in threads}
     rows = []
     for name, net, X, y in cases(quick):
         net.fit(X, y)
@@ -94,8 +70,8 @@ def run(quick=False, out_dir=HERE / "results", batch=200, threads=(1, 2)):
                 from convredunet._threads import thread_limits
 
                 with thread_limits():
-                    layer(backend, z)
-                    best = min(_timed(lambda: layer(backend, z)) for _ in range(2 if quick else 4))
+                    best = harness.time_call(lambda: layer(backend, z),
+                                             repeats=2 if quick else 4).best
             rows.append({
                 "case": name, "threads": n, "n_channels": n_channels,
                 "signal_shape": list(signal_shape), "n_classes": layer.n_classes,
@@ -104,39 +80,28 @@ def run(quick=False, out_dir=HERE / "results", batch=200, threads=(1, 2)):
                 "gflops": flops / best / 1e9, "peak_gflops": peaks[n],
                 "fraction_of_peak": flops / best / 1e9 / peaks[n],
             })
-    result = {"machine": machine(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    result = {"machine": machine,
+              "load_average": {"start": load_start, "end": harness.load_average()},
               "peaks_gflops": peaks, "rows": rows}
-    (out_dir / "transform.json").write_text(json.dumps(result, indent=2))
+    harness.write_json(out_dir / "transform.json", result, indent=2)
     table = markdown(rows)
-    (out_dir / "transform.md").write_text(table + "\n")
+    harness.write_text(out_dir / "transform.md", table)
     print(table)
     return result
 
 
 def markdown(rows):
-    lines = ["| case | threads | s / layer / 1000 samples | GFLOP/s | matmul peak | % of peak |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(f"| {r['case']} | {r['threads']} | {r['seconds_per_layer_per_1000']:.3f} | "
-                     f"{r['gflops']:.1f} | {r['peak_gflops']:.1f} | "
-                     f"{100 * r['fraction_of_peak']:.0f}% |")
-    return "\n".join(lines)
-
-
-def machine():
-    from threadpoolctl import threadpool_info
-
-    return {"platform": platform.platform(), "processor": platform.processor(),
-            "python": sys.version.split()[0], "numpy": np.__version__,
-            "cores": crn.get_num_threads(),
-            "blas": [{k: i.get(k) for k in ("internal_api", "version", "architecture",
-                                             "num_threads")} for i in threadpool_info()]}
+    header = ["case", "threads", "s / layer / 1000 samples", "GFLOP/s", "matmul peak",
+              "% of peak"]
+    return harness.markdown_table(header, [
+        [r["case"], str(r["threads"]), f"{r['seconds_per_layer_per_1000']:.3f}",
+         f"{r['gflops']:.1f}", f"{r['peak_gflops']:.1f}", f"{100 * r['fraction_of_peak']:.0f}%"]
+        for r in rows])
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", default=str(HERE / "results"))
+    parser = harness.arguments(__doc__.splitlines()[0],
+                               quick_help="two of the three cases, fewer repeats")
     args = parser.parse_args(argv)
     run(args.quick, args.out)
     return 0

@@ -1,5 +1,8 @@
 """The command line: ``convredunet demo | fit | evaluate | export | bench``.
 
+``bench`` only names the command to run: the benchmark scripts live in ``bench/`` of a
+source checkout, not in the installed package.
+
 Bad input prints one line (``convredunet: error: ...``) and exits with status
 2; outputs are written to temporary names and renamed when complete, so an
 error or Ctrl-C leaves no partial files and never touches existing ones.
@@ -31,6 +34,10 @@ class CLIError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise CLIError(f"{self.prog}: {message}")
+
+
+# The scripts of bench/ (in a source checkout) that take --quick and --out DIR.
+BENCHMARKS = ("construction", "accuracy", "transform", "export_mnist1d", "gpu")
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -376,20 +383,15 @@ def cmd_export(args):
 
 
 def cmd_bench(args):
-    bench_dir = Path(__file__).resolve().parent.parent / "bench"
-    script = bench_dir / f"{args.which}.py"
-    if not script.is_file():
-        raise CLIError(f"benchmark script '{script}' not found: benchmarks run from a source "
-                       "checkout of convredunet")
-    sys.path.insert(0, str(bench_dir))
-    try:
-        import importlib
+    """Say how to run a benchmark: the bench/ scripts are not part of the installed package.
 
-        module = importlib.import_module(args.which)
-    finally:
-        sys.path.remove(str(bench_dir))
-    argv = (["--quick"] if args.quick else []) + (["--out", args.out] if args.out else [])
-    return module.main(argv) or 0
+    They live next to their recorded results in a source checkout and are run from there;
+    an installed convredunet cannot know where a checkout is, so it names the command.
+    """
+    flags = (" --quick" if args.quick else "") + (f" --out {args.out}" if args.out else "")
+    raise CLIError("convredunet bench needs a source checkout (the bench/ scripts are not "
+                   f"installed); from a clone of convredunet run: "
+                   f"python3 bench/{args.which}.py{flags}")
 
 
 # --- entry point ------------------------------------------------------------------------------
@@ -434,8 +436,9 @@ def build_parser():
     export.add_argument("--force", action="store_true")
     export.set_defaults(func=cmd_export)
 
-    bench = sub.add_parser("bench", help="run a benchmark (writes table, JSON and plot)")
-    bench.add_argument("which", choices=("construction", "accuracy"))
+    bench = sub.add_parser("bench", help="how to run a benchmark (the bench/ scripts of a "
+                                         "source checkout; they are not installed)")
+    bench.add_argument("which", choices=BENCHMARKS)
     bench.add_argument("--quick", action="store_true")
     bench.add_argument("--out", help="output folder (default bench/results)")
     bench.set_defaults(func=cmd_bench)

@@ -13,6 +13,7 @@ No function modifies its inputs in place; randomness comes only from ``random_st
 """
 import functools
 import gzip
+import importlib.resources
 import numbers
 import os
 import random
@@ -39,6 +40,8 @@ MNIST_LABELS_FILE = "t10k-labels-idx1-ubyte.gz"
 _IDX_IMAGES_MAGIC = 2051  # unsigned bytes, 3 dimensions (n, rows, cols)
 _IDX_LABELS_MAGIC = 2049  # unsigned bytes, 1 dimension (n,)
 _DATA_ENV_VAR = "CONVREDUNET_DATA"
+# The MNIST files ship inside the package, in convredunet/data/ (package data).
+_PACKAGE_DATA_DIR = "data"
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,23 +143,38 @@ def load_mnist1d():
 # --------------------------------------------------------------------------------------------
 # MNIST (IDX files)
 # --------------------------------------------------------------------------------------------
-def _default_data_dir():
+def _mnist_folder(path):
+    """The folder to read from and a phrase naming where it came from (for error messages).
+
+    ``path`` (already validated) wins, then the ``CONVREDUNET_DATA`` environment variable,
+    then the copy that ships inside the package (an ``importlib.resources`` Traversable, so
+    that it is found from any install, a wheel, an editable checkout or a zip).
+    """
+    if path is not None:
+        folder = Path(path)
+        return folder, (f"path='{folder}' must name a folder that holds {MNIST_IMAGES_FILE} "
+                        f"and {MNIST_LABELS_FILE} (or leave path=None to read the copy "
+                        f"shipped with convredunet)")
     env = os.environ.get(_DATA_ENV_VAR)
     if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "data"
+        return Path(env), (f"the {_DATA_ENV_VAR} environment variable ('{env}') must name a "
+                           f"folder that holds {MNIST_IMAGES_FILE} and {MNIST_LABELS_FILE} "
+                           f"(or unset it to read the copy shipped with convredunet)")
+    return importlib.resources.files("convredunet") / _PACKAGE_DATA_DIR, (
+        "the installed convredunet package lacks its MNIST data: reinstall convredunet, or "
+        f"pass path= to a folder that holds {MNIST_IMAGES_FILE} and {MNIST_LABELS_FILE}")
 
 
-def _read_idx(file, magic, n_dims):
-    """Read an unsigned-byte IDX gzip file; returns (uint8 array of the header's shape)."""
+def _read_idx(file, magic, n_dims, where):
+    """Read an unsigned-byte IDX gzip file; returns (uint8 array of the header's shape).
+
+    ``file`` is a ``pathlib.Path`` or an ``importlib.resources`` Traversable; ``where`` ends
+    the message of a missing file (which folder was searched and how to change it).
+    """
     if not file.is_file():
-        raise FileNotFoundError(
-            f"MNIST file not found: {file}. Copy {MNIST_IMAGES_FILE} and {MNIST_LABELS_FILE} "
-            f"from ../shared/data/mnist into {file.parent}, or pass path= (or set the "
-            f"{_DATA_ENV_VAR} environment variable) to the folder that holds them"
-        )
+        raise FileNotFoundError(f"MNIST file {file} not found: {where}")
     try:
-        with gzip.open(file, "rb") as fh:
+        with file.open("rb") as packed, gzip.GzipFile(fileobj=packed, mode="rb") as fh:
             raw = fh.read()
     except (EOFError, OSError, zlib.error) as exc:
         raise ValueError(
@@ -198,9 +216,10 @@ def load_mnist(path=None):
     Parameters
     ----------
     path : str or os.PathLike, optional
-        Folder that holds the two files. By default the environment variable
-        ``CONVREDUNET_DATA`` if it is set, else the repository's ``data/`` folder (next to
-        the ``convredunet`` package).
+        Folder that holds the two files. By default the folder named by the environment
+        variable ``CONVREDUNET_DATA`` if it is set, else the copy that ships inside the
+        package (``convredunet/data/``, read with :mod:`importlib.resources`, so it is found
+        from any install).
 
     Returns
     -------
@@ -212,7 +231,7 @@ def load_mnist(path=None):
     Raises
     ------
     FileNotFoundError
-        If a file is missing (the message gives the path and where to copy it from).
+        If a file is missing (the message gives the file and the folder that was searched).
     ValueError
         If a file is not valid gzip, is truncated or too long, has the wrong magic number,
         holds labels outside ``0..9``, or the image and label counts differ.
@@ -223,16 +242,13 @@ def load_mnist(path=None):
     >>> X.shape, y.shape
     ((10000, 28, 28), (10000,))
     """
-    if path is None:
-        folder = _default_data_dir()
-    elif isinstance(path, (str, os.PathLike)):
-        folder = Path(path)
-    else:
+    if path is not None and not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike folder, got {type(path).__name__}")
+    folder, where = _mnist_folder(path)
     images_file = folder / MNIST_IMAGES_FILE
     labels_file = folder / MNIST_LABELS_FILE
-    images = _read_idx(images_file, _IDX_IMAGES_MAGIC, 3)
-    labels = _read_idx(labels_file, _IDX_LABELS_MAGIC, 1)
+    images = _read_idx(images_file, _IDX_IMAGES_MAGIC, 3, where)
+    labels = _read_idx(labels_file, _IDX_LABELS_MAGIC, 1, where)
     if len(images) != len(labels):
         raise ValueError(
             f"image and label counts differ: {images_file} holds {len(images)} images but "

@@ -34,7 +34,12 @@ BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_bench(filename):
-    """Import a script of bench/ (not a package) as a module, once."""
+    """Import a script of bench/ (not a package) as a module, once.
+
+    The scripts import their neighbours (``harness``, ``baselines``) as ``python3
+    bench/X.py`` lets them, with bench/ first on ``sys.path``; it is put there while the
+    script is imported, and those neighbours stay in ``sys.modules``.
+    """
     import importlib.util
     import sys
 
@@ -44,5 +49,12 @@ def load_bench(filename):
     spec = importlib.util.spec_from_file_location(name, os.path.join(BENCH, filename))
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    sys.path.insert(0, BENCH)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    finally:
+        sys.path.remove(BENCH)
     return module

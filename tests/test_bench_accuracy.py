@@ -1,6 +1,6 @@
 """The accuracy benchmark runs end to end on tiny configurations and writes its files.
 
-``bench/accuracy.py`` is what ``convredunet bench accuracy`` runs; here every kind
+``bench/accuracy.py`` (run from a clone: ``python3 bench/accuracy.py``); here every kind
 of configuration (MNIST-1D with and without a lifting bias, MNIST
 translation, MNIST rotation) is run with a few samples and two layers, so the
 test takes seconds, and the shifted predictions must equal the unshifted ones.

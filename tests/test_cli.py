@@ -149,6 +149,21 @@ def test_bad_input_exits_2_with_one_line(argv, pattern, tmp_path, dataset, capsy
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
 
 
+@pytest.mark.parametrize("argv, command", [
+    (["bench", "construction"], "python3 bench/construction.py"),
+    (["bench", "accuracy", "--quick", "--out", "res"], "python3 bench/accuracy.py --quick --out res"),
+])
+def test_bench_names_the_script_of_a_source_checkout(argv, command, tmp_path, monkeypatch,
+                                                     capsys):
+    # The bench/ scripts are not installed: one line saying so and what to run, exit 2.
+    monkeypatch.chdir(tmp_path)
+    status, out, err = run(capsys, *argv)
+    assert_usage_error(status, err, r"^convredunet bench needs a source checkout \(the bench/ "
+                                    r"scripts are not installed\); from a clone")
+    assert err.strip().endswith(command)
+    assert out == "" and list(tmp_path.iterdir()) == []
+
+
 def test_interrupt_leaves_no_partial_output(dataset, tmp_path, capsys, monkeypatch):
     def interrupted(self, X, y):
         raise KeyboardInterrupt

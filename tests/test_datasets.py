@@ -1,9 +1,9 @@
 """Tests for convredunet.datasets: loaders, IDX validation, polar resampling, shifts, split."""
 import gzip
 import hashlib
+import importlib.resources
 import random
 import socket
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +19,8 @@ from convredunet.datasets import (
     train_test_split_per_class,
 )
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+# The MNIST files ship inside the package (package data), wherever it is installed.
+DATA_DIR = importlib.resources.files("convredunet") / "data"
 MNIST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
@@ -128,8 +129,10 @@ def _write_idx_pair(folder, n_images, n_labels, image_magic=2051, label_magic=20
 
 
 def test_mnist_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"t10k-images-idx3-ubyte\.gz.*shared/data/mnist"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"MNIST file .*t10k-images-idx3-ubyte\.gz not found: path='") as info:
         load_mnist(tmp_path)
+    assert str(tmp_path) in str(info.value) and "shared" not in str(info.value)
     _write_idx_pair(tmp_path, 3, 3)
     (tmp_path / datasets.MNIST_LABELS_FILE).unlink()
     with pytest.raises(FileNotFoundError, match=r"t10k-labels-idx1-ubyte\.gz"):
@@ -186,6 +189,32 @@ def test_mnist_count_mismatch(tmp_path):
 def test_mnist_path_type():
     with pytest.raises(TypeError, match="path must be a str or os.PathLike"):
         load_mnist(3)
+
+
+def test_mnist_missing_messages_name_only_the_searched_folder(tmp_path, monkeypatch):
+    # The environment variable: the message names it, its folder, and how to go back.
+    monkeypatch.setenv("CONVREDUNET_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError,
+                       match=r"the CONVREDUNET_DATA environment variable .* unset it"):
+        load_mnist()
+    monkeypatch.delenv("CONVREDUNET_DATA")
+    # The packaged copy: a damaged install says so, and names no folder outside the package.
+    monkeypatch.setattr(datasets, "_PACKAGE_DATA_DIR", "no-such-folder")
+    with pytest.raises(FileNotFoundError,
+                       match=r"installed convredunet package lacks its MNIST data") as info:
+        load_mnist()
+    assert "no-such-folder" in str(info.value) and ".." not in str(info.value)
+
+
+def test_mnist_default_is_the_packaged_copy(monkeypatch):
+    monkeypatch.delenv("CONVREDUNET_DATA", raising=False)
+    packaged = importlib.resources.files("convredunet") / "data"
+    assert packaged.joinpath(datasets.MNIST_IMAGES_FILE).is_file()
+    with importlib.resources.as_file(packaged) as folder:
+        X, y = load_mnist(folder)
+    X0, y0 = load_mnist()
+    np.testing.assert_array_equal(X, X0)
+    np.testing.assert_array_equal(y, y0)
 
 
 # --------------------------------------------------------------------------------------------
