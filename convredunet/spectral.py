@@ -364,6 +364,29 @@ def stays_lowrank(n_samples, n_channels):
     return 2 * n_channels * n_samples + 2 * n_samples ** 2 < n_channels ** 2
 
 
+def gram_request(counts, n_channels, woodbury="auto"):
+    """What :func:`class_grams` must return for a layer's solve, from the class sizes alone.
+
+    Parameters
+    ----------
+    counts : sequence of k ints, samples per class
+    n_channels : int
+    woodbury : {"auto", True, False}
+
+    Returns
+    -------
+    keep : list of classes whose spectra ``V_j`` are needed (Woodbury groups)
+    grams_of : list of classes whose Gram matrices are needed
+    total : bool, whether the Gram matrix of all samples is needed
+    """
+    k = len(counts)
+    sizes = [int(np.sum(counts))] + [int(c) for c in counts]
+    by_woodbury = [uses_woodbury(woodbury, size, n_channels) for size in sizes]
+    keep = list(range(k)) if by_woodbury[0] else [j for j in range(k) if by_woodbury[j + 1]]
+    grams_of = [j for j in range(k) if not by_woodbury[j + 1]]
+    return keep, grams_of, not by_woodbury[0]
+
+
 def solve_layer(backend, Z, labels, k, eps2, batch_size=None, woodbury="auto",
                 operators=True):
     """Rates and (optionally) operators of validated features, in storage layout.
@@ -387,23 +410,53 @@ def solve_layer(backend, Z, labels, k, eps2, batch_size=None, woodbury="auto",
 
     Notes
     -----
+    Two steps, each usable alone: :func:`class_grams` (sums over samples, as
+    asked by :func:`gram_request`), then :func:`solve_grams` (no sample is
+    touched). Out-of-core and distributed fits (:mod:`convredunet.distributed`)
+    sum the first over chunks of samples and call the second.
+    """
+    counts = np.bincount(labels, minlength=k)
+    keep, grams_of, total = gram_request(counts, Z.shape[1], woodbury)
+    grams, total_gram, kept = class_grams(
+        backend, Z, labels, k, batch_size, keep=set(keep), grams_of=grams_of, total=total)
+    return solve_grams(backend, grams, total_gram, kept, counts, tuple(Z.shape[1:]), eps2,
+                       woodbury, operators)
+
+
+def solve_grams(backend, grams, total_gram, kept, counts, sample_shape, eps2,
+                woodbury="auto", operators=True):
+    """Rates and (optionally) operators from the sums :func:`gram_request` asks for.
+
+    Parameters
+    ----------
+    grams : dict class -> array (F, C, C), the classes of ``grams_of``
+    total_gram : array (F, C, C) or None (when ``total`` is False)
+    kept : dict class -> array (F, C, m_j), the classes of ``keep``
+    counts : sequence of k ints, samples per class (every class present)
+    sample_shape : tuple, one sample's shape ``(C, *S)`` or ``(d,)``
+    eps2 : float
+    woodbury, operators : as in :func:`solve_layer`
+
+    Returns
+    -------
+    LayerSolution
+
+    Notes
+    -----
     Groups (the whole set, then each class) solved by Woodbury keep their
     factors; a class stays low rank when :func:`stays_lowrank` says so, and
     is densified otherwise, so the layer never decides again.
     """
-    m = Z.shape[0]
-    n_channels, signal_shape, _ = signal_layout(tuple(Z.shape[1:]))
+    counts = np.asarray(counts, dtype=np.int64)
+    k = len(counts)
+    m = int(counts.sum())
+    n_channels, signal_shape, _ = signal_layout(tuple(sample_shape))
     t = math.prod(signal_shape)
-    counts = np.bincount(labels, minlength=k)
     sizes = [m] + list(counts)
     alphas = [n_channels / (size * eps2) for size in sizes]
     by_woodbury = [uses_woodbury(woodbury, size, n_channels) for size in sizes]
-    keep = range(k) if by_woodbury[0] else [j for j in range(k) if by_woodbury[j + 1]]
     direct = [g for g in range(k + 1) if not by_woodbury[g]]
     small = [g for g in range(k + 1) if by_woodbury[g]]
-    grams, total_gram, kept = class_grams(
-        backend, Z, labels, k, batch_size, keep=set(keep),
-        grams_of=[g - 1 for g in direct if g > 0], total=0 in direct)
     dense, logdets = {}, {}
     if direct:
         stack = backend.stack([total_gram if g == 0 else grams[g - 1] for g in direct])
