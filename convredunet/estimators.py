@@ -20,6 +20,8 @@ from ._memory import release_memory
 from ._threads import thread_limits
 from ._validation import check_features, validate_params
 from .backend import resolve
+from . import distributed as dask_paths
+from .distributed import is_dask
 from .network import Layer, Lifting, Network, array_chunks
 
 __all__ = ["ReduNet1D", "ReduNet2D", "ReduNetVector", "load"]
@@ -107,6 +109,8 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         -------
         self
         """
+        if is_dask(X):
+            return dask_paths.fit(self, X, y)
         params = self._validated_params()
         X = self._check_X(X)
         classes, labels = self._check_y(y, X.shape[0])
@@ -303,8 +307,11 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         """Features after the last layer, shape ``(n_samples, C, *signal_shape)``.
 
         Vectors: ``(n_samples, d)``. Computed in chunks of ``batch_size``
-        samples (or of the memory budget), written into the output.
+        samples (or of the memory budget), written into the output. A Dask
+        array gives a lazy Dask array (:mod:`convredunet.distributed`).
         """
+        if is_dask(X):
+            return dask_paths.forward(self, X, "z")
         return self._forward(X)[0]
 
     def transform_with_membership(self, X):
@@ -315,6 +322,8 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         Z : as :meth:`transform`
         pi : numpy array (n_samples, k), as :meth:`predict_proba`
         """
+        if is_dask(X):
+            return dask_paths.forward(self, X, "both")
         return self._forward(X)
 
     def predict_proba(self, X):
@@ -322,12 +331,22 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
 
         Streams the samples: memory is the model plus one chunk.
         """
+        if is_dask(X):
+            return dask_paths.forward(self, X, "pi")
         return self._forward(X, features=False)[1]
 
     def predict(self, X):
         """``argmax_j pi_j`` of the last layer, as the original class labels."""
+        if is_dask(X):
+            return dask_paths.predict(self, X)
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
+
+    def score(self, X, y, sample_weight=None):
+        """Mean accuracy of :meth:`predict` on ``X`` against ``y`` (Dask arrays accepted)."""
+        if is_dask(X):
+            return dask_paths.score(self, X, y, sample_weight)
+        return super().score(X, y, sample_weight)
 
     def to_torch(self, dtype=None, kernel_size=None):
         """Export to a ``torch.nn.Module`` of ordinary circular convolutions.

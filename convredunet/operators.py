@@ -13,6 +13,7 @@ from ._threads import thread_limits
 from ._validation import (check_batch_size, check_choice, check_features, check_labels,
                           check_positive)
 from .backend import get_backend
+from .distributed import is_dask
 from .spectral import RateReduction
 
 __all__ = ["RateReduction", "Operators", "rate_reduction", "construct_operators"]
@@ -117,6 +118,27 @@ def _spectral(backend, Z, labels, k, eps2, batch_size, woodbury, inverse):
     )
 
 
+def _dask_solve(Z, y, eps2, domain, batch_size, woodbury, inverse):
+    """Rates or operators of a Dask array ``Z`` (see :mod:`convredunet.distributed`).
+
+    Operators come back as numpy arrays in ``Z``'s precision.
+    """
+    from . import distributed
+    from .backend import resolve
+
+    solution, Z, k, eps2 = distributed.solve(Z, y, eps2, domain, batch_size, woodbury, inverse)
+    if not inverse:
+        return solution.rates
+    backend = resolve("numpy").backend
+    n_channels, signal_shape, freq_shape = spectral.signal_layout(tuple(Z.shape[1:]))
+    shape = freq_shape + (n_channels, n_channels)
+    e_hat, c_hat = solution.dense_operators(backend)
+    return Operators(
+        E_hat=backend.reshape(e_hat, shape), C_hat=backend.reshape(c_hat, (k,) + shape),
+        gamma=solution.gamma.astype(Z.dtype), rates=solution.rates, eps2=eps2,
+        signal_shape=signal_shape, domain="spectral")
+
+
 def _spatial(backend, Z, labels, k, eps2, inverse):
     """Operators (or just the rates) by the dense spatial reference."""
     dense = spatial.dense_operators(backend, Z, labels, k, eps2, inverse=inverse)
@@ -174,6 +196,8 @@ def rate_reduction(Z, y, eps2=0.1, domain="spectral", batch_size=None):
     ``R_circ = 1/(2T) sum_p logdet(I + alpha V(p) V(p)^H)``,
     ``alpha = C / (m eps2)``, summed over the half spectrum with weights.
     """
+    if is_dask(Z):
+        return _dask_solve(Z, y, eps2, domain, batch_size, "auto", False)
     Z, labels, k, eps2, batch_size = _validate(Z, y, eps2, domain, batch_size)
     backend = get_backend(Z)
     with thread_limits(blas=None if domain == "spatial" else 1):
@@ -201,9 +225,11 @@ def construct_operators(Z, y, eps2=0.1, domain="spectral", batch_size=None, wood
         ``kernels()`` for the real convolution kernels. Arrays come back in
         ``Z``'s library, device and precision.
     """
-    Z, labels, k, eps2, batch_size = _validate(Z, y, eps2, domain, batch_size)
     if woodbury not in ("auto", True, False):
         raise ValueError(f"woodbury must be 'auto', True or False, got {woodbury!r}")
+    if is_dask(Z):
+        return _dask_solve(Z, y, eps2, domain, batch_size, woodbury, True)
+    Z, labels, k, eps2, batch_size = _validate(Z, y, eps2, domain, batch_size)
     backend = get_backend(Z)
     with thread_limits(blas=None if domain == "spatial" else 1):
         if domain == "spatial":

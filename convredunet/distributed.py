@@ -1,0 +1,547 @@
+"""Fit, transform and predict on Dask arrays: out of core and on a cluster, same numbers.
+
+The estimators (:mod:`convredunet.estimators`) and :func:`convredunet.rate_reduction` /
+:func:`convredunet.construct_operators` send a ``dask.array.Array`` here; numpy arrays and
+torch tensors never come here. Dask is optional: this module imports it only when called
+with a Dask array, and ``import convredunet`` never imports it.
+
+Input
+    ``X`` chunked along samples: whole samples per chunk, any chunk sizes (chunks along the
+    other axes are merged first). Labels ``y`` as numpy or Dask. Everything runs on the
+    current Dask scheduler: the active ``distributed.Client`` when there is one, Dask's
+    default scheduler otherwise.
+
+Fit (layer-major, as the mathematics requires)
+    The lifted features are persisted on the workers and never gathered to the client.
+    Per layer: one map-reduce pass sums the per-class Gram matrices of every chunk
+    (:func:`convredunet.spectral.class_grams`) in a tree of fan-in :data:`FAN_IN`; the
+    client solves them (:func:`convredunet.spectral.solve_grams`, small: ``O(k C^3 F)``);
+    the layer is sent to the workers once (``Client.scatter(broadcast=True)``, or one graph
+    key without a client); one map pass applies it and the next features are persisted in
+    place of the previous ones. Memory per worker: its share of the persisted features
+    (which the cluster spills to disk when needed) plus one chunk's work arrays and one
+    layer. Classes with fewer samples than channels are solved by the engine through the
+    Woodbury identity from their spectra ``V_j`` ``(F, C, m_j)`` themselves, exactly as in
+    process: the reduction gathers those spectra (``m_j < C`` columns, so at most ``C^2 F``
+    numbers per class), not Gram matrices.
+
+Inference (chunk-major)
+    ``transform`` / ``predict`` / ``predict_proba`` return lazy Dask arrays; each chunk
+    goes through the lifting and every layer in one task, the network being one object
+    shared by all tasks (sent once per worker). Chunk-major reads the input once, stores
+    no intermediate features and keeps the result lazy; per worker it holds the whole
+    network's operators plus one chunk's work arrays. Layer-major would hold one layer at
+    a time but must materialize every sample's features between layers, which for 10^8
+    signals is terabytes against the network's megabytes (MNIST-1D, 32 channels, 12
+    layers: 45 MB). The one case where the operators dominate is the deep 2D network of
+    the paper (25 layers x 75 channels on 28 x 28 images: about 10 GB in float64, 5 GB in
+    float32); there the workers need that much memory, or the network must be applied in
+    groups of layers with :meth:`Network.forward`'s ``n_layers`` by the caller.
+
+Numbers
+    The sums over samples are added in another order than in process (per chunk, then a
+    tree), so rates and features agree to rounding (about 1e-14 relative in float64), and
+    predictions are identical.
+"""
+import math
+import sys
+import uuid
+
+import numpy as np
+
+from . import spectral
+from ._threads import set_num_threads, thread_limits
+from ._validation import check_batch_size, check_choice, check_positive
+from .backend import resolve
+from .network import Network
+
+__all__ = ["is_dask", "fit", "forward", "predict", "score", "solve"]
+
+#: Partial sums combined per task in the tree reduction of the Gram matrices.
+FAN_IN = 8
+
+
+# --- detection and the scheduler ------------------------------------------------------------
+def is_dask(x):
+    """True when ``x`` is a ``dask.array.Array`` (without importing dask)."""
+    da = sys.modules.get("dask.array")
+    return da is not None and isinstance(x, da.Array)
+
+
+def _dask():
+    import dask
+    import dask.array as da
+
+    return dask, da
+
+
+def current_client():
+    """The ``distributed.Client`` Dask computes on now, or None (Dask's local scheduler)."""
+    if "distributed" not in sys.modules:
+        return None
+    import dask
+    from distributed import default_client
+
+    try:
+        client = default_client()
+    except ValueError:
+        return None
+    scheduler = dask.base.get_scheduler()
+    return client if getattr(scheduler, "__self__", None) is client else None
+
+
+def _share(obj, what):
+    """``obj`` as one piece of the cluster's data, used by many tasks.
+
+    With a client: scattered to every worker once (a Future). Without: one graph key.
+    """
+    client = current_client()
+    if client is not None:
+        return client.scatter(obj, broadcast=True, hash=False)
+    dask, _ = _dask()
+    return dask.delayed(obj, name=f"convredunet-{what}-{uuid.uuid4().hex}", traverse=False)
+
+
+def _on_worker():
+    """Inside a Dask task: one thread per task on a distributed worker.
+
+    Dask runs one task per worker thread; convredunet's own threads would only
+    compete with them, so a worker process keeps to one.
+    """
+    if "distributed" in sys.modules:
+        from distributed import get_worker
+
+        try:
+            get_worker()
+        except ValueError:
+            return
+        set_num_threads(1)
+
+
+# --- input ----------------------------------------------------------------------------------
+def _check_dask_X(X, name, ndims):
+    """A Dask array of real numbers with ``ndim`` in ``ndims``, one chunk per sample block."""
+    if X.ndim not in ndims:
+        raise ValueError(f"{name} must have {' or '.join(map(str, ndims))} dimensions, got "
+                         f"{X.ndim} (shape {X.shape}). Reshape your data")
+    if any(isinstance(c, float) and math.isnan(c) for c in X.chunks[0]):
+        raise ValueError(f"{name} has unknown chunk sizes along samples; call "
+                         f"{name}.compute_chunk_sizes() first")
+    if X.shape[0] == 0 or any(s == 0 for s in X.shape[1:]):
+        raise ValueError(f"{name} is empty: found a Dask array of shape {X.shape} while a "
+                         "minimum of 1 sample and 1 feature is required.")
+    kind = np.dtype(X.dtype).kind
+    if kind == "c":
+        raise ValueError(f"Complex data not supported: {name} must be real, got complex "
+                         f"dtype {X.dtype}")
+    if kind not in "fbiu":
+        raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
+    if any(len(c) > 1 for c in X.chunks[1:]):
+        X = X.rechunk({axis: -1 for axis in range(1, X.ndim)})
+    return X
+
+
+def _real(x, name, start, dtype=None):
+    """A chunk as a real float array, refusing NaN and infinity (sample index in the message)."""
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)
+    if dtype is not None:
+        x = x.astype(dtype, copy=False)
+    finite = np.isfinite(x)
+    if not finite.all():
+        bad = np.argwhere(~finite)
+        raise ValueError(f"{name} must contain only finite values; found {len(bad)} NaN or "
+                         f"infinite entries in the chunk starting at sample {start} (the "
+                         f"first in sample {start + int(bad[0][0])})")
+    return x
+
+
+def _starts(chunks):
+    return np.concatenate([[0], np.cumsum(chunks)[:-1]]).astype(int).tolist()
+
+
+def _blocks(x):
+    """The Delayed chunks of a sample-chunked Dask array, in order."""
+    return list(x.to_delayed().ravel())
+
+
+def _assemble(parts, chunks, tail, dtype):
+    """One Dask array from per-chunk Delayed results of shapes ``(n_i, *tail)``."""
+    _, da = _dask()
+    return da.concatenate([da.from_delayed(p, shape=(n,) + tuple(tail), dtype=dtype)
+                           for p, n in zip(parts, chunks)], axis=0)
+
+
+# --- labels ---------------------------------------------------------------------------------
+def _encode_chunk(y, classes):
+    y = np.asarray(y)
+    labels = np.searchsorted(classes, y)
+    inside = labels < len(classes)
+    if not (inside.all() and np.array_equal(classes[labels], y)):
+        raise ValueError("y holds a label that is not among the classes found in y")
+    return labels.astype(np.int64)
+
+
+def _bincount_chunk(labels, k):
+    return np.bincount(labels, minlength=k)[None]
+
+
+def encode_labels(y, chunks, check_classes):
+    """Classes, integer labels ``0..k-1`` as a persisted Dask array aligned with ``chunks``,
+    and the class counts.
+
+    Parameters
+    ----------
+    y : numpy array or Dask array (n_samples,)
+    chunks : tuple of ints, the samples' chunks
+    check_classes : callable(values, n) -> (classes, labels)
+        The in-process label check, applied to numpy ``y`` or to Dask ``y``'s distinct values.
+    """
+    dask, da = _dask()
+    n = sum(chunks)
+    if is_dask(y):
+        if y.ndim != 1:
+            raise ValueError(f"y must be a 1D array of labels, got shape {y.shape}")
+        if y.shape[0] != n:
+            raise ValueError(f"y must have one label per sample: X has {n} samples, y has "
+                             f"{y.shape[0]}")
+        values = np.asarray(da.unique(y).compute())
+        classes, _ = check_classes(values, len(values))
+        labels = y.rechunk((chunks,)).map_blocks(_encode_chunk, classes, dtype=np.int64)
+    else:
+        classes, labels = check_classes(y, n)
+        labels = da.from_array(np.asarray(labels, dtype=np.int64), chunks=(chunks,))
+    k = len(classes)
+    labels = labels.persist()
+    counts = labels.map_blocks(_bincount_chunk, k, chunks=((1,) * len(chunks), (k,)),
+                               new_axis=1, dtype=np.int64).sum(axis=0).compute()
+    return classes, labels, np.asarray(counts, dtype=np.int64)
+
+
+# --- the Gram pass --------------------------------------------------------------------------
+def _gram_chunk(z, labels, k, keep, grams_of, total, batch_size, check=None):
+    """Per-class Gram partial sums of one chunk (and the spectra of the ``keep`` classes)."""
+    _on_worker()
+    if check is not None:
+        z = _real(z, *check)
+    labels = np.asarray(labels)
+    if z.shape[0] == 0:
+        return {"grams": {}, "total": None, "kept": {}}
+    backend = resolve("numpy").backend
+    present = set(np.unique(labels).tolist())
+    with thread_limits():
+        grams, total_gram, kept = spectral.class_grams(
+            backend, z, labels, k, batch_size, keep=set(keep) & present,
+            grams_of=grams_of, total=total)
+    return {"grams": grams, "total": total_gram, "kept": {j: [v] for j, v in kept.items()}}
+
+
+def _add(a, b):
+    return b if a is None else a if b is None else a + b
+
+
+def _combine(parts):
+    """The sum of partial results (new arrays; the parts are left as they are)."""
+    grams, total, kept = {}, None, {}
+    for part in parts:
+        for j, g in part["grams"].items():
+            grams[j] = _add(grams.get(j), g)
+        total = _add(total, part["total"])
+        for j, pieces in part["kept"].items():
+            kept[j] = kept.get(j, []) + pieces
+    return {"grams": grams, "total": total, "kept": kept}
+
+
+def _tree(parts):
+    dask, _ = _dask()
+    while len(parts) > 1:
+        parts = [dask.delayed(_combine, pure=False)(parts[i:i + FAN_IN])
+                 for i in range(0, len(parts), FAN_IN)]
+    return parts[0]
+
+
+def _solve(Z, labels, counts, eps2, batch_size, woodbury, operators, check=None):
+    """One map-reduce pass over ``Z``'s chunks, then the engine's solve on the client."""
+    dask, _ = _dask()
+    keep, grams_of, total = spectral.gram_request(counts, Z.shape[1], woodbury)
+    starts = _starts(Z.chunks[0])
+    parts = [dask.delayed(_gram_chunk, pure=False)(
+        z, lab, len(counts), keep, grams_of, total, batch_size,
+        None if check is None else (check, start))
+        for z, lab, start in zip(_blocks(Z), _blocks(labels), starts)]
+    (sums,) = dask.compute(_tree(parts))
+    backend = resolve("numpy").backend
+    kept = {j: np.ascontiguousarray(np.concatenate(p, axis=2)) for j, p in sums["kept"].items()}
+    with thread_limits():
+        return spectral.solve_grams(backend, sums["grams"], sums["total"], kept, counts,
+                                    tuple(Z.shape[1:]), eps2, woodbury, operators)
+
+
+# --- rate_reduction / construct_operators ---------------------------------------------------
+def solve(Z, y, eps2, domain, batch_size, woodbury, operators):
+    """:func:`convredunet.rate_reduction` (``operators=False``) and
+    :func:`convredunet.construct_operators` of a Dask array ``Z``.
+
+    Returns the engine's :class:`convredunet.spectral.LayerSolution` (numpy arrays) and the
+    validated ``(Z, k, eps2)``.
+    """
+    from ._validation import check_labels
+
+    Z = _check_dask_X(Z, "Z", (2, 3, 4))
+    eps2 = check_positive(eps2, "eps2")
+    check_choice(domain, "domain", ("spectral", "spatial"))
+    if domain == "spatial":
+        raise ValueError("domain='spatial' (the dense reference) needs Z in memory; a Dask "
+                         "array is solved with domain='spectral'")
+    batch_size = check_batch_size(batch_size)
+
+    def check(values, n):
+        labels, k = check_labels(values, n, name="y")
+        return np.arange(k), labels
+
+    if is_dask(y):
+        _, labels, counts = encode_labels(y, Z.chunks[0], check)
+        if np.any(counts == 0):
+            empty = int(np.flatnonzero(counts == 0)[0])
+            raise ValueError(f"class {empty} has no samples; y must use labels "
+                             f"0..{len(counts) - 1} with every class present")
+    else:
+        _, labels, counts = encode_labels(y, Z.chunks[0], check)
+    dtype = Z.dtype if Z.dtype in (np.float32, np.float64) else np.float64
+    Z = Z.astype(dtype)
+    solution = _solve(Z, labels, counts, eps2, batch_size, woodbury, operators, check="Z")
+    return solution, Z, len(counts), eps2
+
+
+# --- fit ------------------------------------------------------------------------------------
+def _lift_chunk(x, network, size, start):
+    """The lifted, normalized features of one chunk of raw samples."""
+    _on_worker()
+    x = _real(x, "X", start, dtype=str(network.workspace.like.dtype))
+    if network.signal_shape and x.ndim == len(network.input_shape):
+        x = x[:, None]
+    out = None
+    with thread_limits():
+        for s in range(0, x.shape[0], size):
+            z = network.lift(x[s:s + size])
+            if out is None:
+                out = np.empty((x.shape[0],) + z.shape[1:], dtype=z.dtype)
+            out[s:s + z.shape[0]] = z
+    return out
+
+
+def _apply_chunk(z, labels, layer, use_labels, size):
+    """One layer over one chunk of features: (next features, correct estimated memberships)."""
+    _on_worker()
+    backend = resolve("numpy").backend
+    labels = np.asarray(labels)
+    out, correct = np.empty_like(z), 0
+    with thread_limits():
+        for s in range(0, z.shape[0], size):
+            part = labels[s:s + size]
+            z_next, pi = layer(backend, z[s:s + size], part if use_labels else None)
+            out[s:s + z_next.shape[0]] = z_next
+            correct += int(np.sum(np.argmax(pi, axis=1) == part))
+    return out, correct
+
+
+def fit(estimator, X, y):
+    """``estimator.fit(X, y)`` for a Dask array ``X`` (see the module notes)."""
+    from .estimators import _progress
+    from .network import Layer
+
+    dask, da = _dask()
+    params = estimator._validated_params()
+    if params["backend"] != "numpy":
+        raise ValueError(f"backend={params['backend']!r} is not available for Dask input: the "
+                         "workers run the numpy backend; use backend='numpy'")
+    X = _input(estimator, X)
+    classes, labels, counts = encode_labels(y, X.chunks[0], estimator._check_y)
+    workspace = params["workspace"]
+    sample_shape = tuple(X.shape[1:])
+    if estimator._signal_ndim and X.ndim == estimator._signal_ndim + 1:
+        sample_shape = (1,) + sample_shape
+    signal_shape = sample_shape[1:] if estimator._signal_ndim else ()
+    if estimator._signal_ndim and params["n_channels"] is not None:
+        if any(params["kernel_size"] > n for n in signal_shape):
+            raise ValueError(f"kernel_size must be at most the signal size {signal_shape}, "
+                             f"got {params['kernel_size']}")
+    network = Network(estimator._make_lifting(params, sample_shape), [], sample_shape,
+                      workspace)
+    itemsize = np.dtype(str(workspace.like.dtype)).itemsize
+    dtype = np.dtype(str(workspace.like.dtype))
+    chunks = X.chunks[0]
+    feature_shape = network.feature_shape
+    size = network.chunk_size(params["batch_size"], itemsize)
+    lifting = _share(Network(network.lifting, [], sample_shape, workspace), "lifting")
+    Z = _assemble([dask.delayed(_lift_chunk, pure=False)(x, lifting, size, start)
+                   for x, start in zip(_blocks(X), _starts(chunks))],
+                  chunks, feature_shape, dtype)
+    (Z,) = _persist(Z)
+    use_labels = params["membership"] == "label"
+    history = []
+    progress = _progress(params["n_layers"], params["verbose"], type(estimator).__name__)
+    backend = workspace.backend
+    try:
+        for index in range(params["n_layers"]):
+            solution = _solve(Z, labels, counts, params["eps2"], params["batch_size"], "auto",
+                              True)
+            layer = Layer(backend, solution, params["eta"], params["lmbda"], signal_shape)
+            network.layers.append(layer)
+            size = network.chunk_size(params["batch_size"], itemsize)
+            shared = _share(layer, f"layer{index}")
+            # Each chunk's task runs once and is kept on its worker; the features
+            # and the counts are then read from it (no copy, no second run).
+            outs = _persist(*[dask.delayed(_apply_chunk, nout=2, pure=False)(
+                z, lab, shared, use_labels, size) for z, lab in zip(_blocks(Z), _blocks(labels))])
+            accuracy = float(sum(dask.compute(*[o[1] for o in outs]))) / X.shape[0]
+            Z_next = _persist(_assemble([o[0] for o in outs], chunks, feature_shape, dtype))[0]
+            Z = Z_next  # the previous layer's features are released here
+            del shared, outs
+            record = {"layer": index, "delta_R": solution.rates.delta,
+                      "R": solution.rates.expansion, "R_c": solution.rates.compression,
+                      "train_accuracy": accuracy}
+            history.append(record)
+            estimator_log(index, record)
+            progress.update(1)
+            progress.set_postfix(delta_R=f"{record['delta_R']:.3f}", acc=f"{accuracy:.3f}")
+    finally:
+        progress.close()
+    del Z
+    estimator._set_fitted(network, classes, history)
+    return estimator
+
+
+def estimator_log(index, record):
+    import logging
+
+    logging.getLogger("convredunet.estimators").info(
+        "layer %d: delta_R=%.4f R=%.4f R_c=%.4f train_acc=%.4f", index, record["delta_R"],
+        record["R"], record["R_c"], record["train_accuracy"])
+
+
+def _persist(*collections):
+    """``collections`` persisted on the current scheduler, waited for (errors surface here)."""
+    dask, _ = _dask()
+    collections = dask.persist(*collections)
+    client = current_client()
+    if client is not None:
+        from distributed import futures_of, wait
+
+        futures = futures_of(collections)
+        wait(futures)
+        # A worker's error is raised here, with its own type and message.
+        for future in futures:
+            if future.status == "error":
+                future.result()
+    return collections
+
+
+def _input(estimator, X, name="X"):
+    nd = estimator._signal_ndim
+    ndims = (2,) if nd == 0 else (nd + 1, nd + 2)
+    rules = {0: "(n_samples, n_features)", 1: "(n_samples, T) or (n_samples, n_channels, T)",
+             2: "(n_samples, H, W) or (n_samples, n_channels, H, W)"}
+    if X.ndim not in ndims:
+        raise ValueError(f"{name} must have shape {rules[nd]} for {type(estimator).__name__}, "
+                         f"got shape {X.shape}. Reshape your data")
+    return _check_dask_X(X, name, ndims)
+
+
+# --- inference ------------------------------------------------------------------------------
+def _forward_chunk(x, network, size, start, what):
+    """The network over one chunk: features, membership, or both."""
+    _on_worker()
+    x = _real(x, "X", start, dtype=str(network.workspace.like.dtype))
+    if network.signal_shape and x.ndim == len(network.input_shape):
+        x = x[:, None]
+    z_out = pi_out = None
+    with thread_limits():
+        for s in range(0, x.shape[0], size):
+            z, pi = network.forward(x[s:s + size])
+            if what != "pi":
+                if z_out is None:
+                    z_out = np.empty((x.shape[0],) + z.shape[1:], dtype=z.dtype)
+                z_out[s:s + z.shape[0]] = z
+            if what != "z":
+                if pi_out is None:
+                    pi_out = np.empty((x.shape[0], pi.shape[1]), dtype=pi.dtype)
+                pi_out[s:s + pi.shape[0]] = pi
+    if what == "z":
+        return z_out
+    if what == "pi":
+        return pi_out
+    return z_out, pi_out
+
+
+def forward(estimator, X, what="both", name="X"):
+    """Lazy features ``(m, C, *S)`` and/or membership ``(m, k)`` of a Dask array ``X``.
+
+    ``what``: ``"z"``, ``"pi"`` or ``"both"`` (a tuple).
+    """
+    dask, _ = _dask()
+    estimator._check_fitted()
+    if estimator.backend != "numpy":
+        raise ValueError(f"backend={estimator.backend!r} is not available for Dask input: "
+                         "the workers run the numpy backend; use backend='numpy'")
+    X = _input(estimator, X, name)
+    shape = tuple(X.shape[1:])
+    if estimator._signal_ndim and X.ndim == estimator._signal_ndim + 1:
+        shape = (1,) + shape
+    if shape != tuple(estimator.input_shape_):
+        raise ValueError(f"{name} has {math.prod(shape)} features, but "
+                         f"{type(estimator).__name__} is expecting {estimator.n_features_in_} "
+                         f"features as input: samples of shape {shape} where the network was "
+                         f"fitted on {tuple(estimator.input_shape_)}")
+    workspace = estimator._workspace()
+    network = estimator._network(workspace)
+    dtype = np.dtype(str(workspace.like.dtype))
+    size = network.chunk_size(estimator.batch_size, dtype.itemsize)
+    shared = _share(network, "network")
+    chunks = X.chunks[0]
+    k = len(estimator.classes_)
+    starts = _starts(chunks)
+    if what in ("z", "pi"):
+        tail = network.feature_shape if what == "z" else (k,)
+        parts = [dask.delayed(_forward_chunk, pure=False)(x, shared, size, start, what)
+                 for x, start in zip(_blocks(X), starts)]
+        return _assemble(parts, chunks, tail, dtype)
+    outs = [dask.delayed(_forward_chunk, nout=2, pure=False)(x, shared, size, start, "both")
+            for x, start in zip(_blocks(X), starts)]
+    return (_assemble([o[0] for o in outs], chunks, network.feature_shape, dtype),
+            _assemble([o[1] for o in outs], chunks, (k,), dtype))
+
+
+def _labels_of(pi, classes):
+    return classes[np.argmax(pi, axis=1)]
+
+
+def predict(estimator, X):
+    """Lazy predicted labels (original classes) of a Dask array ``X``."""
+    pi = forward(estimator, X, "pi")
+    classes = np.asarray(estimator.classes_)
+    return pi.map_blocks(_labels_of, classes, drop_axis=1, dtype=classes.dtype)
+
+
+def score(estimator, X, y, sample_weight=None):
+    """Mean accuracy of a Dask array ``X`` against ``y`` (numpy or Dask), computed."""
+    _, da = _dask()
+    predicted = predict(estimator, X)
+    if not is_dask(y):
+        y = np.asarray(y)
+        if y.shape != predicted.shape:
+            raise ValueError(f"y must have one label per sample: X has {predicted.shape[0]} "
+                             f"samples, y has shape {y.shape}")
+        y = da.from_array(y, chunks=predicted.chunks)
+    elif y.shape != predicted.shape:
+        raise ValueError(f"y must have one label per sample: X has {predicted.shape[0]} "
+                         f"samples, y has shape {y.shape}")
+    correct = (predicted == y.rechunk(predicted.chunks)).astype(np.float64)
+    if sample_weight is None:
+        return float(correct.mean().compute())
+    weight = sample_weight if is_dask(sample_weight) else da.from_array(
+        np.asarray(sample_weight, dtype=np.float64), chunks=predicted.chunks)
+    weight = weight.rechunk(predicted.chunks)
+    total, hits = da.compute(weight.sum(), (weight * correct).sum())
+    return float(hits / total)
