@@ -2,6 +2,8 @@
 
 * :func:`load_mnist1d` -- MNIST-1D (4000 train / 1000 test signals of length 40), generated
   locally by the ``mnist1d`` package; nothing is downloaded.
+* :func:`mnist1d_dask` -- MNIST-1D-style signals of any number as lazy Dask arrays, generated
+  chunk by chunk on the workers (each chunk its own seed); needs ``dask``.
 * :func:`load_mnist` -- the MNIST test set (10,000 digits, 28 x 28) read from IDX gzip files.
 * :func:`train_test_split_per_class` -- a seeded stratified split (e.g. 10 digits per class).
 * :func:`to_polar` -- resampling images on a polar grid, so that rotations about the image
@@ -17,6 +19,7 @@ import importlib.resources
 import numbers
 import os
 import random
+import threading
 import zlib
 from pathlib import Path
 
@@ -27,6 +30,7 @@ from ._validation import check_int, check_real, check_rng
 
 __all__ = [
     "load_mnist1d",
+    "mnist1d_dask",
     "load_mnist",
     "train_test_split_per_class",
     "to_polar",
@@ -138,6 +142,89 @@ def load_mnist1d():
     ((4000, 40), (1000, 40))
     """
     return tuple(a.copy() for a in _mnist1d_arrays())
+
+
+_MNIST1D_LOCK = threading.Lock()
+
+
+def _mnist1d_chunk(n_samples, seed):
+    """``n_samples`` MNIST-1D signals ``(n, 40)`` and labels from ``mnist1d`` with ``seed``."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    # make_dataset draws num_samples // 10 signals per class, split 80 / 20; both halves
+    # are used, in the package's shuffled order.
+    args.num_samples = -(-n_samples // 10) * 10
+    args.seed = int(seed)
+    # mnist1d draws from the global generators: one chunk at a time per process.
+    with _MNIST1D_LOCK:
+        np_state, py_state = np.random.get_state(), random.getstate()
+        try:
+            data = make_dataset(args)
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+    X = np.concatenate([data["x"], data["x_test"]])[:n_samples]
+    y = np.concatenate([data["y"], data["y_test"]])[:n_samples]
+    return np.ascontiguousarray(X, dtype=np.float64), np.ascontiguousarray(y, dtype=np.int64)
+
+
+def mnist1d_dask(n_samples, chunk_size=10_000, seed=0):
+    """MNIST-1D-style signals of any number, as lazy Dask arrays built chunk by chunk.
+
+    Nothing is generated when this returns: chunk ``i`` is made by its task, where the
+    graph runs (a worker of the active ``distributed.Client``), with
+    ``mnist1d.data.make_dataset`` seeded by ``SeedSequence([seed, i])``. So a set of 10^7
+    signals never exists in one process, and the same arguments give the same numbers
+    with any scheduler. Needs ``dask`` (``pip install convredunet[dask]``).
+
+    Parameters
+    ----------
+    n_samples : int
+        Signals in all.
+    chunk_size : int, default 10000
+        Signals per chunk (the last one may be shorter). The ``mnist1d`` package makes
+        about 1000 signals per second per core.
+    seed : int, default 0
+        Seeds every chunk (with the chunk's index).
+
+    Returns
+    -------
+    X : dask array, shape (n_samples, 40), float64, chunks ``(chunk_size, 40)``
+    y : dask array, shape (n_samples,), int64 labels 0..9, the same chunks
+
+    Notes
+    -----
+    Each chunk is a complete ``mnist1d`` data set of its own: its signals are centered and
+    scaled by the chunk's own mean and standard deviation (close to the whole set's for
+    chunks of thousands), and its classes are balanced up to the last chunk's cut. X and y
+    come from the same tasks: compute or persist them together (``dask.persist(X, y)``),
+    or each chunk is generated once for each.
+    ``convredunet`` estimators fitted on Dask persist the input with its labels when
+    both are Dask arrays, so each chunk is generated once.
+
+    Examples
+    --------
+    >>> from convredunet.datasets import mnist1d_dask
+    >>> X, y = mnist1d_dask(1_000_000, chunk_size=20_000)   # lazy: nothing made yet
+    >>> X.shape, X.numblocks
+    ((1000000, 40), (50, 1))
+    """
+    import dask
+    import dask.array as da
+
+    n_samples = check_int(n_samples, "n_samples")
+    chunk_size = check_int(chunk_size, "chunk_size")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    sizes = [min(chunk_size, n_samples - s) for s in range(0, n_samples, chunk_size)]
+    xs, ys = [], []
+    for index, n in enumerate(sizes):
+        chunk_seed = int(np.random.SeedSequence([int(seed), index]).generate_state(1)[0])
+        task = dask.delayed(_mnist1d_chunk, nout=2, pure=True)(n, chunk_seed)
+        xs.append(da.from_delayed(task[0], shape=(n, 40), dtype=np.float64))
+        ys.append(da.from_delayed(task[1], shape=(n,), dtype=np.int64))
+    return da.concatenate(xs), da.concatenate(ys)
 
 
 # --------------------------------------------------------------------------------------------

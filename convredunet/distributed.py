@@ -357,6 +357,12 @@ def fit(estimator, X, y):
         raise ValueError(f"backend={params['backend']!r} is not available for Dask input: the "
                          "workers run the numpy backend; use backend='numpy'")
     X = _input(estimator, X)
+    if is_dask(y):
+        # Input and labels often come from the same tasks (a generator, a reader):
+        # kept together on the workers, each chunk is made once.
+        if y.ndim == 1 and y.shape[0] == X.shape[0]:
+            y = y.rechunk((X.chunks[0],))
+        X, y = _persist(X, y)
     classes, labels, counts = encode_labels(y, X.chunks[0], estimator._check_y)
     workspace = params["workspace"]
     sample_shape = tuple(X.shape[1:])
@@ -408,7 +414,7 @@ def fit(estimator, X, y):
             progress.set_postfix(delta_R=f"{record['delta_R']:.3f}", acc=f"{accuracy:.3f}")
     finally:
         progress.close()
-    del Z
+    del Z, X
     estimator._set_fitted(network, classes, history)
     return estimator
 
