@@ -304,18 +304,21 @@ def cmd_demo(args):
 
 
 def cmd_fit(args):
+    from . import _dask_cli
+
     out = _check_new(args.out, args.force)
-    X_train, y_train, X_test, y_test, kind = load_data(
-        args.data, args.model, args.n_train_per_class, args.n_test_per_class, args.seed)
-    net = make_estimator(kind, args)
-    t0 = time.perf_counter()
-    net.fit(X_train, y_train)
-    seconds = time.perf_counter() - t0
-    for line in layer_table(net.history_):
-        print(line)
-    print(f"built {len(net.layers_)} layers on {len(X_train)} samples in {seconds:.1f} s")
-    if X_test is not None:
-        print(f"test accuracy (network's own prediction): {net.score(X_test, y_test):.4f}")
+    with _dask_cli.session(args) as dist:  # --scheduler: the arrays go to a Dask cluster
+        X_train, y_train, X_test, y_test, kind = dist.load(load_data, args, args.model)
+        net = make_estimator(kind, args)
+        t0 = time.perf_counter()
+        net.fit(dist.array(X_train), dist.array(y_train))
+        seconds = time.perf_counter() - t0
+        for line in layer_table(net.history_):
+            print(line)
+        print(f"built {len(net.layers_)} layers on {len(X_train)} samples in {seconds:.1f} s")
+        if X_test is not None:
+            print(f"test accuracy (network's own prediction): "
+                  f"{net.score(dist.array(X_test), y_test):.4f}")
     net.save(out)
     print(f"wrote {out}")
     return 0
@@ -324,13 +327,17 @@ def cmd_fit(args):
 def cmd_evaluate(args):
     from .estimators import load
 
-    net = load(args.model_file)
-    X_train, y_train, X_test, y_test, _ = load_data(
-        args.data, None, args.n_train_per_class, args.n_test_per_class, args.seed)
-    if X_test is None:
-        raise CLIError(f"--data '{args.data}' has no X_test/y_test to evaluate on")
-    report = _shift_report(net, X_test, y_test, args.seed, all_shifts=args.all_shifts)
-    report.update(_reference_classifiers(net, X_train, y_train, X_test, y_test))
+    from . import _dask_cli
+
+    with _dask_cli.session(args) as dist:  # --scheduler: the network's passes on the cluster
+        net = dist.wrap(load(args.model_file))
+        X_train, y_train, X_test, y_test, _ = dist.load(load_data, args)
+        X_train, y_train, X_test, y_test = (dist.compute(a) for a in
+                                            (X_train, y_train, X_test, y_test))
+        if X_test is None:
+            raise CLIError(f"--data '{args.data}' has no X_test/y_test to evaluate on")
+        report = _shift_report(net, X_test, y_test, args.seed, all_shifts=args.all_shifts)
+        report.update(_reference_classifiers(net, X_train, y_train, X_test, y_test))
     report["n_test"] = int(len(X_test))
     if args.json:
         print(json.dumps(report, indent=2))
@@ -395,6 +402,12 @@ def cmd_bench(args):
 
 
 # --- entry point ------------------------------------------------------------------------------
+def _add_scheduler_options(parser):
+    from ._dask_cli import add_options
+
+    add_options(parser)
+
+
 def build_parser():
     parser = _Parser(prog="convredunet",
                      description="Shift-invariant ReduNets built in closed form.")
@@ -414,6 +427,7 @@ def build_parser():
     fit.add_argument("--out", required=True, help="model file to write (.npz)")
     fit.add_argument("--force", action="store_true", help="overwrite --out")
     fit.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_scheduler_options(fit)
     fit.set_defaults(func=cmd_fit)
 
     evaluate = sub.add_parser("evaluate", help="accuracy and invariance of a saved model")
@@ -423,6 +437,7 @@ def build_parser():
                           help="check predictions under every cyclic shift")
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")
     evaluate.add_argument("--quiet", action="store_true")
+    _add_scheduler_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
     export = sub.add_parser("export", help="export a saved model to PyTorch / ONNX")

@@ -352,10 +352,10 @@ def fit(estimator, X, y):
     from .network import Layer
 
     dask, da = _dask()
+    if estimator.backend == "torch":  # before validation, which would import torch
+        raise ValueError("backend='torch' is not available for Dask input: the workers run "
+                         "the numpy backend; use backend='numpy'")
     params = estimator._validated_params()
-    if params["backend"] != "numpy":
-        raise ValueError(f"backend={params['backend']!r} is not available for Dask input: the "
-                         "workers run the numpy backend; use backend='numpy'")
     X = _input(estimator, X)
     if is_dask(y):
         # Input and labels often come from the same tasks (a generator, a reader):

@@ -179,11 +179,11 @@ def test_client_memory_stays_far_below_the_features(client):
     The lifted features and the next layer's (both persisted on the workers) are
     two arrays of ``feature_bytes``; the client's peak RSS is sampled every 20 ms.
     """
-    m, t, channels = 96_000, 64, 4
-    feature_bytes = m * channels * t * 8  # one layer's features: 197 MB
+    m, t, channels = 64_000, 64, 4
+    feature_bytes = m * channels * t * 8  # one layer's features: 131 MB
     rng = da.random.default_rng(0)
-    X = rng.standard_normal((m, t), chunks=(12_000, t))
-    y = (da.arange(m, chunks=12_000) % 2)
+    X = rng.standard_normal((m, t), chunks=(8_000, t))
+    y = (da.arange(m, chunks=8_000) % 2)
     ReduNet1D(n_layers=1, n_channels=channels, kernel_size=3).fit(X[:2000], y[:2000])  # warm up
     before, peak, done = _rss(), [0], threading.Event()
 
@@ -218,3 +218,39 @@ def test_import_does_not_need_dask():
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "(20,)"
+
+
+def test_command_line_scheduler(client, tmp_path, capsys):
+    from convredunet.cli import main
+
+    model = tmp_path / "model.npz"
+    address = client.scheduler.address
+    assert main(["fit", "--data", "mnist1d:600", "--scheduler", address, "--chunk-size", "200",
+                 "--n-layers", "1", "--n-channels", "4", "--quiet", "--out", str(model)]) == 0
+    out = capsys.readouterr().out
+    assert "built 1 layers on 480 samples" in out and "test accuracy" in out
+    data = tmp_path / "data.npz"
+    X, y = _signals(160, (40,), 10, seed=8)
+    np.savez(data, X=X[:100], y=y[:100], X_test=X[100:], y_test=y[100:])
+    assert main(["evaluate", str(model), "--data", str(data), "--scheduler", address,
+                 "--json"]) == 0
+    assert '"accuracy"' in capsys.readouterr().out
+    assert main(["fit", "--data", "mnist1d:600", "--out", str(tmp_path / "m2.npz")]) == 2
+    assert "add --scheduler" in capsys.readouterr().err
+
+
+def test_mnist1d_dask_is_lazy_and_seeded_per_chunk():
+    import dask
+
+    from convredunet.datasets import _mnist1d_chunk, mnist1d_dask
+
+    X, y = mnist1d_dask(250, chunk_size=100, seed=3)
+    assert X.shape == (250, 40) and y.shape == (250,) and X.chunks[0] == (100, 100, 50)
+    X1, y1 = dask.compute(X, y, scheduler="sync")
+    X2, y2 = dask.compute(*mnist1d_dask(250, chunk_size=100, seed=3), scheduler="threads")
+    assert np.array_equal(X1, X2) and np.array_equal(y1, y2)
+    seed = int(np.random.SeedSequence([3, 2]).generate_state(1)[0])
+    assert np.array_equal(X1[200:], _mnist1d_chunk(50, seed)[0])
+    assert not np.array_equal(X1[:50], X1[100:150])
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        mnist1d_dask(10, seed=-1)
