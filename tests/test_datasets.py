@@ -443,6 +443,7 @@ def test_cyclic_shifts_errors(args, error, pattern):
 def test_public_names():
     assert set(datasets.__all__) == {
         "load_mnist1d",
+        "mnist1d_dask",
         "load_mnist",
         "train_test_split_per_class",
         "to_polar",
