@@ -40,8 +40,15 @@ Inference (chunk-major)
 
 Numbers
     The sums over samples are added in another order than in process (per chunk, then a
-    tree), so rates and features agree to rounding (about 1e-14 relative in float64), and
-    predictions are identical.
+    tree), so the results agree to rounding: the rates ``R`` and ``R_c`` of every layer to
+    about 1e-14 relative in float64, and, for networks of a few layers (the tests), the
+    features to better than 1e-12; predictions are identical. Deep networks at small
+    ``eps2`` amplify rounding from layer to layer (the membership ``softmax(-lmbda ||C^j
+    z||)`` with ``lmbda = 500`` and ``alpha = C / (m eps2)`` large): for the default
+    ``ReduNet1D()`` on MNIST-1D (12 layers, ``eps2 = 3e-4``) the features after the last
+    layer differ by 5.5e-10 relative from the in-process fit, the same size as the
+    in-process fit's own change when only its ``batch_size`` changes (3.6e-10); rates
+    agree to 1e-14 (``delta_R``, a difference, to 4e-12) and predictions are identical.
 """
 import math
 import sys

@@ -254,3 +254,18 @@ def test_mnist1d_dask_is_lazy_and_seeded_per_chunk():
     assert not np.array_equal(X1[:50], X1[100:150])
     with pytest.raises(ValueError, match="seed must be a non-negative integer"):
         mnist1d_dask(10, seed=-1)
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "sync"])
+def test_without_a_client(scheduler):
+    """Dask's own schedulers (no distributed.Client) give the same numbers."""
+    import dask
+
+    X, y = _signals(150, (16,), 3, seed=9)
+    ref = ReduNet1D(n_layers=2, n_channels=4, eps2=0.1).fit(X, y)
+    with dask.config.set(scheduler=scheduler):
+        model = ReduNet1D(n_layers=2, n_channels=4, eps2=0.1).fit(
+            da.from_array(X, chunks=40), da.from_array(y, chunks=40))
+        _assert_same_fit(ref, model)
+        assert np.array_equal(model.predict(da.from_array(X, chunks=60)).compute(),
+                              ref.predict(X))
