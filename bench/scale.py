@@ -2,6 +2,7 @@
 in process and on a Dask LocalCluster of 1 and 2 worker processes, with peak memory.
 
     python3 bench/scale.py [--quick] [--sizes 10000,30000,100000] [--big 300000] [--out DIR]
+    python3 bench/scale.py --agreement    # default network, in process vs 2 workers
 
 Data: MNIST-1D-style signals made chunk by chunk on the workers from a pool of the 5000
 MNIST-1D signals (each sample a pool signal, cyclically shifted and with 5 % noise, seeded
@@ -193,10 +194,15 @@ def main():
     parser.add_argument("--big", default="300000",
                         help="sizes run on 2 workers only (comma separated, or none)")
     parser.add_argument("--cell", type=int, default=None, help=argparse_hidden())
+    parser.add_argument("--agreement", action="store_true",
+                        help="only compare the default ReduNet1D() on MNIST-1D in process and "
+                             "on 2 workers (scale_agreement.json)")
     args = parser.parse_args()
     if args.cell is not None:
         print(json.dumps(inprocess_cell(args.cell)))
         return 0
+    if args.agreement:
+        return agreement(harness.output_dir(args.out))
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     big = [] if args.big in ("", "none") else [int(float(s)) for s in args.big.split(",")]
     if args.quick:
@@ -312,6 +318,54 @@ def main():
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     harness.save_figure(fig, out / "scale.png")
+    return 0
+
+
+def agreement(out):
+    """The default ``ReduNet1D()`` on MNIST-1D: in process vs a 2-worker LocalCluster.
+
+    The yardstick is the in-process fit's own change when only its ``batch_size`` changes
+    (another order of the same sums).
+    """
+    import dask.array as da
+    import distributed
+
+    from convredunet import ReduNet1D
+    from convredunet.datasets import load_mnist1d
+
+    X, y, Xt, yt = load_mnist1d()
+    ref = ReduNet1D().fit(X, y)
+    other = ReduNet1D(batch_size=1000).fit(X, y)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster):
+        with harness.Timer() as t:
+            model = ReduNet1D().fit(da.from_array(X, chunks=1000), y)
+        Z = model.transform(da.from_array(Xt, chunks=250)).compute()
+        predicted = model.predict(da.from_array(Xt, chunks=250)).compute()
+        accuracy = model.score(da.from_array(Xt, chunks=250), yt)
+    Z_ref, Z_other = ref.transform(Xt), other.transform(Xt)
+
+    def rates(a, b, key):
+        return max(abs(p[key] - q[key]) / abs(p[key]) for p, q in zip(a.history_, b.history_))
+
+    def rel(a, b):
+        return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+    record = {"network": "ReduNet1D() defaults (12 layers, 32 channels, eps2=3e-4)",
+              "data": "MNIST-1D, 4000 train / 1000 test; dask chunks of 1000 (fit), 250",
+              "dask_fit_s": t.seconds, "machine": harness.machine_info(),
+              "load_average": harness.load_average()}
+    for name, a, z in (("dask_2_workers", model, Z), ("in_process_batch_size_1000", other,
+                                                       Z_other)):
+        record[name] = {key: rates(a, ref, key) for key in ("R", "R_c", "delta_R")}
+        record[name]["features_max_rel"] = rel(z, Z_ref)
+    record["dask_2_workers"]["same_predictions"] = bool(np.array_equal(predicted,
+                                                                       ref.predict(Xt)))
+    record["dask_2_workers"]["test_accuracy"] = accuracy
+    record["in_process_test_accuracy"] = ref.score(Xt, yt)
+    harness.write_json(out / "scale_agreement.json", record)
+    print(json.dumps({k: v for k, v in record.items() if k != "machine"}, indent=1))
     return 0
 
 

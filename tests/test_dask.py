@@ -269,3 +269,16 @@ def test_without_a_client(scheduler):
         _assert_same_fit(ref, model)
         assert np.array_equal(model.predict(da.from_array(X, chunks=60)).compute(),
                               ref.predict(X))
+
+
+def test_label_membership_and_float32(client):
+    X, y = _signals(200, (20,), 3, seed=10)
+    for params, tol in [(dict(membership="label"), TOL), (dict(dtype="float32"), 1e-5)]:
+        ref = ReduNet1D(n_layers=2, n_channels=4, eps2=0.1, **params).fit(X, y)
+        model = ReduNet1D(n_layers=2, n_channels=4, eps2=0.1, **params).fit(
+            da.from_array(X, chunks=64), y)
+        for ra, rb in zip(ref.history_, model.history_):
+            assert abs(ra["R"] - rb["R"]) <= tol * abs(ra["R"])
+        Z = model.transform(da.from_array(X, chunks=50))
+        assert Z.dtype == ref.transform(X).dtype
+        assert rel_err(Z.compute(), ref.transform(X)) <= tol
