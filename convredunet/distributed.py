@@ -358,7 +358,7 @@ def fit(estimator, X, y):
     from .estimators import _progress
     from .network import Layer
 
-    dask, da = _dask()
+    dask, _ = _dask()
     if estimator.backend == "torch":  # before validation, which would import torch
         raise ValueError("backend='torch' is not available for Dask input: the workers run "
                          "the numpy backend; use backend='numpy'")
@@ -392,6 +392,8 @@ def fit(estimator, X, y):
                    for x, start in zip(_blocks(X), _starts(chunks))],
                   chunks, feature_shape, dtype)
     (Z,) = _persist(Z)
+    n_samples = X.shape[0]
+    del X, lifting  # the input's persisted copy (if any) is released here
     use_labels = params["membership"] == "label"
     history = []
     progress = _progress(params["n_layers"], params["verbose"], type(estimator).__name__)
@@ -408,7 +410,7 @@ def fit(estimator, X, y):
             # and the counts are then read from it (no copy, no second run).
             outs = _persist(*[dask.delayed(_apply_chunk, nout=2, pure=False)(
                 z, lab, shared, use_labels, size) for z, lab in zip(_blocks(Z), _blocks(labels))])
-            accuracy = float(sum(dask.compute(*[o[1] for o in outs]))) / X.shape[0]
+            accuracy = float(sum(dask.compute(*[o[1] for o in outs]))) / n_samples
             Z_next = _persist(_assemble([o[0] for o in outs], chunks, feature_shape, dtype))[0]
             Z = Z_next  # the previous layer's features are released here
             del shared, outs
@@ -416,17 +418,18 @@ def fit(estimator, X, y):
                       "R": solution.rates.expansion, "R_c": solution.rates.compression,
                       "train_accuracy": accuracy}
             history.append(record)
-            estimator_log(index, record)
+            _log_layer(index, record)
             progress.update(1)
             progress.set_postfix(delta_R=f"{record['delta_R']:.3f}", acc=f"{accuracy:.3f}")
     finally:
         progress.close()
-    del Z, X
+    del Z
     estimator._set_fitted(network, classes, history)
     return estimator
 
 
-def estimator_log(index, record):
+def _log_layer(index, record):
+    """The in-process fit's log line, on the estimators' logger."""
     import logging
 
     logging.getLogger("convredunet.estimators").info(
