@@ -90,12 +90,18 @@ def _rss():
     return psutil.Process().memory_info().rss
 
 
+def _spilled(dask_worker):
+    """Bytes a worker holds on disk now (0 where its store does not spill)."""
+    total = getattr(dask_worker.data, "spilled_total", None)
+    return 0 if total is None else int(total[0])
+
+
 class Sampler:
-    """Peak RSS of this process and of every worker, sampled in a thread."""
+    """Peak RSS of this process and of every worker, and the most any worker spilled."""
 
     def __init__(self, client=None, period=0.2):
         self.client, self.period = client, period
-        self.client_peak, self.worker_peak = 0, {}
+        self.client_peak, self.worker_peak, self.spilled = 0, {}, 0
         self._stop = threading.Event()
 
     def __enter__(self):
@@ -112,6 +118,8 @@ class Sampler:
                 try:
                     for w, rss in self.client.run(_rss).items():
                         self.worker_peak[w] = max(self.worker_peak.get(w, 0), rss)
+                    self.spilled = max([self.spilled]
+                                       + list(self.client.run(_spilled).values()))
                 except Exception:  # a busy worker answers late; the next sample counts
                     pass
             time.sleep(self.period)
@@ -163,6 +171,9 @@ def dask_cell(client, n, workers):
             "worker_peak_bytes": max(list(fit_mem.worker_peak.values())
                                      + list(tr_mem.worker_peak.values())),
             "worker_idle_bytes": idle, "feature_bytes": feature_bytes,
+            "worker_spilled_bytes": max(fit_mem.spilled, tr_mem.spilled),
+            "memory_limit": client.run(lambda dask_worker: dask_worker.memory_manager
+                                       .memory_limit).popitem()[1],
             "rates": [[h["R"], h["R_c"]] for h in model.history_],
             "train_accuracy": model.history_[-1]["train_accuracy"]}
 
@@ -193,6 +204,11 @@ def main():
     parser.add_argument("--sizes", default="10000,30000,100000")
     parser.add_argument("--big", default="300000",
                         help="sizes run on 2 workers only (comma separated, or none)")
+    parser.add_argument("--memory-limit", default="8GiB",
+                        help="memory limit of each worker (beyond it, the cluster spills)")
+    parser.add_argument("--append", action="store_true",
+                        help="run only the --big sizes on 2 workers and add them to the rows "
+                             "of --out/scale.json")
     parser.add_argument("--cell", type=int, default=None, help=argparse_hidden())
     parser.add_argument("--agreement", action="store_true",
                         help="only compare the default ReduNet1D() on MNIST-1D in process and "
@@ -211,20 +227,29 @@ def main():
     started = time.time()
     machine = harness.machine_info()
     load_before = harness.load_average()
-    rows = []
-    for n in sizes:
-        harness.log(True, f"in-process n={n}")
-        rows.append(run_inprocess(n))
+    rows, previous = [], None
+    if args.append:
+        previous = json.loads((out / "scale.json").read_text())
+        rows = previous["rows"]
+        load_before = previous["load_average_before"]
+    else:
+        for n in sizes:
+            harness.log(True, f"in-process n={n}")
+            rows.append(run_inprocess(n))
     import distributed
 
-    for workers in (1, 2):
+    for workers in ((2,) if args.append else (1, 2)):
         with distributed.LocalCluster(n_workers=workers, threads_per_worker=1,
                                       processes=True, dashboard_address=None,
-                                      memory_limit="8GiB") as cluster, \
+                                      memory_limit=args.memory_limit) as cluster, \
                 distributed.Client(cluster) as client:
-            for n in sizes + (big if workers == 2 else []):
+            todo = ([] if args.append else sizes) + (big if workers == 2 else [])
+            for n in todo:
                 harness.log(True, f"dask {workers} worker(s) n={n}")
-                rows.append(dask_cell(client, n, workers))
+                row = dask_cell(client, n, workers)
+                if args.memory_limit != "8GiB":
+                    row["mode"] += f", {args.memory_limit} each"
+                rows.append(row)
     # Same numbers: every cell's rates against the in-process cell of its size.
     reference = {r["n"]: np.array(r["rates"]) for r in rows if r["workers"] == 0}
     for r in rows:
@@ -246,7 +271,7 @@ def main():
             r["model_fit_s"] = estimate(fit_a, fit_b, r["n"], 1, r["workers"])
             r["model_transform_s"] = estimate(tr_a, tr_b, r["n"], 1, r["workers"])
     # Parallel efficiency reached here: 2-worker time predicted / measured.
-    two = [r for r in rows if r["workers"] == 2]
+    two = [r for r in rows if r["workers"] == 2 and "each" not in r["mode"]]
     efficiency = float(np.median([r["model_fit_s"] / r["fit_s"] for r in two])) if two else None
     feature_per_sample = rows[0]["feature_bytes"] / rows[0]["n"]
     projection = []
@@ -272,7 +297,8 @@ def main():
               "seconds": time.time() - started}
     harness.write_json(out / "scale.json", result)
     header = ["mode", "n", "fit samples/s", "transform samples/s", "fit s (model)",
-              "client peak MB", "worker peak MB (idle)", "features MB", "rates vs in-process"]
+              "client peak MB", "worker peak MB (idle)", "features MB", "spilled MB",
+              "rates vs in-process"]
     table = []
     for r in rows:
         table.append([
@@ -283,6 +309,8 @@ def main():
             "-" if r["worker_peak_bytes"] is None else
             f"{r['worker_peak_bytes'] / 1e6:,.0f} ({r['worker_idle_bytes'] / 1e6:,.0f})",
             f"{r['feature_bytes'] / 1e6:,.0f}",
+            "-" if r.get("worker_spilled_bytes") is None else
+            f"{r['worker_spilled_bytes'] / 1e6:,.0f}",
             f"{r['max_rate_rel_diff']:.1e}" if "max_rate_rel_diff" in r else "-"])
     proj = [[f"{p['machines']} x {p['cores_per_machine']} cores", f"{p['fit_hours']:.2f}",
              f"{p['transform_hours']:.2f}", f"{p['features_per_machine_GB']:,.0f}"]
