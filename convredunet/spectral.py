@@ -391,12 +391,56 @@ def solve_layer(backend, Z, labels, k, eps2, batch_size=None, woodbury="auto",
     factors; a class stays low rank when :func:`stays_lowrank` says so, and
     is densified otherwise, so the layer never decides again.
     """
+    try:
+        return _solve_layer(backend, Z, labels, k, eps2, batch_size, woodbury, operators)
+    except np.linalg.LinAlgError:
+        raise ValueError(
+            f"the regularized Gram matrices I + alpha V V^H are not numerically positive "
+            f"definite in {backend.real_dtype_name(Z)} with eps2={eps2:g}: the features are too "
+            f"close to rank deficient for this precision; use a larger eps2 or float64"
+        ) from None
+
+
+def _check_scale(backend, Z, alpha, eps2, dtype, hint, batch_size):
+    """Refuse features whose Gram matrices or ``I + alpha G`` would overflow ``dtype``.
+
+    With the unitary DFT every entry of a Gram matrix (and of ``V^H V``) is at
+    most ``m C T max|Z|^2``; the bound is checked in logarithms, before any
+    product is formed, so nothing overflows silently.
+    """
+    m = Z.shape[0]
+    size = batch_size or samples_per_chunk(math.prod(Z.shape[1:]) * backend.itemsize(Z))
+    peak = max(backend.to_float(backend.max_abs_rows(backend.reshape(Z[s:s + size], (1, -1)))[0])
+               for s in range(0, m, size))
+    if peak == 0.0:
+        return
+    log_max = math.log(float(np.finfo(dtype).max))
+    log_gram = math.log(m * math.prod(Z.shape[1:])) + 2 * math.log(peak)
+    if log_gram > log_max - 1:
+        raise ValueError(f"the Gram matrices of the features would overflow {dtype} "
+                         f"(largest |entry| {peak:.3g}, {m} samples): {hint}")
+    if log_gram + math.log(alpha) > log_max - 1:
+        raise ValueError(f"alpha G = C/(m_j eps2) G would overflow {dtype} with "
+                         f"eps2={eps2:g} (alpha up to {alpha:.3g}, largest |entry| "
+                         f"{peak:.3g}): use a larger eps2, smaller features or float64")
+
+
+def _require_finite(backend, x, what, dtype, hint):
+    if not backend.all_finite(x):
+        raise ValueError(f"{what} overflowed {dtype}: {hint}")
+
+
+def _solve_layer(backend, Z, labels, k, eps2, batch_size, woodbury, operators):
     m = Z.shape[0]
     n_channels, signal_shape, _ = signal_layout(tuple(Z.shape[1:]))
     t = math.prod(signal_shape)
+    dtype = backend.real_dtype_name(Z)
+    scale_hint = ("the rates depend on the scale of the features, so rescale them (e.g. "
+                  "each sample to unit norm) or use float64")
     counts = np.bincount(labels, minlength=k)
     sizes = [m] + list(counts)
     alphas = [n_channels / (size * eps2) for size in sizes]
+    _check_scale(backend, Z, max(alphas), eps2, dtype, scale_hint, batch_size)
     by_woodbury = [uses_woodbury(woodbury, size, n_channels) for size in sizes]
     keep = range(k) if by_woodbury[0] else [j for j in range(k) if by_woodbury[j + 1]]
     direct = [g for g in range(k + 1) if not by_woodbury[g]]
@@ -407,6 +451,9 @@ def solve_layer(backend, Z, labels, k, eps2, batch_size=None, woodbury="auto",
     dense, logdets = {}, {}
     if direct:
         stack = backend.stack([total_gram if g == 0 else grams[g - 1] for g in direct])
+        _require_finite(backend, stack, "the Gram matrices of the features", dtype,
+                        scale_hint)
+        del grams, total_gram  # only the stacked copy is needed from here
         out, det = regularized_inverse(backend, stack, [alphas[g] for g in direct],
                                        inverse=operators)
         del stack
@@ -419,13 +466,16 @@ def solve_layer(backend, Z, labels, k, eps2, batch_size=None, woodbury="auto",
                    else kept[g - 1] for g in small]
         v, m_inv, det = woodbury_factors(backend, spectra, [alphas[g] for g in small],
                                          inverse=operators)
-        del spectra
+        del spectra, kept  # the padded factors hold the spectra from here
         for i, g in enumerate(small):
             logdets[g] = det[i]
             if operators:
                 factors[g] = (v[i], m_inv[i])
     weights = backend.astype(half_spectrum_weights(signal_shape), like=logdets[0])
     rates = [backend.to_float((weights * logdets[g]).sum()) / (2 * t) for g in range(k + 1)]
+    if not all(map(math.isfinite, rates)):
+        raise ValueError(f"the coding rates overflowed {dtype} (alpha = C/(m eps2) with "
+                         f"eps2={eps2:g}): {scale_hint}, or use a larger eps2")
     gamma = counts / m
     result = RateReduction(rates[0], float(np.dot(gamma, rates[1:])))
     if not operators:
@@ -457,6 +507,11 @@ def solve_layer(backend, Z, labels, k, eps2, batch_size=None, woodbury="auto",
             V[:, :, i * width:(i + 1) * width] = factors[j + 1][0][..., :width]
         M_inv = backend.contiguous(backend.stack(
             [factors[j + 1][1][..., :width, :width] for j in lowrank], axis=1))
+    for name, x in (("E and C^j", stacked), ("V", V), ("M^-1", M_inv)):
+        if x is not None:
+            _require_finite(backend, x, f"the operators ({name})", dtype,
+                            f"eps2={eps2:g} is too small for this precision; use a larger "
+                            "eps2 or float64")
     return LayerSolution(rates=result, gamma=gamma, stacked=stacked,
                          dense_classes=tuple(dense_classes), lowrank_classes=tuple(lowrank),
                          V=V, M_inv=M_inv,
