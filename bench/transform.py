@@ -7,6 +7,9 @@ and the weighted sum. This script times ``Layer.__call__`` on lifted features
 of real data and reports achieved GFLOP/s against a float64 matmul measured
 in the same run on the same machine.
 
+It also fits the 2D paper network (``ReduNet2D()``, 10 digits per class, float64)
+in a fresh process and records its peak resident memory.
+
 Usage: ``python bench/transform.py [--quick] [--out DIR]``
 """
 import math
@@ -61,8 +64,9 @@ def run(quick=False, out_dir=harness.RESULTS, batch=200, threads=(1, 2)):
     rows = []
     for name, net, X, y in cases(quick):
         net.fit(X, y)
-        layer = net.layers_[0]
-        z = net.lifting_(backend, net._check_X(X[:batch]))
+        network = net.network_
+        layer = network.layers[0]
+        z = network.lift(network.workspace.to_working(X[:batch, None]))
         n_channels, signal_shape = z.shape[1], tuple(z.shape[2:])
         flops = layer_flops(layer, n_channels, signal_shape, len(z))
         for n in threads:
@@ -82,12 +86,64 @@ def run(quick=False, out_dir=harness.RESULTS, batch=200, threads=(1, 2)):
             })
     result = {"machine": machine,
               "load_average": {"start": load_start, "end": harness.load_average()},
-              "peaks_gflops": peaks, "rows": rows}
+              "peaks_gflops": peaks, "rows": rows,
+              "fit_memory": fit_peak_memory(n_layers=3 if quick else 25)}
+    return write(result, out_dir)
+
+
+def write(result, out_dir):
     harness.write_json(out_dir / "transform.json", result, indent=2)
-    table = markdown(rows)
+    table = markdown(result["rows"]) + "\n\n" + memory_markdown(result["fit_memory"])
     harness.write_text(out_dir / "transform.md", table)
     print(table)
     return result
+
+
+_FIT_MEMORY = """
+import time
+import numpy as np
+import convredunet as crn
+from convredunet.datasets import load_mnist, train_test_split_per_class
+X, y = load_mnist()
+X, y, _, _ = train_test_split_per_class(X, y, 10, 1)
+def peak_kib():  # VmHWM: this process's peak (ru_maxrss would carry the parent's over exec)
+    with open("/proc/self/status") as status:
+        return int(next(line for line in status if line.startswith("VmHWM")).split()[1])
+before = peak_kib()
+start = time.perf_counter()
+net = crn.ReduNet2D(n_layers={n_layers}).fit(X, y)
+seconds = time.perf_counter() - start
+stored = sum(a.nbytes for layer in net.layers_
+             for a in (layer.stacked, layer.solution.V, layer.M_inv) if a is not None)
+print(before, peak_kib(), stored, seconds)
+"""
+
+
+def fit_peak_memory(n_layers=25):
+    """Peak resident memory of fitting the 2D paper network (float64) in a fresh process.
+
+    ``ReduNet2D()`` defaults (75 channels, 9x9 kernels), 10 MNIST digits per
+    class, ``n_layers`` layers; peak from ``getrusage`` (includes Python, the
+    libraries and the loaded MNIST set, measured before the fit); Linux only
+    (``/proc/self/status``).
+    """
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", _FIT_MEMORY.format(n_layers=n_layers)],
+                          capture_output=True, text=True, check=True)
+    before, peak, stored, seconds = done.stdout.split()[-4:]
+    return {"n_layers": n_layers, "peak_gb": int(peak) * 1024 / 1e9,
+            "before_fit_gb": int(before) * 1024 / 1e9, "operators_gb": int(stored) / 1e9,
+            "fit_seconds": float(seconds)}
+
+
+def memory_markdown(memory):
+    return harness.markdown_table(
+        ["fit (2D paper network, float64)", "layers", "peak resident memory",
+         "before the fit", "stored operators"],
+        [["ReduNet2D(), 10 digits per class", str(memory["n_layers"]),
+          f"{memory['peak_gb']:.2f} GB", f"{memory['before_fit_gb']:.2f} GB",
+          f"{memory['operators_gb']:.2f} GB"]])
 
 
 def markdown(rows):
@@ -102,7 +158,18 @@ def markdown(rows):
 def main(argv=None):
     parser = harness.arguments(__doc__.splitlines()[0],
                                quick_help="two of the three cases, fewer repeats")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="measure only the fit's peak memory; keep the recorded timings")
     args = parser.parse_args(argv)
+    if args.memory_only:
+        import json
+
+        out_dir = harness.output_dir(args.out)
+        result = json.loads((out_dir / "transform.json").read_text())
+        result["fit_memory"] = fit_peak_memory(n_layers=3 if args.quick else 25)
+        result["fit_memory"]["machine"] = harness.machine_info()
+        write(result, out_dir)
+        return 0
     run(args.quick, args.out)
     return 0
 

@@ -101,9 +101,8 @@ def _is_dask(x):
 
 
 def _error(message):
-    from .cli import CLIError
-
-    return CLIError(message)
+    """A user-input error (the command line prints it as one line, exit status 2)."""
+    return ValueError(message)
 
 
 @contextlib.contextmanager

@@ -13,6 +13,8 @@ import os
 import sys
 import threading
 
+from ._validation import check_int
+
 __all__ = ["get_num_threads", "set_num_threads", "num_threads"]
 
 _setting = None
@@ -59,8 +61,6 @@ def get_num_threads():
 
 def set_num_threads(n_threads):
     """Set the threads used by the FFT, BLAS and torch (``None``: all cores)."""
-    from ._validation import check_int
-
     global _setting
     _setting = None if n_threads is None else check_int(n_threads, "n_threads",
                                                          rule="a positive integer")
@@ -131,11 +131,27 @@ def thread_limits(blas=1):
                     _limits_restore.pop()()
 
 
+def _take_control(lib):
+    """Let the calling thread set ``lib``'s limit (threadpoolctl >= 3.6 guards it)."""
+    clear = getattr(lib, "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
+
+
 def _apply_limits(n, blas):
     controller = _controller()
     if controller is not None:
-        limiter = controller.limit(limits=blas, user_api="blas")
-        _limits_restore.append(limiter.restore_original_limits)
+        # threadpoolctl lets only the first thread that ever set an OpenBLAS
+        # limit (pthreads layer) change it again, and silently ignores the
+        # others; the thread that applies the shared limit here may be any
+        # thread, so it takes control first (under _limits_lock).
+        for lib in controller.lib_controllers:
+            if lib.user_api == "blas":
+                _take_control(lib)
+                previous_blas = lib.num_threads
+                lib.set_num_threads(blas)
+                _limits_restore.append(lambda lib=lib, n=previous_blas: (
+                    _take_control(lib), lib.set_num_threads(n)))
     torch = sys.modules.get("torch")
     if torch is not None:
         previous = torch.get_num_threads()

@@ -12,11 +12,16 @@ import contextlib
 import datetime
 import json
 import shutil
+import signal
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
+
+from . import io
 
 __all__ = ["main"]
 
@@ -136,32 +141,31 @@ def _check_new(path, force, what="output"):
     path = Path(path)
     if path.exists() and not force:
         raise CLIError(f"{what} '{path}' exists; pass --force to overwrite it")
-    if not path.parent.exists():
-        raise CLIError(f"{what} folder '{path.parent}' does not exist")
+    if not path.parent.is_dir():
+        raise CLIError(f"cannot write {what} '{path}': output folder '{path.parent}' does not "
+                       "exist")
     return path
 
 
-@contextlib.contextmanager
-def _atomic_file(path):
-    """Yield a temporary path; rename it to ``path`` only if the block succeeds."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        yield tmp
-        tmp.replace(path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+# A fresh, uniquely named temporary file beside the target, renamed when complete
+# and removed on any error, Ctrl-C or SIGTERM (see convredunet.io.atomic_path).
+_atomic_file = io.atomic_path
 
 
 @contextlib.contextmanager
 def _atomic_dir(path, force):
-    """Yield a temporary folder; move it to ``path`` only if the block succeeds."""
+    """Yield a fresh temporary folder beside ``path``; move it there only on success.
+
+    The folder is created exclusively (``tempfile.mkdtemp``), so no existing
+    path is ever used or removed, except ``path`` itself with ``force``.
+    """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name[:32]}.", suffix=".partial",
+                                    dir=path.parent))
+    except OSError as exc:
+        raise CLIError(f"cannot write output folder '{path}': {exc.strerror or exc}") \
+            from None
     try:
         yield tmp
         if path.exists() and force:
@@ -169,7 +173,7 @@ def _atomic_dir(path, force):
         tmp.rename(path)
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # --- reports ----------------------------------------------------------------------------------
@@ -309,6 +313,7 @@ def cmd_fit(args):
     out = _check_new(args.out, args.force)
     with _dask_cli.session(args) as dist:  # --scheduler: the arrays go to a Dask cluster
         X_train, y_train, X_test, y_test, kind = dist.load(load_data, args, args.model)
+        _check_test_data(args.data, X_train, X_test, y_test)
         net = make_estimator(kind, args)
         t0 = time.perf_counter()
         net.fit(dist.array(X_train), dist.array(y_train))
@@ -322,6 +327,19 @@ def cmd_fit(args):
     net.save(out)
     print(f"wrote {out}")
     return 0
+
+
+def _check_test_data(spec, X_train, X_test, y_test):
+    """Refuse a test set that cannot be evaluated, before any expensive work."""
+    if X_test is None:
+        return
+    train_shape, test_shape = np.shape(X_train)[1:], np.shape(X_test)[1:]
+    if train_shape != test_shape:
+        raise CLIError(f"--data '{spec}': X_test samples have shape {test_shape}, but X "
+                       f"samples have shape {train_shape}; they must match")
+    if np.shape(y_test)[:1] != np.shape(X_test)[:1] or np.ndim(y_test) != 1:
+        raise CLIError(f"--data '{spec}': y_test must hold one label per X_test sample "
+                       f"({np.shape(X_test)[0]}), got shape {np.shape(y_test)}")
 
 
 def cmd_evaluate(args):
@@ -471,6 +489,7 @@ def main(argv=None):
     warnings.filterwarnings("ignore", message=".*torch.jit.* is deprecated",
                             category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.onnx.*")
+    previous = _terminate_on_sigterm()
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
@@ -486,6 +505,27 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("convredunet: interrupted; no partial output was kept", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("convredunet: terminated; no partial output was kept", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every cleanup block runs."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def _terminate_on_sigterm():
+    """Turn SIGTERM into :class:`_Terminated` while the command runs; the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 if __name__ == "__main__":  # pragma: no cover

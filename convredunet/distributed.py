@@ -58,9 +58,9 @@ import numpy as np
 
 from . import spectral
 from ._threads import set_num_threads, thread_limits
-from ._validation import check_batch_size, check_choice, check_positive
+from ._validation import check_batch_size, check_choice, check_eps2
 from .backend import resolve
-from .network import Network
+from .network import Network, rescale_samples
 
 __all__ = ["is_dask", "fit", "forward", "predict", "score", "solve"]
 
@@ -164,6 +164,20 @@ def _real(x, name, start, dtype=None):
     return x
 
 
+def _working(workspace, x):
+    """A chunk of the user's samples in the workspace, scaled by powers of two, as the
+    in-process path does it (``estimators._working``): ``(x * scale, scale)``."""
+    x, scale = rescale_samples(x, workspace.backend.max_exponent(workspace.like) // 2)
+    return workspace.to_working(x), workspace.to_working(scale)
+
+
+def _progress(total, verbose, name):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"{name} layers", unit="layer", disable=not verbose,
+                leave=False)
+
+
 def _starts(chunks):
     return np.concatenate([[0], np.cumsum(chunks)[:-1]]).astype(int).tolist()
 
@@ -234,14 +248,16 @@ def _gram_chunk(z, labels, k, keep, grams_of, total, batch_size, check=None):
         z = _real(z, *check)
     labels = np.asarray(labels)
     if z.shape[0] == 0:
-        return {"grams": {}, "total": None, "kept": {}}
+        return {"grams": {}, "total": None, "kept": {}, "peak": 0.0}
     backend = resolve("numpy").backend
     present = set(np.unique(labels).tolist())
     with thread_limits():
+        peak = spectral.peak_abs(backend, z, batch_size)
         grams, total_gram, kept = spectral.class_grams(
             backend, z, labels, k, batch_size, keep=set(keep) & present,
             grams_of=grams_of, total=total)
-    return {"grams": grams, "total": total_gram, "kept": {j: [v] for j, v in kept.items()}}
+    return {"grams": grams, "total": total_gram, "kept": {j: [v] for j, v in kept.items()},
+            "peak": peak}
 
 
 def _add(a, b):
@@ -251,13 +267,14 @@ def _add(a, b):
 def _combine(parts):
     """The sum of partial results (new arrays; the parts are left as they are)."""
     grams, total, kept = {}, None, {}
+    peak = max(part["peak"] for part in parts)
     for part in parts:
         for j, g in part["grams"].items():
             grams[j] = _add(grams.get(j), g)
         total = _add(total, part["total"])
         for j, pieces in part["kept"].items():
             kept[j] = kept.get(j, []) + pieces
-    return {"grams": grams, "total": total, "kept": kept}
+    return {"grams": grams, "total": total, "kept": kept, "peak": peak}
 
 
 def _tree(parts):
@@ -280,6 +297,8 @@ def _solve(Z, labels, counts, eps2, batch_size, woodbury, operators, check=None)
     (sums,) = dask.compute(_tree(parts))
     backend = resolve("numpy").backend
     kept = {j: np.ascontiguousarray(np.concatenate(p, axis=2)) for j, p in sums["kept"].items()}
+    # The in-process solve's overflow check, from the largest |entry| of every chunk.
+    spectral.check_scale(sums["peak"], counts, tuple(Z.shape[1:]), eps2, str(Z.dtype))
     with thread_limits():
         return spectral.solve_grams(backend, sums["grams"], sums["total"], kept, counts,
                                     tuple(Z.shape[1:]), eps2, woodbury, operators)
@@ -293,10 +312,11 @@ def solve(Z, y, eps2, domain, batch_size, woodbury, operators):
     Returns the engine's :class:`convredunet.spectral.LayerSolution` (numpy arrays) and the
     validated ``(Z, k, eps2)``.
     """
-    from ._validation import check_labels
+    from ._inputs import check_labels
 
     Z = _check_dask_X(Z, "Z", (2, 3, 4))
-    eps2 = check_positive(eps2, "eps2")
+    dtype = Z.dtype if Z.dtype in (np.float32, np.float64) else np.float64
+    eps2 = check_eps2(eps2, str(np.dtype(dtype)))
     check_choice(domain, "domain", ("spectral", "spatial"))
     if domain == "spatial":
         raise ValueError("domain='spatial' (the dense reference) needs Z in memory; a Dask "
@@ -315,7 +335,6 @@ def solve(Z, y, eps2, domain, batch_size, woodbury, operators):
                              f"0..{len(counts) - 1} with every class present")
     else:
         _, labels, counts = encode_labels(y, Z.chunks[0], check)
-    dtype = Z.dtype if Z.dtype in (np.float32, np.float64) else np.float64
     Z = Z.astype(dtype)
     solution = _solve(Z, labels, counts, eps2, batch_size, woodbury, operators, check="Z")
     return solution, Z, len(counts), eps2
@@ -325,13 +344,13 @@ def solve(Z, y, eps2, domain, batch_size, woodbury, operators):
 def _lift_chunk(x, network, size, start):
     """The lifted, normalized features of one chunk of raw samples."""
     _on_worker()
-    x = _real(x, "X", start, dtype=str(network.workspace.like.dtype))
+    x = _real(x, "X", start)
     if network.signal_shape and x.ndim == len(network.input_shape):
         x = x[:, None]
     out = None
     with thread_limits():
         for s in range(0, x.shape[0], size):
-            z = network.lift(x[s:s + size])
+            z = network.lift(*_working(network.workspace, x[s:s + size]))
             if out is None:
                 out = np.empty((x.shape[0],) + z.shape[1:], dtype=z.dtype)
             out[s:s + z.shape[0]] = z
@@ -355,7 +374,6 @@ def _apply_chunk(z, labels, layer, use_labels, size):
 
 def fit(estimator, X, y):
     """``estimator.fit(X, y)`` for a Dask array ``X`` (see the module notes)."""
-    from .estimators import _progress
     from .network import Layer
 
     dask, _ = _dask()
@@ -469,13 +487,13 @@ def _input(estimator, X, name="X"):
 def _forward_chunk(x, network, size, start, what):
     """The network over one chunk: features, membership, or both."""
     _on_worker()
-    x = _real(x, "X", start, dtype=str(network.workspace.like.dtype))
+    x = _real(x, "X", start)
     if network.signal_shape and x.ndim == len(network.input_shape):
         x = x[:, None]
     z_out = pi_out = None
     with thread_limits():
         for s in range(0, x.shape[0], size):
-            z, pi = network.forward(x[s:s + size])
+            z, pi = network.forward(*_working(network.workspace, x[s:s + size]))
             if what != "pi":
                 if z_out is None:
                     z_out = np.empty((x.shape[0],) + z.shape[1:], dtype=z.dtype)

@@ -18,11 +18,12 @@ from sklearn.utils.validation import column_or_1d
 from . import io, spectral
 from ._memory import release_memory
 from ._threads import thread_limits
-from ._validation import check_features, validate_params
+from ._inputs import check_features
+from ._validation import validate_params
 from .backend import resolve
 from . import distributed as dask_paths
 from .distributed import is_dask
-from .network import Layer, Lifting, Network, array_chunks
+from .network import Layer, Lifting, Network, array_chunks, rescale_samples
 
 __all__ = ["ReduNet1D", "ReduNet2D", "ReduNetVector", "load"]
 
@@ -80,12 +81,12 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
                              f"y has {len(y_arr)}")
         if y_arr.dtype.kind == "f" and not np.all(np.isfinite(y_arr)):
             raise ValueError("y must not contain NaN or infinite labels")
-        check_classification_targets(y_arr)
         if y_arr.dtype.kind == "O":
-            kinds = sorted({type(v).__name__ for v in y_arr})
+            kinds = {"str" if isinstance(v, str) else "number" for v in y_arr}
             if len(kinds) > 1:
-                raise TypeError(f"y must hold labels of one type (all numbers or all "
-                                f"strings), got a mix of {', '.join(kinds)}")
+                raise TypeError("y must hold labels of one type (all numbers or all "
+                                "strings), got a mix of numbers and strings")
+        check_classification_targets(y_arr)
         classes, labels = np.unique(y_arr, return_inverse=True)
         if len(classes) < 2:
             raise ValueError(f"y must hold at least 2 classes to build a classifier, got "
@@ -122,13 +123,14 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
                 raise ValueError(f"kernel_size must be at most the signal size "
                                  f"{signal_shape}, got {params['kernel_size']}")
 
+        _check_size(params, workspace, X.shape[0], sample_shape, len(classes))
         network = Network(self._make_lifting(params, sample_shape), [], sample_shape,
                           workspace)
         history = []
         backend = workspace.backend
         k = len(classes)
         with thread_limits():
-            Z = self._lift_all(network, workspace.to_working(X), params["batch_size"])
+            Z = self._lift_all(network, workspace, X, params["batch_size"])
             progress = _progress(params["n_layers"], params["verbose"], type(self).__name__)
             try:
                 for index in range(params["n_layers"]):
@@ -185,11 +187,11 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         return Lifting(kernels[:, :c_in], params["nonlinearity"], sample_shape[1:], bias)
 
     @staticmethod
-    def _lift_all(network, X, batch_size):
-        """The lifted, normalized features of every working sample, chunk by chunk."""
-        size = network.chunk_size(batch_size, network.workspace.backend.itemsize(X))
-        parts = [network.lift(x) for x in array_chunks(X, size)]
-        return parts[0] if len(parts) == 1 else network.workspace.backend.concat(parts)
+    def _lift_all(network, workspace, X, batch_size):
+        """The lifted, normalized features of every sample of ``X``, chunk by chunk."""
+        size = network.chunk_size(batch_size, workspace.backend.itemsize(workspace.like))
+        parts = [network.lift(*_working(workspace, x)) for x in array_chunks(X, size)]
+        return parts[0] if len(parts) == 1 else workspace.backend.concat(parts)
 
     # --- fitted state ----------------------------------------------------------------
     def _check_fitted(self):
@@ -238,7 +240,7 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         size = network.chunk_size(self.batch_size, workspace.backend.itemsize(workspace.like))
         with thread_limits():
             start = 0
-            for z, pi in network.stream(workspace.to_working(x)
+            for z, pi in network.stream(_working(workspace, x)
                                         for x in array_chunks(X, size)):
                 yield start, z, pi
                 start += z.shape[0]
@@ -271,7 +273,7 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         network = self._network(workspace)
         backend = workspace.backend
         with thread_limits():
-            z = self._lift_all(network, workspace.to_working(X), self.batch_size)
+            z = self._lift_all(network, workspace, X, self.batch_size)
             out = [workspace.to_user(z, X)]
             for layer in network.layers:
                 z, _ = _apply_in_chunks(backend, layer, z, None,
@@ -375,6 +377,44 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
+
+
+def _check_size(params, workspace, n_samples, sample_shape, n_classes):
+    """Refuse, before any work, a network whose features or one layer cannot fit in memory.
+
+    The features of the training set are held twice while a layer is
+    applied, and one layer's operators (``E`` and at most every ``C^j``
+    dense) are held on top of that.
+    """
+    backend, like = workspace.backend, workspace.like
+    total = backend.memory_bytes(like)
+    if total is None:
+        return
+    itemsize = backend.itemsize(like)
+    n_channels = sample_shape[0]
+    if len(sample_shape) > 1 and params.get("n_channels") is not None:
+        n_channels = params["n_channels"]
+    signal = sample_shape[1:]
+    n_freqs = math.prod(signal[:-1]) * (signal[-1] // 2 + 1) if signal else 1
+    features = 2 * n_samples * n_channels * max(1, math.prod(signal)) * itemsize
+    operators = (1 + n_classes) * n_freqs * n_channels ** 2 * 2 * itemsize
+    if features + operators > total:
+        raise ValueError(
+            f"n_channels={n_channels} with {n_samples} samples of shape {sample_shape} needs "
+            f"about {(features + operators) / 2 ** 30:.1f} GiB ({features / 2 ** 30:.1f} GiB "
+            f"of features, {operators / 2 ** 30:.1f} GiB of operators per layer), more than "
+            f"the {total / 2 ** 30:.1f} GiB of memory of {backend.device(like)}; use fewer "
+            "channels or samples, or float32")
+
+
+def _working(workspace, x):
+    """A chunk of the user's samples in the workspace, scaled: ``(x * scale, scale)``.
+
+    The scaling (powers of two, undone by the network) happens in the
+    input's own precision, before any cast, so any finite input fits.
+    """
+    x, scale = rescale_samples(x, workspace.backend.max_exponent(workspace.like) // 2)
+    return workspace.to_working(x), workspace.to_working(scale)
 
 
 def _apply_in_chunks(backend, layer, Z, labels, size):

@@ -23,7 +23,9 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -71,14 +73,43 @@ def atomic_path(path):
         raise ValueError(f"cannot write '{path}': {exc.strerror or exc}") from None
     os.close(handle)
     tmp = Path(tmp)
+    with _sigterm_cleans_up():
+        try:
+            yield tmp
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise ValueError(f"cannot write '{path}': {exc.strerror or exc}") from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived while a file was being written."""
+
+
+@contextlib.contextmanager
+def _sigterm_cleans_up():
+    """While inside, SIGTERM raises (so cleanup runs), then is delivered as before.
+
+    Only the main thread can handle signals; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    def handler(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
     try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise ValueError(f"cannot write '{path}': {exc.strerror or exc}") from None
+        yield
+    except _Terminated:
+        signal.signal(signal.SIGTERM, previous)
+        os.kill(os.getpid(), signal.SIGTERM)  # the default action ends the process here
+        raise InterruptedError("writing was interrupted by SIGTERM; nothing was kept") \
+            from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def save_network(path, network, meta):

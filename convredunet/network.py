@@ -15,7 +15,7 @@ import threading
 import numpy as np
 
 from . import _parallel, spectral
-from .backend import resolve, workspace_of
+from .backend import get_backend, resolve, workspace_of
 
 # Guards the per-layer caches of constants (layers are shared between threads).
 _CONSTANTS_LOCK = threading.Lock()
@@ -24,11 +24,37 @@ _TINY = 1e-30
 
 
 def normalize(backend, z):
-    """Scale every sample of ``z`` ``(b, ...)`` to unit Frobenius norm."""
+    """Scale every sample of ``z`` ``(b, ...)`` to unit Frobenius norm.
+
+    Each sample is first scaled by a power of two that brings its largest
+    entry into ``[0.5, 1)``: exact, so the result rounds as the plain
+    ``z / ||z||`` would, but the sum of squares can neither overflow nor
+    underflow, whatever the scale of ``z``. All-zero samples stay zero.
+    """
     b = z.shape[0]
-    sq = backend.abs2(backend.reshape(z, (b, -1))).sum(1)
+    flat = backend.reshape(z, (b, -1))
+    flat = flat * backend.reshape(backend.pow2_scale(backend.max_abs_rows(flat)), (b, 1))
+    sq = backend.abs2(flat).sum(1)
     norms = backend.maximum(backend.sqrt(sq), _TINY)
-    return z / backend.reshape(norms, (b,) + (1,) * (z.ndim - 1))
+    return backend.reshape(flat / backend.reshape(norms, (b, 1)), tuple(z.shape))
+
+
+def rescale_samples(x, limit=None):
+    """Each sample of ``x`` (numpy or torch, ``(b, ...)``) times a power of two.
+
+    Returns ``(x * scale, scale)``: the power brings each sample's largest
+    entry into ``[0.5, 1)``. Scaling by a power of two is exact, and the
+    network undoes it (:meth:`Network.forward` takes the scale: the lifting's
+    bias is scaled along and the features are normalized), so no result
+    changes, while finite inputs of any scale pass a cast to float32 without
+    overflow or underflow. ``limit`` caps ``|log2 scale|``: half the working
+    precision's exponent range keeps both ``x * scale`` and the lifting's
+    ``bias * scale`` inside it.
+    """
+    backend = get_backend(x)
+    b = x.shape[0]
+    scale = backend.pow2_scale(backend.max_abs_rows(backend.reshape(x, (b, -1))), limit)
+    return x * backend.reshape(scale, (b,) + (1,) * (x.ndim - 1)), scale
 
 
 def _nonlinearity(backend, name, z):
@@ -91,14 +117,28 @@ class Lifting:
         n = math.prod(self.signal_shape)
         return (c_out + c_in) * (n // 2 + 1) * 2 * itemsize * 2 + 2 * c_out * n * itemsize
 
-    def __call__(self, backend, x):
-        """Lift ``x`` ``(b, C_in, *S)`` to unit-norm features ``(b, C, *S)``."""
+    def __call__(self, backend, x, scale=None):
+        """Lift ``x`` ``(b, C_in, *S)`` to unit-norm features ``(b, C, *S)``.
+
+        ``scale`` ``(b,)``: ``x`` was already multiplied by these powers of two
+        (see :func:`rescale_samples`); the bias is scaled along. Without it,
+        every sample is scaled here by the power of two that brings its
+        largest entry into ``[0.5, 1)``. ``sigma`` is positively homogeneous
+        and the output is normalized, so the features equal those of
+        ``sigma(K (*) x + b)`` bit for bit (the scaling is exact), while
+        inputs of any finite scale neither overflow nor underflow.
+        """
+        b = x.shape[0]
+        lead = (b,) + (1,) * (x.ndim - 1)
+        if scale is None:
+            x, scale = rescale_samples(x)
         v = spectral.spectrum(backend, x, self.signal_shape)
         z = spectral.inverse_spectrum(backend, self.kernel_hat(backend, x) @ v,
                                       self.signal_shape)
         if self.bias is not None:
             shape = (1, -1) + (1,) * len(self.signal_shape)
-            z = z + backend.reshape(backend.astype(self.bias, like=z), shape)
+            z = z + backend.reshape(backend.astype(self.bias, like=z), shape) * \
+                backend.reshape(scale, lead)
         return normalize(backend, _nonlinearity(backend, self.nonlinearity, z))
 
 
@@ -188,10 +228,6 @@ class Layer:
         self._identity_order = list(order) == list(range(self.n_classes))
         self._constants = {}
         self._sorted = np.asarray(order)  # sorted position i holds class _sorted[i]
-        self._G = None
-        if self.lowrank_classes:
-            blocks = self.solution.lowrank_blocks(backend)  # (F, g, C, w), transient
-            self._G = backend.H(blocks) @ blocks  # (F, g, w, w)
 
     def bytes_per_sample(self, itemsize):
         """Bytes of work arrays one sample takes inside :meth:`__call__` (real ``itemsize``)."""
@@ -247,8 +283,9 @@ class Layer:
         is taken directly. Low-rank classes never form ``C^j v`` (that would
         be a ``(F, k, C, b)`` array): with ``p = V^H v``, ``q = M^-1 p``,
         ``C^j v = alpha (v - alpha V q)``, so
-        ``||C^j v||^2 = alpha^2 sum_p w_p (|v|^2 - 2 alpha Re p^H q + alpha^2 q^H (V^H V) q)``
-        and ``sum_j g_j C^j v = (sum_j g_j alpha_j) v - V (alpha^2 g q)``.
+        ``||C^j v||^2 = alpha^2 sum_p w_p (|v|^2 - 2 alpha Re p^H q + alpha^2 q^H (V^H V) q)``,
+        where ``M q = p`` (``M = I + alpha V^H V``) turns the last two terms into
+        ``- alpha (Re p^H q + |q|^2)``: no ``V^H V`` is stored or formed; and ``sum_j g_j C^j v = (sum_j g_j alpha_j) v - V (alpha^2 g q)``.
         """
         v = spectral.spectrum(backend, z, self.signal_shape)
         consts = self.constants(backend, v)
@@ -261,7 +298,7 @@ class Layer:
         if not self._identity_order:
             sq = sq[consts["order"]]  # (k, b) in class order
         norms = backend.sqrt(backend.maximum(sq, 0.0))
-        pi = backend.permute(backend.softmax(-self.lmbda * norms, axis=0), (1, 0))  # (b, k)
+        pi = backend.permute(backend.softmin(norms, self.lmbda, axis=0), (1, 0))  # (b, k)
 
         weight = pi
         if labels is not None:
@@ -296,11 +333,11 @@ class Layer:
             p = backend.reshape(v_h @ v, (f, g, width, b))
             del v_h
             q = self.M_inv[fs] @ p  # (F, g, w, b)
-            gq = self._G[fs] @ q
             vv = backend.abs2(v).sum(1)  # (F, b)
             pq = (p.conj() * q).real.sum(2)  # (F, g, b)
-            qgq = (q.conj() * gq).real.sum(2)
-            inner = vv[:, None] - 2 * alpha * pq + alpha * alpha * qgq
+            qq = backend.abs2(q).sum(2)
+            # M q = p with M = I + alpha V^H V, so alpha^2 q^H V^H V q = alpha (p^H q - |q|^2).
+            inner = vv[:, None] - alpha * (pq + qq)
             sq.append(alpha * alpha * backend.einsum("f,fgb->gb", freq_weights, inner))
             state["q"] = q
         return state, (sq[0] if len(sq) == 1 else backend.concat(sq, axis=0))
@@ -456,19 +493,25 @@ class Network:
         per_sample.append(2 * math.prod(self.input_shape) * itemsize)
         return spectral.samples_per_chunk(max(per_sample))
 
-    def lift(self, x):
-        """Unit-norm features of working-array samples ``x`` ``(b, *input_shape)``."""
+    def lift(self, x, scale=None):
+        """Unit-norm features of working-array samples ``x`` ``(b, *input_shape)``.
+
+        ``scale``: the powers of two ``x`` was multiplied by, if it was (see
+        :func:`rescale_samples`).
+        """
         backend = self.workspace.backend
         if self.lifting is None:
             return normalize(backend, x)
-        return self.lifting(backend, x)
+        return self.lifting(backend, x, scale)
 
-    def forward(self, x, n_layers=None):
+    def forward(self, x, scale=None, n_layers=None):
         """Features after the layers and the last layer's membership, for one chunk.
 
         Parameters
         ----------
         x : working array (b, *input_shape), in :attr:`workspace`
+        scale : working array (b,) or None
+            The powers of two ``x`` was multiplied by, if it was.
         n_layers : int or None
             Stop after this many layers (None: all).
 
@@ -478,7 +521,7 @@ class Network:
         pi : working array (b, k), or None when no layer ran
         """
         backend = self.workspace.backend
-        z, pi = self.lift(x), None
+        z, pi = self.lift(x, scale), None
         for layer in self.layers[:n_layers]:
             z, pi = layer(backend, z)
         return z, pi
@@ -486,8 +529,9 @@ class Network:
     def stream(self, chunks):
         """``forward`` over every chunk of a source: yields ``(z, pi)`` per chunk.
 
-        ``chunks`` yields working arrays ``(b, *input_shape)`` (see
-        :func:`array_chunks`); only one chunk's work arrays exist at a time.
+        ``chunks`` yields working arrays ``(b, *input_shape)``, or pairs
+        ``(x, scale)`` (see :func:`rescale_samples`), e.g. from
+        :func:`array_chunks`; only one chunk's work arrays exist at a time.
         """
-        for x in chunks:
-            yield self.forward(x)
+        for chunk in chunks:
+            yield self.forward(*chunk) if isinstance(chunk, tuple) else self.forward(chunk)

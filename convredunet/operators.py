@@ -10,8 +10,8 @@ import numpy as np
 
 from . import spatial, spectral
 from ._threads import thread_limits
-from ._validation import (check_batch_size, check_choice, check_features, check_labels,
-                          check_positive)
+from ._inputs import check_features, check_labels
+from ._validation import check_batch_size, check_choice, check_eps2
 from .backend import get_backend
 from .distributed import is_dask
 from .spectral import RateReduction
@@ -95,7 +95,7 @@ class Operators:
 def _validate(Z, y, eps2, domain, batch_size):
     Z = check_features(Z)
     labels, k = check_labels(y, Z.shape[0], Z=Z)
-    eps2 = check_positive(eps2, "eps2")
+    eps2 = check_eps2(eps2, get_backend(Z).real_dtype_name(Z))
     check_choice(domain, "domain", DOMAINS)
     batch_size = check_batch_size(batch_size)
     return Z, labels, k, eps2, batch_size

@@ -410,17 +410,68 @@ def solve_layer(backend, Z, labels, k, eps2, batch_size=None, woodbury="auto",
 
     Notes
     -----
-    Two steps, each usable alone: :func:`class_grams` (sums over samples, as
+    Three steps, each usable alone: :func:`check_scale` (from the largest
+    ``|entry|``, :func:`peak_abs`), :func:`class_grams` (sums over samples, as
     asked by :func:`gram_request`), then :func:`solve_grams` (no sample is
     touched). Out-of-core and distributed fits (:mod:`convredunet.distributed`)
-    sum the first over chunks of samples and call the second.
+    take the peak and the sums over chunks of samples and call the others.
     """
     counts = np.bincount(labels, minlength=k)
+    check_scale(peak_abs(backend, Z, batch_size), counts, tuple(Z.shape[1:]), eps2,
+                backend.real_dtype_name(Z))
     keep, grams_of, total = gram_request(counts, Z.shape[1], woodbury)
     grams, total_gram, kept = class_grams(
         backend, Z, labels, k, batch_size, keep=set(keep), grams_of=grams_of, total=total)
     return solve_grams(backend, grams, total_gram, kept, counts, tuple(Z.shape[1:]), eps2,
                        woodbury, operators)
+
+
+# What to do about features whose Gram matrices or rates overflow.
+SCALE_HINT = ("the rates depend on the scale of the features, so rescale them (e.g. "
+              "each sample to unit norm) or use float64")
+
+
+def peak_abs(backend, Z, batch_size=None):
+    """The largest ``|entry|`` of ``Z``, a float (read chunk by chunk)."""
+    m = Z.shape[0]
+    size = batch_size or samples_per_chunk(math.prod(Z.shape[1:]) * backend.itemsize(Z))
+    return max(backend.to_float(backend.max_abs_rows(backend.reshape(Z[s:s + size], (1, -1)))[0])
+               for s in range(0, m, size))
+
+
+def check_scale(peak, counts, sample_shape, eps2, dtype):
+    """Refuse features whose Gram matrices or ``I + alpha G`` would overflow ``dtype``.
+
+    With the unitary DFT every entry of a Gram matrix (and of ``V^H V``) is at
+    most ``m C T max|Z|^2``; the bound is checked in logarithms, before any
+    product is formed, so nothing overflows silently.
+
+    Parameters
+    ----------
+    peak : float, the largest ``|entry|`` of the features (:func:`peak_abs`)
+    counts : sequence of k ints, samples per class
+    sample_shape : tuple, one sample's shape
+    eps2 : float
+    dtype : str, ``"float64"`` or ``"float32"``
+    """
+    if peak == 0.0:
+        return
+    m = int(np.sum(counts))
+    alpha = sample_shape[0] / (min(int(c) for c in counts) * eps2)
+    log_max = math.log(float(np.finfo(dtype).max))
+    log_gram = math.log(m * math.prod(sample_shape)) + 2 * math.log(peak)
+    if log_gram > log_max - 1:
+        raise ValueError(f"the Gram matrices of the features would overflow {dtype} "
+                         f"(largest |entry| {peak:.3g}, {m} samples): {SCALE_HINT}")
+    if log_gram + math.log(alpha) > log_max - 1:
+        raise ValueError(f"alpha G = C/(m_j eps2) G would overflow {dtype} with "
+                         f"eps2={eps2:g} (alpha up to {alpha:.3g}, largest |entry| "
+                         f"{peak:.3g}): use a larger eps2, smaller features or float64")
+
+
+def _require_finite(backend, x, what, dtype, hint):
+    if not backend.all_finite(x):
+        raise ValueError(f"{what} overflowed {dtype}: {hint}")
 
 
 def solve_grams(backend, grams, total_gram, kept, counts, sample_shape, eps2,
@@ -447,6 +498,25 @@ def solve_grams(backend, grams, total_gram, kept, counts, sample_shape, eps2,
     factors; a class stays low rank when :func:`stays_lowrank` says so, and
     is densified otherwise, so the layer never decides again.
     """
+    any_sum = total_gram if total_gram is not None else next(
+        iter(grams.values()), None)
+    if any_sum is None:
+        any_sum = next(iter(kept.values()))
+    dtype = backend.real_dtype_name(any_sum)
+    try:
+        return _solve_grams(backend, grams, total_gram, kept, counts, sample_shape, eps2,
+                            woodbury, operators, dtype)
+    except np.linalg.LinAlgError:
+        raise ValueError(
+            f"the regularized Gram matrices I + alpha V V^H are not numerically positive "
+            f"definite in {dtype} with eps2={eps2:g}: the features are too "
+            f"close to rank deficient for this precision; use a larger eps2 or float64"
+        ) from None
+
+
+def _solve_grams(backend, grams, total_gram, kept, counts, sample_shape, eps2, woodbury,
+                 operators, dtype):
+    scale_hint = SCALE_HINT
     counts = np.asarray(counts, dtype=np.int64)
     k = len(counts)
     m = int(counts.sum())
@@ -460,6 +530,9 @@ def solve_grams(backend, grams, total_gram, kept, counts, sample_shape, eps2,
     dense, logdets = {}, {}
     if direct:
         stack = backend.stack([total_gram if g == 0 else grams[g - 1] for g in direct])
+        _require_finite(backend, stack, "the Gram matrices of the features", dtype,
+                        scale_hint)
+        del grams, total_gram  # only the stacked copy is needed from here
         out, det = regularized_inverse(backend, stack, [alphas[g] for g in direct],
                                        inverse=operators)
         del stack
@@ -472,13 +545,16 @@ def solve_grams(backend, grams, total_gram, kept, counts, sample_shape, eps2,
                    else kept[g - 1] for g in small]
         v, m_inv, det = woodbury_factors(backend, spectra, [alphas[g] for g in small],
                                          inverse=operators)
-        del spectra
+        del spectra, kept  # the padded factors hold the spectra from here
         for i, g in enumerate(small):
             logdets[g] = det[i]
             if operators:
                 factors[g] = (v[i], m_inv[i])
     weights = backend.astype(half_spectrum_weights(signal_shape), like=logdets[0])
     rates = [backend.to_float((weights * logdets[g]).sum()) / (2 * t) for g in range(k + 1)]
+    if not all(map(math.isfinite, rates)):
+        raise ValueError(f"the coding rates overflowed {dtype} (alpha = C/(m eps2) with "
+                         f"eps2={eps2:g}): {scale_hint}, or use a larger eps2")
     gamma = counts / m
     result = RateReduction(rates[0], float(np.dot(gamma, rates[1:])))
     if not operators:
@@ -510,6 +586,11 @@ def solve_grams(backend, grams, total_gram, kept, counts, sample_shape, eps2,
             V[:, :, i * width:(i + 1) * width] = factors[j + 1][0][..., :width]
         M_inv = backend.contiguous(backend.stack(
             [factors[j + 1][1][..., :width, :width] for j in lowrank], axis=1))
+    for name, x in (("E and C^j", stacked), ("V", V), ("M^-1", M_inv)):
+        if x is not None:
+            _require_finite(backend, x, f"the operators ({name})", dtype,
+                            f"eps2={eps2:g} is too small for this precision; use a larger "
+                            "eps2 or float64")
     return LayerSolution(rates=result, gamma=gamma, stacked=stacked,
                          dense_classes=tuple(dense_classes), lowrank_classes=tuple(lowrank),
                          V=V, M_inv=M_inv,

@@ -17,8 +17,11 @@ The primitives every backend provides (tested against numpy, one by one, in
     arrays: ``asnumpy``, ``from_numpy``, ``device``, ``eye``, ``zeros``,
     ``astype``, ``astype_complex``, ``as_dtype_of``, ``complex_dtype``,
     ``real_dtype``, ``itemsize``, ``concat``, ``stack``, ``permute``, ``reshape``,
-    ``take``, ``contiguous``, ``to_float``, ``all_finite``;
-    elementwise and reductions: ``abs2``, ``sqrt``, ``maximum``, ``softmax``,
+    ``take``, ``contiguous``, ``to_float``, ``all_finite``, ``finite_mask``,
+    ``real_dtype_name``, ``template``, ``real_template``, ``memory_bytes``,
+    ``as_real_input`` (a user's array checked and converted);
+    elementwise and reductions: ``abs2``, ``sqrt``, ``maximum``, ``softmax``, ``softmin``,
+    ``max_abs_rows``, ``pow2_scale`` (exact power-of-two rescaling), ``max_exponent``,
     ``argmax``, ``einsum``, ``class_sq_norms``, ``add_to_diagonal`` (in place);
     FFT: ``rfft(x, ndim)`` / ``irfft(x_hat, shape, unitary)``, unitary real
     FFTs over the last axes;
@@ -124,20 +127,19 @@ class Workspace:
             return torch.from_numpy(np.asarray(x))
         return self.backend.asnumpy(x)
 
-
     def user_empty(self, shape, X_in):
         """An uninitialized array of ``shape`` in ``X_in``'s library, for :meth:`to_user` results.
 
         numpy input: a numpy array; a tensor: a tensor on this workspace's
         device (torch backend) or the CPU (numpy backend). Working precision.
         """
+        dtype = self.backend.real_dtype_name(self.like)
         if is_torch(X_in):
             import torch
 
-            device = self.like.device if self.backend.name == "torch" else "cpu"
-            dtype = getattr(torch, str(self.like.dtype).replace("torch.", ""))
-            return torch.empty(shape, dtype=dtype, device=device)
-        return np.empty(shape, dtype=str(self.like.dtype).replace("torch.", ""))
+            device = self.backend.device(self.like)
+            return torch.empty(shape, dtype=getattr(torch, dtype), device=str(device))
+        return np.empty(shape, dtype=dtype)
 
 
 def resolve(name="numpy", device=None, dtype="float64"):

@@ -1,4 +1,6 @@
 """NumPy backend: pyFFTW (scipy.fft when it is missing) and batched LAPACK."""
+import os
+
 import numpy as np
 import scipy.linalg
 import scipy.fft
@@ -8,6 +10,7 @@ from .._threads import get_num_threads
 
 try:
     import pyfftw
+    import pyfftw.builders
     import pyfftw.interfaces.scipy_fft as _fftw
 except ImportError:  # pragma: no cover - exercised only without pyfftw
     pyfftw = None
@@ -28,6 +31,30 @@ def _fft_workers(x):
     if x.size < _FFT_THREADS_MIN_POINTS or (_fftw is not None and not _threads.OPENMP_SLEEPS):
         return 1
     return get_num_threads()
+
+
+# pyFFTW's interface cache keeps each plan with the arrays of its first call
+# (the input, and the output it returned) for its keep-alive time. Transforms
+# larger than this are planned for the call and keep nothing: planning
+# (FFTW_ESTIMATE) costs little next to them, and on the 2D paper network the
+# cache otherwise held 0.23 GB of one layer's whole-set spectra through the fit.
+_FFT_CACHE_MAX_BYTES = 16 << 20
+
+
+def _fftw_once(name, x, shape, axes, norm, threads):
+    """One pyFFTW transform, planned as the interface would plan it, nothing cached.
+
+    The same builder arguments as :mod:`pyfftw.interfaces` give the same plan,
+    hence the same numbers. A complex-to-real transform destroys its input,
+    so it runs on a copy (as the interface does).
+    """
+    if name == "irfftn":
+        x = x.copy()
+        plan = pyfftw.builders.irfftn(x, s=shape, axes=axes, threads=threads)
+    else:
+        plan = pyfftw.builders.rfftn(x, axes=axes, threads=threads)
+    ortho = norm == "ortho"
+    return plan(normalise_idft=not ortho, ortho=ortho)
 
 
 # Matrices at most this size are inverted by one batched LAPACK call; larger
@@ -159,6 +186,21 @@ class NumpyBackend:
     def real_dtype(self, x):
         return np.zeros((), dtype=x.dtype).real.dtype
 
+    def max_exponent(self, like):
+        """The largest binary exponent of ``like``'s precision (1024 for float64)."""
+        return int(np.finfo(like.dtype).maxexp)
+
+    def memory_bytes(self, like):
+        """Physical memory of the machine ``like`` lives on (bytes), or None if unknown."""
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+            return None
+
+    def real_dtype_name(self, x):
+        """``"float64"`` or ``"float32"``: the real precision of ``x``."""
+        return str(self.real_dtype(x))
+
     def astype(self, x, like):
         return np.asarray(x, dtype=like.dtype)
 
@@ -218,6 +260,37 @@ class NumpyBackend:
     def argmax(self, x, axis):
         return np.argmax(x, axis=axis)
 
+    def max_abs_rows(self, x):
+        """``max_i |x[b, i]|`` of a 2D array, shape ``(b,)`` (0 for an all-zero row)."""
+        return np.abs(x).max(axis=1)
+
+    def pow2_scale(self, x, limit=None):
+        """Powers of two ``s`` with ``x * s`` in ``[0.5, 1)`` (1 where ``x`` is 0).
+
+        Scaling by a power of two is exact in floating point, so a scaled
+        computation rounds exactly as the unscaled one would, without its
+        overflow or underflow. ``limit`` caps ``|log2 s|`` (default: what
+        ``x``'s dtype can hold).
+        """
+        _, exponent = np.frexp(x)
+        limit = np.finfo(x.dtype).maxexp - 2 if limit is None else limit
+        exponent = np.clip(exponent, -limit, limit)
+        return np.ldexp(np.ones_like(x), -exponent).astype(x.dtype, copy=False)
+
+    def softmin(self, x, scale, axis):
+        """``softmax(-scale * x)`` along ``axis``, also where ``scale * x`` overflows.
+
+        Where the product overflows, ``x`` is first shifted by its minimum (the
+        softmax is unchanged by shifts) and what still overflows is a weight
+        of exactly 0, as it would be in exact arithmetic.
+        """
+        with np.errstate(over="ignore"):
+            scores = -scale * x
+            if not np.isfinite(scores).all():
+                scores = -scale * (x - x.min(axis=axis, keepdims=True))
+                scores = np.maximum(scores, -np.finfo(x.dtype).max)
+        return self.softmax(scores, axis)
+
     def class_sq_norms(self, x, weights):
         """``sum_f w_f sum_c |x[f, k, c, b]|^2``, shape ``(k, b)``."""
         if not np.iscomplexobj(x):
@@ -233,6 +306,8 @@ class NumpyBackend:
         """Unitary real FFT over the last ``ndim`` axes."""
         axes = tuple(range(-ndim, 0))
         if _fftw is not None:
+            if x.nbytes > _FFT_CACHE_MAX_BYTES:
+                return _fftw_once("rfftn", x, None, axes, "ortho", _fft_workers(x))
             return _fftw.rfftn(x, axes=axes, norm="ortho", workers=_fft_workers(x))
         return scipy.fft.rfftn(x, axes=axes, norm="ortho", workers=_fft_workers(x))
 
@@ -241,6 +316,9 @@ class NumpyBackend:
         axes = tuple(range(-len(shape), 0))
         norm = "ortho" if unitary else "backward"
         if _fftw is not None:
+            if x_hat.nbytes > _FFT_CACHE_MAX_BYTES:
+                return _fftw_once("irfftn", x_hat, tuple(shape), axes, norm,
+                                  _fft_workers(x_hat))
             return _fftw.irfftn(x_hat, s=shape, axes=axes, norm=norm,
                                 workers=_fft_workers(x_hat))
         return scipy.fft.irfftn(x_hat, s=shape, axes=axes, norm=norm,

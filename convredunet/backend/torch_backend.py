@@ -1,4 +1,6 @@
 """Torch backend: torch.fft and batched Cholesky on the tensor's device."""
+import math
+
 import numpy as np
 import torch
 
@@ -83,7 +85,7 @@ class TorchBackend:
 
     # --- arrays --------------------------------------------------------------
     def asnumpy(self, x):
-        return x.detach().cpu().numpy()
+        return x.detach().cpu().resolve_conj().resolve_neg().numpy()
 
     def from_numpy(self, x, like):
         return torch.as_tensor(np.asarray(x), device=like.device)
@@ -102,6 +104,22 @@ class TorchBackend:
 
     def real_dtype(self, x):
         return torch.float64 if x.dtype in (torch.float64, torch.complex128) else torch.float32
+
+    def max_exponent(self, like):
+        """The largest binary exponent of ``like``'s precision (1024 for float64)."""
+        return math.frexp(torch.finfo(like.dtype).max)[1]
+
+    def memory_bytes(self, like):
+        """Memory of ``like``'s device (bytes): the GPU's, or the machine's for the CPU."""
+        if like.device.type == "cuda":
+            return torch.cuda.get_device_properties(like.device).total_memory
+        from .numpy_backend import NumpyBackend
+
+        return NumpyBackend().memory_bytes(like)
+
+    def real_dtype_name(self, x):
+        """``"float64"`` or ``"float32"``: the real precision of ``x``."""
+        return str(self.real_dtype(x)).replace("torch.", "")
 
     def astype(self, x, like):
         return torch.as_tensor(x, dtype=like.dtype, device=like.device)
@@ -158,6 +176,29 @@ class TorchBackend:
 
     def argmax(self, x, axis):
         return torch.argmax(x, dim=axis)
+
+    def max_abs_rows(self, x):
+        """``max_i |x[b, i]|`` of a 2D tensor, shape ``(b,)``."""
+        return x.abs().amax(dim=1)
+
+    def pow2_scale(self, x, limit=None):
+        """Powers of two ``s`` with ``x * s`` in ``[0.5, 1)`` (1 where ``x`` is 0).
+
+        ``limit`` caps ``|log2 s|`` (default: what ``x``'s dtype can hold).
+        """
+        _, exponent = torch.frexp(x)
+        if limit is None:
+            limit = math.frexp(torch.finfo(x.dtype).max)[1] - 2
+        exponent = exponent.clamp(-limit, limit)
+        return torch.ldexp(torch.ones_like(x), -exponent)
+
+    def softmin(self, x, scale, axis):
+        """``softmax(-scale * x)`` along ``axis``, also where ``scale * x`` overflows."""
+        scores = -scale * x
+        shifted = (-scale * (x - x.amin(dim=axis, keepdim=True))).clamp(
+            min=-torch.finfo(x.dtype).max)
+        scores = torch.where(torch.isfinite(scores).all(), scores, shifted)
+        return torch.softmax(scores, dim=axis)
 
     def class_sq_norms(self, x, weights):
         """``sum_f w_f sum_c |x[f, k, c, b]|^2``, shape ``(k, b)``."""
