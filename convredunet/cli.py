@@ -167,8 +167,14 @@ def _check_new(path, force, what="output"):
 @contextlib.contextmanager
 def _atomic_file(path):
     """Yield a temporary path; rename it to ``path`` only if the block succeeds."""
+    import os
+    import tempfile
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial",
+                                    dir=path.parent)
+    os.close(handle)
+    tmp = Path(name)
     try:
         yield tmp
         tmp.replace(path)
@@ -385,21 +391,17 @@ def cmd_export(args):
     out = _check_new(args.out, args.force)
     net = load(args.model_file)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
-    module = net.to_torch(dtype=dtype, kernel_size=args.kernel_size).eval()
+    module = net.to_torch(dtype=dtype, kernel_size=args.kernel_size, conv=args.conv).eval()
     with _atomic_file(out) as tmp:
         if args.format == "torchscript":
             torch.jit.script(module).save(str(tmp))
         elif args.format == "state_dict":
             torch.save(module.state_dict(), str(tmp))
         else:
-            import warnings
+            from .export import export_onnx
 
-            example = torch.zeros((1,) + tuple(net.input_shape_), dtype=dtype)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(module, (example,), str(tmp), dynamo=False,
-                                  input_names=["x"], output_names=["features"],
-                                  dynamic_axes={"x": {0: "batch"}, "features": {0: "batch"}})
+            # Outputs "features", "scores" (membership) and "labels"; direct convolutions.
+            export_onnx(module, tmp)
     print(f"wrote {out} ({args.format}, {args.dtype}"
           f"{'' if args.kernel_size is None else f', kernel_size={args.kernel_size}'})")
     return 0
@@ -460,6 +462,9 @@ def build_parser():
     export.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     export.add_argument("--kernel-size", type=int, default=None,
                         help="keep only the central taps of each layer kernel")
+    export.add_argument("--conv", choices=("auto", "fft", "direct"), default="auto",
+                        help="how the layers run: direct convolutions, FFT, or chosen by cost "
+                             "(ONNX files always use direct)")
     export.add_argument("--out", required=True)
     export.add_argument("--force", action="store_true")
     export.set_defaults(func=cmd_export)

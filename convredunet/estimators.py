@@ -363,7 +363,7 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
 
-    def to_torch(self, dtype=None, kernel_size=None):
+    def to_torch(self, dtype=None, kernel_size=None, conv="auto"):
         """Export to a ``torch.nn.Module`` of ordinary circular convolutions.
 
         See :func:`convredunet.export.to_torch`; ``dtype`` defaults to
@@ -373,7 +373,7 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
 
         from .export import to_torch
 
-        return to_torch(self, torch.float32 if dtype is None else dtype, kernel_size)
+        return to_torch(self, torch.float32 if dtype is None else dtype, kernel_size, conv)
 
     def save(self, path):
         """Write the fitted network to ``path`` (``.npz``, no pickle); see :func:`load`."""
