@@ -4,6 +4,7 @@ The public names are listed in ``__all__``; see ``README.md`` for a tour.
 """
 from ._threads import get_num_threads, num_threads, set_num_threads
 from .estimators import ReduNet1D, ReduNet2D, ReduNetVector
+from .finetune import fine_tune
 from .io import load
 from .operators import Operators, RateReduction, construct_operators, rate_reduction
 
@@ -14,6 +15,7 @@ __all__ = [
     "ReduNet2D",
     "ReduNetVector",
     "load",
+    "fine_tune",
     "Operators",
     "RateReduction",
     "construct_operators",

@@ -1,4 +1,4 @@
-"""The command line: ``convredunet demo | fit | evaluate | export | bench``.
+"""The command line: ``convredunet demo | fit | evaluate | export | finetune | bench``.
 
 Bad input prints one line (``convredunet: error: ...``) and exits with status
 2; outputs are written to temporary names and renamed when complete, so an
@@ -407,6 +407,48 @@ def cmd_export(args):
     return 0
 
 
+def cmd_finetune(args):
+    import torch
+
+    from .finetune import fine_tune
+    from .io import load
+
+    out = _check_new(args.out, args.force)
+    net = load(args.model_file)
+    X_train, y_train, X_test, y_test, _ = load_data(
+        args.data, None, args.n_train_per_class, args.n_test_per_class, args.seed)
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    module = net.to_torch(dtype=dtype, kernel_size=args.kernel_size, conv=args.conv)
+    mode = args.mode
+    if mode == "auto":
+        mode = "labels" if args.kernel_size is None else "distill"
+
+    def test_accuracy(m):
+        if X_test is None:
+            return None
+        with torch.no_grad():
+            x = torch.as_tensor(np.asarray(X_test), dtype=dtype)
+            return float(np.mean(m.predict(x).numpy() == np.asarray(y_test)))
+
+    before = test_accuracy(module)
+    tuned = fine_tune(module, X_train, y_train, teacher=net if mode == "distill" else None,
+                      epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                      validation_fraction=args.validation_fraction, random_state=args.seed,
+                      verbose=not args.quiet)
+    after = test_accuracy(tuned)
+    with _atomic_file(out) as tmp:
+        torch.jit.script(tuned).save(str(tmp))
+    best = tuned.fine_tune_best_epoch
+    record = tuned.fine_tune_history[best]
+    print(f"{mode}: kept epoch {best} of {args.epochs} (validation accuracy "
+          f"{record['validation_accuracy']:.4f})")
+    if before is not None:
+        print(f"test accuracy (module's own prediction): {before:.4f} -> {after:.4f}")
+    print(f"wrote {out} (TorchScript, {args.dtype}"
+          f"{'' if args.kernel_size is None else f', kernel_size={args.kernel_size}'})")
+    return 0
+
+
 def cmd_bench(args):
     bench_dir = Path(__file__).resolve().parent.parent / "bench"
     script = bench_dir / f"{args.which}.py"
@@ -468,6 +510,26 @@ def build_parser():
     export.add_argument("--out", required=True)
     export.add_argument("--force", action="store_true")
     export.set_defaults(func=cmd_export)
+
+    finetune = sub.add_parser("finetune", help="fine-tune an exported model by backprop "
+                                               "(distill a compact one, or train on labels)")
+    finetune.add_argument("model_file")
+    _add_data_options(finetune)
+    finetune.add_argument("--out", required=True, help="TorchScript module to write (.pt)")
+    finetune.add_argument("--kernel-size", type=int, default=None,
+                          help="train a compact module keeping this many central taps")
+    finetune.add_argument("--mode", choices=("auto", "distill", "labels"), default="auto",
+                          help="distill the closed-form network (default with --kernel-size) "
+                               "or train on the labels only (default without)")
+    finetune.add_argument("--epochs", type=int, default=20)
+    finetune.add_argument("--lr", type=float, default=3e-3)
+    finetune.add_argument("--batch-size", type=int, default=64)
+    finetune.add_argument("--validation-fraction", type=float, default=0.1)
+    finetune.add_argument("--conv", choices=("auto", "fft", "direct"), default="auto")
+    finetune.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    finetune.add_argument("--force", action="store_true", help="overwrite --out")
+    finetune.add_argument("--quiet", action="store_true", help="no progress bar")
+    finetune.set_defaults(func=cmd_finetune)
 
     bench = sub.add_parser("bench", help="run a benchmark (writes table, JSON and plot)")
     bench.add_argument("which", choices=("construction", "accuracy"))
