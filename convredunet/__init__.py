@@ -4,11 +4,19 @@ The public names are listed in ``__all__``; see ``README.md`` for a tour.
 """
 from ._threads import get_num_threads, num_threads, set_num_threads
 from .estimators import ReduNet1D, ReduNet2D, ReduNetVector
-from .finetune import fine_tune
 from .io import load
 from .operators import Operators, RateReduction, construct_operators, rate_reduction
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # fine_tune imports torch: loaded on first use, so `import convredunet` stays light.
+    if name == "fine_tune":
+        from .finetune import fine_tune
+
+        return fine_tune
+    raise AttributeError(f"module 'convredunet' has no attribute {name!r}")
 
 __all__ = [
     "ReduNet1D",

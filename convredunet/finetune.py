@@ -153,8 +153,8 @@ def _accuracy(module, x, labels, batch):
 
 
 def fine_tune(module, X, y, *, teacher=None, epochs=20, lr=3e-3, batch_size=64,
-              validation_fraction=0.1, label_weight=0.5, random_state=0, verbose=False,
-              callback=None):
+              validation_fraction=0.1, validation_data=None, trainable_layers=None,
+              label_weight=0.5, random_state=0, verbose=False, callback=None):
     """Train a copy of an exported ReduNet by backpropagation.
 
     Parameters
@@ -178,7 +178,14 @@ def fine_tune(module, X, y, *, teacher=None, epochs=20, lr=3e-3, batch_size=64,
     batch_size : int
     validation_fraction : float in [0, 1)
         Stratified share of ``X`` held out to choose the epoch kept (0: the
-        last epoch is kept).
+        last epoch is kept). If the closed-form network was built on ``X``,
+        it has seen these samples and fits them better than unseen data: pass
+        ``validation_data`` held out from its construction instead.
+    validation_data : (X_val, y_val) or None
+        Held-out samples for choosing the epoch; replaces the split of ``X``.
+    trainable_layers : int or None
+        Train only the last ``trainable_layers`` layers (and the temperature);
+        None trains every layer and the lifting.
     label_weight : float in [0, 1]
         With a teacher, the weight of the label cross-entropy against the
         distillation term.
@@ -213,8 +220,20 @@ def fine_tune(module, X, y, *, teacher=None, epochs=20, lr=3e-3, batch_size=64,
         raise ValueError(f"label_weight must be a number in [0, 1], got {label_weight!r}")
     if isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)):
         raise ValueError(f"random_state must be an integer, got {random_state!r}")
+    if trainable_layers is not None:
+        trainable_layers = _check_positive_int(trainable_layers, "trainable_layers")
     X, labels = _check_data(module, X, y)
-    train_idx, val_idx = _split(len(X), labels, validation_fraction, random_state)
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError("validation_data must be a pair (X_val, y_val), got "
+                             f"{type(validation_data).__name__}")
+        X_val, labels_val = _check_data(module, *validation_data)
+        X = np.concatenate([X, X_val])
+        labels = np.concatenate([labels, labels_val])
+        train_idx = np.arange(len(X) - len(X_val))
+        val_idx = np.arange(len(X) - len(X_val), len(X))
+    else:
+        train_idx, val_idx = _split(len(X), labels, validation_fraction, random_state)
     if len(train_idx) == 0:
         raise ValueError(f"validation_fraction={validation_fraction} leaves no training "
                          f"sample out of {len(X)}")
@@ -223,6 +242,12 @@ def fine_tune(module, X, y, *, teacher=None, epochs=20, lr=3e-3, batch_size=64,
     original_conv = module.conv
     student = module.with_conv("auto")  # a copy; the caller's module is untouched
     student.eval()
+    if trainable_layers is not None:
+        for param in student.parameters():
+            param.requires_grad_(False)
+        for layer in list(student.layers)[-trainable_layers:]:
+            for param in layer.parameters():
+                param.requires_grad_(True)
     x_all = torch.as_tensor(X, dtype=dtype)
     y_all = torch.as_tensor(labels)
     x_train, y_train = x_all[train_idx], y_all[train_idx]
@@ -317,3 +342,60 @@ def fine_tune(module, X, y, *, teacher=None, epochs=20, lr=3e-3, batch_size=64,
     tuned.fine_tune_history = history
     tuned.fine_tune_best_epoch = best_epoch
     return tuned
+
+
+def fit_kernels_to_teacher(module, teacher, X, ridge=1e-6):
+    """Set each layer's (short) kernels to the least-squares fit of the teacher's operators.
+
+    For layer ``l``, with ``z`` the teacher's features entering it on ``X``,
+    the ``K``-tap kernels ``W`` minimize ``sum_i ||W (*) z_i - A z_i||^2 +
+    ridge * n * ||W||^2`` (``A``: the teacher's full-size ``E`` and ``C^j``
+    stacked), one linear regression over every position of every sample:
+    the best short operator *on the data*, where plain truncation keeps the
+    central taps whatever the data. Works in place on ``module``'s layers and
+    returns it; the lifting is left as it is (it is already short).
+
+    Parameters
+    ----------
+    module : ReduNetModule
+        Built from ``teacher`` by ``to_torch(kernel_size=K)``.
+    teacher : fitted ReduNet1D or ReduNet2D
+    X : array (n, *input_shape)
+    ridge : float
+        Relative ridge, times the mean diagonal of the normal equations.
+    """
+    from .export import to_torch
+
+    full = to_torch(teacher, dtype=torch.float64, conv="fft")
+    feats = teacher.layer_features(X)
+    with torch.no_grad():
+        for layer, full_layer, z in zip(module.layers, full.layers, feats[:-1]):
+            z = torch.as_tensor(z, dtype=torch.float64)  # (n, C, *S)
+            nd = z.dim() - 2
+            dims = list(range(2, 2 + nd))
+            v = torch.fft.rfftn(z, dim=dims, norm="ortho")
+            n, c = z.shape[:2]
+            v_flat = v.reshape(n, c, -1).permute(2, 1, 0)  # (F, C, n)
+            y_hat = torch.matmul(full_layer.operators_hat(), v_flat)  # (F, R, n)
+            r = y_hat.shape[1]
+            y_hat = y_hat.permute(2, 1, 0).reshape([n, r] + list(v.shape[2:]))
+            target = torch.fft.irfftn(y_hat, s=list(z.shape[2:]), dim=dims, norm="ortho")
+            weight = layer.conv.weight
+            sizes = list(weight.shape[2:])
+            lefts = [k - 1 - (k - 1) // 2 for k in sizes]
+            # Patch column (c, r...) holds z_c at t + r - left (cyclic): the direct
+            # convolution's cross-correlation layout.
+            shifted = []
+            for taps in np.ndindex(*sizes):
+                shifts = [left - t for t, left in zip(taps, lefts)]
+                shifted.append(torch.roll(z, shifts, dims))
+            patches = torch.stack(shifted, dim=2)  # (n, C, K^d, *S)
+            patches = patches.reshape(n, c * len(shifted), -1).permute(0, 2, 1)
+            patches = patches.reshape(-1, c * len(shifted))
+            targets = target.reshape(n, r, -1).permute(0, 2, 1).reshape(-1, r)
+            gram = patches.T @ patches
+            gram += ridge * float(gram.diagonal().mean()) * torch.eye(len(gram),
+                                                                      dtype=gram.dtype)
+            solution = torch.linalg.solve(gram, patches.T @ targets)  # (C K^d, R)
+            weight.copy_(solution.T.reshape(weight.shape).to(weight.dtype))
+    return module

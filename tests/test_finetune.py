@@ -104,3 +104,55 @@ def test_bad_data(toy):
         fine_tune(module, X, y[:-1])
     with pytest.raises(ValueError, match="y holds labels the module does not know"):
         fine_tune(module, X, y + 10)
+
+
+# --- command line ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory):
+    from convredunet import cli
+
+    folder = tmp_path_factory.mktemp("finetune")
+    X, y = _signals(30, (1, 10), k=3)
+    X_test, y_test = _signals(9, (1, 10), k=3, seed=1)
+    data = folder / "toy.npz"
+    np.savez(data, X=X, y=y, X_test=X_test, y_test=y_test)
+    model = folder / "model.npz"
+    assert cli.main(["fit", "--data", str(data), "--n-layers", "2", "--n-channels", "4",
+                     "--kernel-size", "3", "--quiet", "--out", str(model)]) == 0
+    return folder, data, model
+
+
+def test_cli_finetune_writes_a_scripted_module(cli_files, capsys):
+    from convredunet import cli
+
+    folder, data, model = cli_files
+    out = folder / "module.pt"
+    status = cli.main(["finetune", str(model), "--data", str(data), "--out", str(out),
+                       "--kernel-size", "3", "--epochs", "1", "--quiet"])
+    printed = capsys.readouterr().out
+    assert status == 0 and "distill" in printed and "test accuracy" in printed
+    loaded = torch.jit.load(str(out))
+    X = np.load(data)["X_test"]
+    assert loaded.predict(torch.from_numpy(X).float()).shape == (len(X),)
+    assert sorted(p.name for p in folder.iterdir()) == ["model.npz", "module.pt", "toy.npz"]
+
+
+def test_cli_finetune_bad_input_and_interrupt(cli_files, capsys, monkeypatch):
+    from convredunet import cli, finetune
+
+    folder, data, model = cli_files
+    out = folder / "never.pt"
+    status = cli.main(["finetune", str(model), "--data", str(data), "--out", str(out),
+                       "--epochs", "0", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and "epochs must be a positive integer" in err[0]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "fine_tune", interrupted)
+    status = cli.main(["finetune", str(model), "--data", str(data), "--out", str(out),
+                       "--quiet"])
+    assert status == 130
+    assert not out.exists()
+    assert not [p for p in folder.iterdir() if p.name.endswith(".partial")]
