@@ -522,7 +522,8 @@ def build_parser():
                           help="distill the closed-form network (default with --kernel-size) "
                                "or train on the labels only (default without)")
     finetune.add_argument("--epochs", type=int, default=20)
-    finetune.add_argument("--lr", type=float, default=3e-3)
+    finetune.add_argument("--lr", type=float, default=None,
+                          help="relative Adam step (default: fine_tune's, by mode)")
     finetune.add_argument("--batch-size", type=int, default=64)
     finetune.add_argument("--validation-fraction", type=float, default=0.1)
     finetune.add_argument("--conv", choices=("auto", "fft", "direct"), default="auto")

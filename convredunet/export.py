@@ -279,7 +279,10 @@ class ReduNetLayer(nn.Module):
             cj = w[:, 1:]
             logits = self._logits(self._spectral_sq(cj))
             weight = (torch.softmax(logits, dim=1) * self.gamma).t()  # (k, b)
-            compressed = (cj * weight.unsqueeze(1)).sum(dim=1)
+            # sum_j weight_j C^j v, one class at a time: no (F, k, 2C, b) temporary.
+            compressed = cj[:, 0] * weight[0]
+            for j in range(1, k):
+                compressed = compressed + cj[:, j] * weight[j]
             step = z + self.eta * (w[:, 0] - compressed)
             sq = torch.matmul(self.freq_weights.unsqueeze(0), (step * step).sum(dim=1))
             return step / torch.sqrt(sq).clamp_min(1e-30), logits

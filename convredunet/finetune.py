@@ -146,15 +146,61 @@ def distillation_loss(module, teacher, X, y):
     return float(torch.nn.functional.kl_div(log_p, targets, reduction="batchmean"))
 
 
+def _gentle_steps(module, x, step):
+    """Set each layer's ``eta`` so that its update is ``step`` times the features' norm.
+
+    A layer ``z+ = normalize(z + eta (E z - sum_j gamma_j pi_j C^j z))`` with
+    operators of norm ~ alpha acts like a step of power iteration: with
+    truncated kernels the closed-form balance between ``E`` and the ``C^j``
+    is lost and a few layers send every input to the same feature (chance
+    accuracy, no gradient). A small step keeps each layer near the identity,
+    so information and gradients pass. Measured on ``x`` (mean over samples),
+    layer by layer on the module's own features.
+    """
+    with torch.no_grad():
+        z = module._enter(module.lifting(x if x.dim() == module.signal_ndim + 2
+                                         else x.unsqueeze(1)))
+        for layer in module.layers:
+            layer.eta = float(step / max(_update_ratio(layer, z), 1e-30))
+            z, _ = layer(z)
+
+
+def _update_ratio(layer, z):
+    """Mean over samples of ``||E z - sum_j gamma_j pi_j C^j z|| / ||z||`` for one layer."""
+    eta = layer.eta
+    layer.eta = 1.0
+    k, c = layer.n_classes, layer.n_channels
+    if layer.spectral:
+        f, _, b = z.shape
+        w = torch.matmul(layer.real_operators(), z).reshape(f, k + 1, 2 * c, b)
+        cj = w[:, 1:]
+        weight = (torch.softmax(layer._logits(layer._spectral_sq(cj)), dim=1) * layer.gamma).t()
+        update = w[:, 0] - (cj * weight.unsqueeze(1)).sum(dim=1)
+        ratio = torch.sqrt(torch.matmul(layer.freq_weights.unsqueeze(0),
+                                        (update * update).sum(dim=1)) /
+                           torch.matmul(layer.freq_weights.unsqueeze(0), (z * z).sum(dim=1)))
+    else:
+        b = z.shape[0]
+        w = layer._responses_spatial(z)
+        cj = w[:, c:].reshape(b, k, c, -1)
+        weight = torch.softmax(layer._logits((cj * cj).sum(dim=(2, 3))), dim=1) * layer.gamma
+        update = w[:, :c].reshape(z.shape) - (cj * weight.reshape(b, k, 1, 1)).sum(
+            dim=1).reshape(z.shape)
+        ratio = update.reshape(b, -1).norm(dim=1) / z.reshape(b, -1).norm(dim=1)
+    layer.eta = eta
+    return float(ratio.mean())
+
+
 def _accuracy(module, x, labels, batch):
     if len(x) == 0:
         return float("nan")
     return float((torch.argmax(_scores(module, x, batch), dim=1) == labels).double().mean())
 
 
-def fine_tune(module, X, y, *, teacher=None, epochs=20, lr=3e-3, batch_size=64,
+def fine_tune(module, X, y, *, teacher=None, epochs=20, lr=None, batch_size=64,
               validation_fraction=0.1, validation_data=None, trainable_layers=None,
-              label_weight=0.5, random_state=0, verbose=False, callback=None):
+              label_weight=0.5, student_step=0.03, random_state=0, verbose=False,
+              callback=None):
     """Train a copy of an exported ReduNet by backpropagation.
 
     Parameters
@@ -171,10 +217,13 @@ def fine_tune(module, X, y, *, teacher=None, epochs=20, lr=3e-3, batch_size=64,
         the labels only.
     epochs : int
         Passes over the training split.
-    lr : float
+    lr : float or None
         Relative Adam step: a weight moves by about ``lr`` times its tensor's
         initial rms per step (module docstring); the temperature's step is
-        ``lr`` on its logarithm.
+        ``lr`` on its logarithm. None: 1e-2 with a teacher (a truncated student
+        far from any good solution), 1e-5 without (the closed-form layers are
+        so finely balanced that 1e-3 relative noise on one layer's weights
+        halves the accuracy on MNIST-1D).
     batch_size : int
     validation_fraction : float in [0, 1)
         Stratified share of ``X`` held out to choose the epoch kept (0: the
@@ -189,6 +238,11 @@ def fine_tune(module, X, y, *, teacher=None, epochs=20, lr=3e-3, batch_size=64,
     label_weight : float in [0, 1]
         With a teacher, the weight of the label cross-entropy against the
         distillation term.
+    student_step : float or None
+        With a teacher: each layer's ``eta`` is reset so that its update is
+        this fraction of the features' norm (see ``_gentle_steps``: truncated
+        closed-form layers otherwise collapse every input to one feature);
+        None keeps ``eta``.
     random_state : int
         Seeds the split and the batch order: the result is deterministic.
     verbose : bool
@@ -210,6 +264,8 @@ def fine_tune(module, X, y, *, teacher=None, epochs=20, lr=3e-3, batch_size=64,
                         f"{type(module).__name__}")
     epochs = _check_positive_int(epochs, "epochs")
     batch_size = _check_positive_int(batch_size, "batch_size")
+    if lr is None:
+        lr = 1e-2 if teacher is not None else 1e-5
     lr = _check_positive_float(lr, "lr")
     if isinstance(validation_fraction, bool) or not isinstance(
             validation_fraction, (int, float, np.floating)) or not 0 <= validation_fraction < 1:
@@ -242,6 +298,8 @@ def fine_tune(module, X, y, *, teacher=None, epochs=20, lr=3e-3, batch_size=64,
     original_conv = module.conv
     student = module.with_conv("auto")  # a copy; the caller's module is untouched
     student.eval()
+    if teacher is not None and student_step is not None:
+        _gentle_steps(student, torch.as_tensor(X[train_idx[:512]], dtype=dtype), student_step)
     if trainable_layers is not None:
         for param in student.parameters():
             param.requires_grad_(False)
