@@ -83,6 +83,30 @@ def speed_rows(name, net, X, repeats, slow_subset):
     return rows
 
 
+def onnx_check(net, X, out_dir):
+    """Export to ONNX and compare onnxruntime's labels with ``net.predict`` on ``X``."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {"skipped": "onnxruntime is not installed"}
+    from convredunet.export import ONNX_OPSET, export_onnx
+
+    path = out_dir / "export_mnist1d.onnx"
+    export_onnx(net.to_torch(dtype=torch.float32), path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    features, scores, labels = session.run(None, {"x": X[:, None].astype(np.float32)})
+    expected = net.predict(X)
+    result = {"opset": ONNX_OPSET, "outputs": [o.name for o in session.get_outputs()],
+              "n": len(X), "labels_equal_net_predict": bool(np.array_equal(labels, expected)),
+              "labels_differing": int(np.sum(labels != expected)),
+              "max_abs_feature_error": float(np.max(np.abs(features - net.transform(X))))}
+    path.unlink()
+    print(f"ONNX (opset {ONNX_OPSET}, onnxruntime): labels equal net.predict on {len(X)}: "
+          f"{result['labels_equal_net_predict']} ({result['labels_differing']} differ)",
+          flush=True)
+    return result
+
+
 def accuracy(module, X, y, dtype=torch.float32):
     return float(np.mean(_predict(module, X, dtype) == y))
 
@@ -193,6 +217,13 @@ def markdown(result):
                   f"{r['ratio']:.2f} | {'yes' if r['same_predictions'] else 'NO'} |"
                   for r in result["speed"]]
         lines.append("")
+    if result.get("onnx") and "n" in result["onnx"]:
+        o = result["onnx"]
+        lines += [f"ONNX (opset {o['opset']}, outputs {', '.join(o['outputs'])}; onnxruntime "
+                  f"CPU): labels equal `net.predict` on {o['n']} MNIST-1D test signals: "
+                  f"{'yes' if o['labels_equal_net_predict'] else 'NO'} "
+                  f"({o['labels_differing']} differ); max |feature error| "
+                  f"{o['max_abs_feature_error']:.1e} (float32).", ""]
     if result.get("sizes"):
         lines += ["| K | kernel energy kept | truncated accuracy | distilled accuracy | "
                   "parameters | ms per signal (conv) |", "|---:|---:|---:|---:|---:|---|"]
@@ -238,6 +269,7 @@ def run(quick=False, out_dir=HERE / "results", threads=1, repeats=3, epochs=None
         net2 = crn.ReduNet2D(n_channels=16, n_layers=3, random_state=0).fit(X2_train, y2_train)
         rows += speed_rows("MNIST 28x28 (16 ch, 3 layers)", net2, X2_test[:200], repeats, 20)
         result["speed"] = rows
+        result["onnx"] = onnx_check(net, X_test, out_dir)
     if "sizes" not in skip:
         result["sizes"] = size_rows(net, X_train, y_train, X_test, y_test, sizes,
                                     distill_epochs, repeats)

@@ -364,10 +364,10 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         return self.classes_[np.argmax(proba, axis=1)]
 
     def to_torch(self, dtype=None, kernel_size=None, conv="auto"):
-        """Export to a ``torch.nn.Module`` of ordinary circular convolutions.
+        """Export to a ``torch.nn.Module`` of circular convolutions, run directly or by FFT.
 
         See :func:`convredunet.export.to_torch`; ``dtype`` defaults to
-        ``torch.float32``.
+        ``torch.float32``, ``conv`` is ``"auto"``, ``"fft"`` or ``"direct"``.
         """
         import torch
 

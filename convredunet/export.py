@@ -372,7 +372,7 @@ class ReduNetModule(nn.Module):
         allocator reuses them (measured 2-3x faster on 1,000 MNIST-1D signals).
         """
         n = x.shape[0]
-        if n <= self.chunk_size or torch.jit.is_tracing():
+        if torch.jit.is_tracing() or n <= self.chunk_size:
             return self._run(x, features)
         zs: List[torch.Tensor] = []
         ls: List[torch.Tensor] = []

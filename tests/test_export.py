@@ -188,3 +188,16 @@ def test_bad_export_arguments(case):
 
     with pytest.raises(NotFittedError):
         type(net)().to_torch()
+
+
+@pytest.mark.parametrize("conv", ["fft", "direct"])
+def test_blocks_of_samples_give_the_same_result(case, conv):
+    net, X = case
+    module = net.to_torch(dtype=torch.float64, conv=conv)
+    x = torch.from_numpy(X)
+    with torch.no_grad():
+        whole = module(x), module.logits(x), module.predict(x)
+        module.chunk_size = 5  # 24 samples: blocks of 5, 5, 5, 5, 4
+        blocks = module(x), module.logits(x), module.predict(x)
+    for a, b in zip(whole, blocks):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
