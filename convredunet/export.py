@@ -175,7 +175,9 @@ class _Abs(nn.Module):
 
 
 class ReduNetLayer(nn.Module):
-    """``z+ = normalize(z + eta (E z - sum_j gamma_j pi_j C^j z))``, ``pi = softmax(-lmbda ||C^j z||)``.
+    """``z+ = normalize(z + eta (E z - sum_j gamma_j pi_j C^j z))``.
+
+    ``pi = softmax(-lmbda ||C^j z||_F)``, the estimated membership.
 
     One convolution ``conv`` maps C channels to ``(1 + k) C``: ``E`` on top of
     every ``C^j`` in class order. ``mode`` is ``"direct"`` (input and output
