@@ -1,21 +1,30 @@
-"""Exported MNIST-1D network: truncated kernels, and fine-tuning by backpropagation.
+"""PyTorch export: speed of each mode, compact kernels by distillation, fine-tuning.
 
-1. Truncation: export with ``kernel_size=K`` (the K central taps of each cyclic
-   layer kernel) for several K; report the fraction of kernel energy kept and
-   the test accuracy of the exported module's own prediction.
-2. Fine-tuning: the full-size exported module (float32) is trained with
-   cross-entropy on its class scores ``-||C^j z||`` scaled by
-   ``temperature / s`` (``s``: the mean of ``||C^j z||`` over the classes and
-   500 training signals at the start, so that the initial loss is moderate)
-   with Adam for a few epochs on the CPU; report test accuracy before and
-   after, and check that predictions are still exactly invariant to every
-   cyclic shift (every layer stays a circular convolution). The operators'
-   weights are large (``alpha_j = C / (m_j eps2)``, hundreds with the
-   defaults) and their far taps tiny, so only small learning rates leave the
-   closed-form solution intact: measured with one epoch, Adam at 1e-4 took
-   the test accuracy from 0.856 to 0.463, at 1e-5 to 0.763, at 1e-6 it stayed.
+1. Speed. ``predict`` of the exported module (``conv="fft"``, ``"direct"``,
+   ``"auto"``; float32 and float64) against ``net.predict`` (numpy, float64),
+   on the MNIST-1D default network (1,000 test signals) and a small 2D
+   network (16 channels, 3 layers, 28 x 28 MNIST digits, 200 test digits),
+   same number of threads (``--threads``, default 1), best of ``--repeats``.
+   Slow cells (direct convolutions with full-size kernels) are timed on a
+   subset and reported per signal. Each cell also checks that its predictions
+   equal ``net.predict``.
+2. Compact kernels. For K in ``--sizes``: the truncated module (the K central
+   taps), then ``fine_tune(..., teacher=net)`` (distillation, default
+   arguments unless ``--distill-epochs``); test accuracy, parameters, ms per
+   signal (``conv="auto"``, float32).
+3. Fine-tuning on labels from ``ReduNet1D()``: the training set is split
+   (90 % / 10 %, stratified, seed 0); the network is built on the 90 % and
+   ``fine_tune`` chooses its epoch on the 10 % it never saw (the test set is
+   only evaluated). Test accuracy before and after, predictions changed under
+   all 40 cyclic shifts, and a figure of the training curves. The 2D MNIST
+   translation network (10 digits per class) is fine-tuned the same way.
 
-Usage: ``python bench/export_mnist1d.py [--quick] [--epochs N] [--out DIR]``
+Usage: ``python bench/export_mnist1d.py [--quick] [--threads 1] [--out DIR]
+[--epochs N] [--distill-epochs N] [--sizes 3 5 7 9 15] [--skip-speed]
+[--skip-sizes] [--skip-finetune] [--tag SUFFIX]``
+
+The 2D network's invariance check runs every one of the 784 shifts on 20 test
+digits (each shift is a full prediction); MNIST-1D's on every test signal.
 """
 import sys
 
@@ -23,132 +32,278 @@ import numpy as np
 import torch
 
 import convredunet as crn
-from convredunet.datasets import load_mnist1d
+from convredunet import datasets
 from convredunet.export import kernel_energy_kept
 
 import harness  # bench/harness.py: this script's folder is first on sys.path
 
 
-def accuracy(module, X, y, batch=500):
+def _best_time(fn, repeats):
+    """Best of ``repeats`` timed calls after one warm-up (harness.time_call)."""
+    return harness.time_call(fn, repeats=repeats).best
+
+
+def _predict(module, X, dtype):
     with torch.no_grad():
-        preds = torch.cat([module.predict(torch.from_numpy(X[s:s + batch]).float())
-                           for s in range(0, len(X), batch)])
-    return float((preds.numpy() == y).mean())
+        return module.predict(torch.as_tensor(X, dtype=dtype)).numpy()
 
 
-def changed_under_shifts(module, X, batch=500):
-    """Predictions changed by any of the T cyclic shifts (0 means exactly invariant)."""
-    with torch.no_grad():
-        base = module.predict(torch.from_numpy(X).float()).numpy()
-        changed = 0
-        for shift in range(X.shape[-1]):
-            rolled = torch.from_numpy(np.roll(X, shift, axis=-1)).float()
-            changed += int((module.predict(rolled).numpy() != base).sum())
-    return changed
-
-
-def truncation(net, X_test, y_test, sizes):
-    rows = []
-    for k in sizes:
-        module = net.to_torch(dtype=torch.float32, kernel_size=k).eval()
-        rows.append({"kernel_size": k, "energy_kept": kernel_energy_kept(net, k),
-                     "test_accuracy": accuracy(module, X_test, y_test)})
-        print(f"kernel_size={k:>3}: energy kept {rows[-1]['energy_kept']:.4f}, "
-              f"test accuracy {rows[-1]['test_accuracy']:.4f}", flush=True)
+def speed_rows(name, net, X, repeats, slow_subset):
+    """Seconds for ``net.predict`` and each exported mode on ``X``."""
+    reference = net.predict(X)
+    base = _best_time(lambda: net.predict(X), repeats)
+    rows = [{"network": name, "what": "net.predict (numpy float64)", "n": len(X),
+             "seconds": base, "ms_per_signal": 1e3 * base / len(X), "ratio": 1.0,
+             "same_predictions": True}]
+    print(f"{name}: net.predict {base:.3f} s for {len(X)}", flush=True)
+    for dtype in (torch.float32, torch.float64):
+        for conv in ("auto", "fft", "direct"):
+            module = net.to_torch(dtype=dtype, conv=conv).eval()
+            subset = X if module.conv == "fft" else X[:slow_subset]
+            seconds = _best_time(lambda: _predict(module, subset, dtype),
+                                 repeats if module.conv == "fft" else 1)
+            same = bool(np.array_equal(_predict(module, subset, dtype),
+                                       reference[:len(subset)]))
+            per = 1e3 * seconds / len(subset)
+            rows.append({"network": name, "what": f"module {conv} ({module.conv}), "
+                                                  f"{str(dtype).split('.')[-1]}",
+                         "n": len(subset), "seconds": seconds, "ms_per_signal": per,
+                         "ratio": per / rows[0]["ms_per_signal"], "same_predictions": same})
+            print(f"  {rows[-1]['what']}: {per:.3f} ms/signal on {len(subset)} "
+                  f"(x{rows[-1]['ratio']:.2f} net.predict), same predictions: {same}",
+                  flush=True)
     return rows
 
 
-def finetune(net, X_train, y_train, X_test, y_test, epochs, lr, temperature, batch, seed):
-    torch.manual_seed(seed)
+def onnx_check(net, X, out_dir):
+    """Export to ONNX and compare onnxruntime's labels with ``net.predict`` on ``X``."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {"skipped": "onnxruntime is not installed"}
+    from convredunet.export import ONNX_OPSET, export_onnx
+
+    path = out_dir / "export_mnist1d.onnx"
+    export_onnx(net.to_torch(dtype=torch.float32), path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    features, scores, labels = session.run(None, {"x": X[:, None].astype(np.float32)})
+    expected = net.predict(X)
+    result = {"opset": ONNX_OPSET, "outputs": [o.name for o in session.get_outputs()],
+              "n": len(X), "labels_equal_net_predict": bool(np.array_equal(labels, expected)),
+              "labels_differing": int(np.sum(labels != expected)),
+              "max_abs_feature_error": float(np.max(np.abs(features - net.transform(X))))}
+    path.unlink()
+    print(f"ONNX (opset {ONNX_OPSET}, onnxruntime): labels equal net.predict on {len(X)}: "
+          f"{result['labels_equal_net_predict']} ({result['labels_differing']} differ)",
+          flush=True)
+    return result
+
+
+def accuracy(module, X, y, dtype=torch.float32):
+    return float(np.mean(_predict(module, X, dtype) == y))
+
+
+def changed_under_shifts(module, X):
+    """Predictions changed by any cyclic shift of ``X`` (0: exactly invariant)."""
+    nd = len(module.signal_shape)
+    base = _predict(module, X, torch.float32)
+    changed = 0
+    for shift in np.ndindex(*module.signal_shape):
+        rolled = np.roll(X, shift, axis=tuple(range(-nd, 0)))
+        changed += int((_predict(module, rolled, torch.float32) != base).sum())
+    return changed
+
+
+def size_rows(net, X_train, y_train, X_test, y_test, sizes, epochs, repeats):
+    rows = []
+    for k in sizes:
+        module = net.to_torch(dtype=torch.float32, kernel_size=k).eval()
+        truncated = accuracy(module, X_test, y_test)
+        kwargs = {} if epochs is None else {"epochs": epochs}
+        with harness.Timer() as training:
+            tuned = crn.fine_tune(module, X_train, y_train, teacher=net, **kwargs)
+        train_seconds = training.seconds
+        seconds = _best_time(lambda: _predict(tuned, X_test, torch.float32), repeats)
+        rows.append({"kernel_size": k, "energy_kept": kernel_energy_kept(net, k),
+                     "truncated_accuracy": truncated,
+                     "distilled_accuracy": accuracy(tuned, X_test, y_test),
+                     "parameters": int(sum(p.numel() for p in tuned.parameters())),
+                     "ms_per_signal": 1e3 * seconds / len(X_test), "conv": tuned.conv,
+                     "train_seconds": train_seconds,
+                     "best_epoch": tuned.fine_tune_best_epoch,
+                     "history": tuned.fine_tune_history})
+        print(f"K={k}: truncated {truncated:.4f}, distilled "
+              f"{rows[-1]['distilled_accuracy']:.4f}, {rows[-1]['parameters']} parameters, "
+              f"{rows[-1]['ms_per_signal']:.3f} ms/signal ({train_seconds:.0f} s training)",
+              flush=True)
+    return rows
+
+
+def _split(y, fraction=0.1, seed=0):
+    rng = np.random.default_rng(seed)
+    fit, val = [], []
+    for j in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == j))
+        n_val = int(round(fraction * len(members)))
+        val.append(members[:n_val])
+        fit.append(members[n_val:])
+    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(val))
+
+
+def label_finetune(name, estimator, X_train, y_train, X_test, y_test, epochs, shift_check):
+    fit, val = _split(y_train)
+    net = estimator.fit(X_train[fit], y_train[fit])
     module = net.to_torch(dtype=torch.float32)
     before = accuracy(module, X_test, y_test)
-    optimizer = torch.optim.Adam(module.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    x_all, y_all = torch.from_numpy(X_train).float(), torch.from_numpy(y_train).long()
-    with torch.no_grad():
-        mean_norm = float(-module.logits(x_all[:500]).mean()) / net.lmbda
-    history = []
-    for epoch in range(epochs):
-        module.train()
-        order = torch.randperm(len(x_all), generator=generator)
-        total = 0.0
-        with harness.Timer() as timer:
-            for s in range(0, len(order), batch):
-                idx = order[s:s + batch]
-                optimizer.zero_grad()
-                scores = module.logits(x_all[idx]) * (temperature / (net.lmbda * mean_norm))
-                loss = torch.nn.functional.cross_entropy(scores, y_all[idx])
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(idx)
-            module.eval()
-            test_accuracy = accuracy(module, X_test, y_test)
-        history.append({"epoch": epoch + 1, "loss": total / len(order),
-                        "test_accuracy": test_accuracy, "seconds": timer.seconds})
-        print(f"epoch {epoch + 1}: loss {history[-1]['loss']:.4f}, test accuracy "
-              f"{history[-1]['test_accuracy']:.4f} ({history[-1]['seconds']:.0f} s)", flush=True)
-    after = history[-1]["test_accuracy"] if history else before
-    return module, {"before": before, "after": after, "epochs": history, "lr": lr,
-                    "temperature": temperature, "batch": batch}
-
-
-def run(quick=False, out_dir=harness.RESULTS, epochs=3, lr=3e-6, temperature=10.0):
-    out_dir = harness.output_dir(out_dir)
-    machine = harness.machine_info()
-    load_start = harness.load_average()
-    X_train, y_train, X_test, y_test = load_mnist1d()
-    if quick:
-        X_train, y_train = X_train[:800], y_train[:800]
-        X_test, y_test = X_test[:200], y_test[:200]
-        epochs = 1
-    net = crn.ReduNet1D(random_state=0)
-    if quick:
-        net.set_params(n_layers=3)
-    with harness.Timer() as fit:
-        net.fit(X_train, y_train)
-    fit_seconds = fit.seconds
-    own = float(net.score(X_test, y_test))
-    print(f"{net!r}: fitted in {fit_seconds:.1f} s, test accuracy {own:.4f}", flush=True)
-    T = X_train.shape[-1]
-    sizes = [k for k in (3, 5, 9, 15, 21, 31) if k < T] + [T]
-    rows = truncation(net, X_test, y_test, sizes)
-    module, tuned = finetune(net, X_train, y_train, X_test, y_test, epochs, lr, temperature,
-                             batch=128, seed=0)
-    tuned["changed_under_all_shifts"] = changed_under_shifts(module, X_test)
-    tuned["shifts_checked"] = T
-    print(f"fine-tuning: test accuracy {tuned['before']:.4f} -> {tuned['after']:.4f}; "
-          f"{tuned['changed_under_all_shifts']} predictions changed under all {T} shifts",
+    kwargs = {} if epochs is None else {"epochs": epochs}
+    with harness.Timer() as training:
+        tuned = crn.fine_tune(module, X_train[fit], y_train[fit],
+                              validation_data=(X_train[val], y_train[val]), **kwargs)
+    seconds = training.seconds
+    result = {"network": name, "net_test_accuracy": float(net.score(X_test, y_test)),
+              "before": before, "after": accuracy(tuned, X_test, y_test),
+              "best_epoch": tuned.fine_tune_best_epoch, "seconds": seconds,
+              "n_fit": len(fit), "n_validation": len(val),
+              "changed_under_all_shifts": changed_under_shifts(tuned, X_test[:shift_check]),
+              "shifts_checked": int(np.prod(tuned.signal_shape)),
+              "signals_shift_checked": min(shift_check, len(X_test)),
+              "history": tuned.fine_tune_history}
+    print(f"{name}: fine-tuning on labels: test {before:.4f} -> {result['after']:.4f} "
+          f"(epoch {result['best_epoch']} kept, {seconds:.0f} s); predictions changed under "
+          f"all {result['shifts_checked']} shifts of {result['signals_shift_checked']} test "
+          f"signals: {result['changed_under_all_shifts']}",
           flush=True)
-    result = {
-        "machine": machine,
-        "load_average": {"start": load_start, "end": harness.load_average()},
-        "quick": quick, "params": {k: v for k, v in net.get_params().items()},
-        "fit_seconds": fit_seconds, "own_test_accuracy": own,
-        "truncation": rows, "finetune": tuned,
-    }
-    name = "export_mnist1d_quick" if quick else "export_mnist1d"
+    return result
+
+
+def plot_curves(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.6), squeeze=False)
+    for ax, result in zip(axes[0], results):
+        history = result["history"]
+        epochs = [h["epoch"] for h in history]
+        ax.plot(epochs, [h["train_accuracy"] for h in history], "o-", label="train (running)")
+        ax.plot(epochs, [h["validation_accuracy"] for h in history], "s-", label="validation")
+        ax.axhline(result["before"], color="gray", ls="--", label="closed form (test)")
+        ax.plot([0], [history[0]["validation_accuracy"]], "k*", ms=12,
+                label="closed-form start")
+        ax.axvline(result["best_epoch"], color="C3", ls=":", label="epoch kept")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{result['network']}: test {result['before']:.3f} -> "
+                     f"{result['after']:.3f}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown(result):
+    lines = []
+    if result.get("speed"):
+        lines += ["| network | predict with | signals timed | ms per signal | × net.predict "
+                  "| same predictions |", "|---|---|---:|---:|---:|---|"]
+        lines += [f"| {r['network']} | {r['what']} | {r['n']} | {r['ms_per_signal']:.3f} | "
+                  f"{r['ratio']:.2f} | {'yes' if r['same_predictions'] else 'NO'} |"
+                  for r in result["speed"]]
+        lines.append("")
+    if result.get("onnx") and "n" in result["onnx"]:
+        o = result["onnx"]
+        lines += [f"ONNX (opset {o['opset']}, outputs {', '.join(o['outputs'])}; onnxruntime "
+                  f"CPU): labels equal `net.predict` on {o['n']} MNIST-1D test signals: "
+                  f"{'yes' if o['labels_equal_net_predict'] else 'NO'} "
+                  f"({o['labels_differing']} differ); max |feature error| "
+                  f"{o['max_abs_feature_error']:.1e} (float32).", ""]
+    if result.get("sizes"):
+        lines += ["| K | kernel energy kept | truncated accuracy | distilled accuracy | "
+                  "parameters | ms per signal (conv) |", "|---:|---:|---:|---:|---:|---|"]
+        lines += [f"| {r['kernel_size']} | {r['energy_kept']:.4f} | "
+                  f"{r['truncated_accuracy']:.4f} | {r['distilled_accuracy']:.4f} | "
+                  f"{r['parameters']} | {r['ms_per_signal']:.3f} ({r['conv']}) |"
+                  for r in result["sizes"]]
+        lines.append("")
+    for r in result.get("finetune", []):
+        lines.append(f"Fine-tuning on labels, {r['network']}: network built on {r['n_fit']} "
+                     f"training samples, epoch chosen on {r['n_validation']} held-out ones; "
+                     f"test accuracy {r['before']:.4f} → {r['after']:.4f} (epoch "
+                     f"{r['best_epoch']} of {len(r['history']) - 1} kept, {r['seconds']:.0f} s); "
+                     f"predictions changed under all {r['shifts_checked']} cyclic shifts of "
+                     f"{r['signals_shift_checked']} test signals: "
+                     f"{r['changed_under_all_shifts']}.")
+    return "\n".join(lines) + "\n"
+
+
+def run(quick=False, out_dir=harness.RESULTS, threads=1, repeats=3, epochs=None,
+        distill_epochs=None, sizes=(3, 5, 7, 9, 15), skip=(), tag=""):
+    torch.set_num_threads(threads)
+    crn.set_num_threads(threads)
+    out_dir = harness.output_dir(out_dir)
+    X_train, y_train, X_test, y_test = datasets.load_mnist1d()
+    if quick:
+        X_train, y_train, X_test, y_test = X_train[:800], y_train[:800], X_test[:200], \
+            y_test[:200]
+        epochs, distill_epochs, sizes, repeats = 1, 1, (7,), 1
+    result = {"machine": harness.machine_info(), "threads": threads,
+              "load_average": {"start": harness.load_average()},
+              "quick": quick, "epochs": epochs, "distill_epochs": distill_epochs}
+    net = crn.ReduNet1D(random_state=0, n_layers=3 if quick else 12).fit(X_train, y_train)
+    result["own_test_accuracy"] = float(net.score(X_test, y_test))
+    print(f"MNIST-1D ReduNet1D: test accuracy {result['own_test_accuracy']:.4f}", flush=True)
+    if "speed" not in skip:
+        rows = speed_rows("MNIST-1D (32 ch, 12 layers)", net, X_test, repeats, 100)
+        X2, y2 = datasets.load_mnist()
+        X2_train, y2_train, X2_test, y2_test = datasets.train_test_split_per_class(
+            X2, y2, 10, 20, random_state=0)
+        net2 = crn.ReduNet2D(n_channels=16, n_layers=3, random_state=0).fit(X2_train, y2_train)
+        rows += speed_rows("MNIST 28x28 (16 ch, 3 layers)", net2, X2_test[:200], repeats, 20)
+        result["speed"] = rows
+        result["onnx"] = onnx_check(net, X_test, out_dir)
+    if "sizes" not in skip:
+        result["sizes"] = size_rows(net, X_train, y_train, X_test, y_test, sizes,
+                                    distill_epochs, repeats)
+    if "finetune" not in skip:
+        tuned = [label_finetune("MNIST-1D ReduNet1D()", crn.ReduNet1D(random_state=0),
+                                X_train, y_train, X_test, y_test, epochs, len(X_test))]
+        X2, y2 = datasets.load_mnist()
+        X2_train, y2_train, X2_test, y2_test = datasets.train_test_split_per_class(
+            X2, y2, 10, 50 if quick else 100, random_state=0)
+        shifted, _ = datasets.random_cyclic_shift(X2_test, 2, random_state=0)
+        tuned.append(label_finetune(
+            "MNIST translation 2D (10/class)",
+            crn.ReduNet2D(n_channels=16, n_layers=3 if quick else 5, random_state=0),
+            X2_train, y2_train, shifted, y2_test, epochs, 20))
+        result["finetune"] = tuned
+        plot_curves(tuned, out_dir / (("export_finetune_quick" if quick
+                                       else "export_finetune") + tag + ".png"))
+    name = ("export_mnist1d_quick" if quick else "export_mnist1d") + tag
+    result["load_average"]["end"] = harness.load_average()
     harness.write_json(out_dir / f"{name}.json", result, indent=2)
-    table = harness.markdown_table(
-        ["kernel_size", "kernel energy kept", "test accuracy (exported module)"],
-        [[f"{r['kernel_size']}{' (full)' if r['kernel_size'] == T else ''}",
-          f"{r['energy_kept']:.4f}", f"{r['test_accuracy']:.4f}"] for r in rows], n_left=0)
-    lines = [table]
-    lines += ["", f"Fine-tuning ({len(tuned['epochs'])} epochs, Adam lr={lr:g}, cross-entropy on "
-                  f"-{temperature:g}·||C^j z||/mean): test accuracy {tuned['before']:.4f} → "
-                  f"{tuned['after']:.4f}; predictions changed under all {T} cyclic shifts: "
-                  f"{tuned['changed_under_all_shifts']}."]
-    harness.write_text(out_dir / f"{name}.md", "\n".join(lines))
+    harness.write_text(out_dir / f"{name}.md", markdown(result))
+    print(markdown(result))
     return result
 
 
 def main(argv=None):
-    parser = harness.arguments(__doc__.splitlines()[0],
-                               quick_help="800 training signals, 3 layers, one epoch")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=3e-6)
-    parser.add_argument("--temperature", type=float, default=10.0)
+    parser = harness.arguments(__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="label fine-tuning epochs (default: fine_tune's)")
+    parser.add_argument("--distill-epochs", type=int, default=None,
+                        help="distillation epochs (default: fine_tune's)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[3, 5, 7, 9, 15])
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-sizes", action="store_true")
+    parser.add_argument("--skip-finetune", action="store_true")
+    parser.add_argument("--tag", default="", help="suffix of the output files' names")
     args = parser.parse_args(argv)
-    run(args.quick, args.out, args.epochs, args.lr, args.temperature)
+    skip = {name for name in ("speed", "sizes", "finetune") if getattr(args, f"skip_{name}")}
+    run(args.quick, args.out, args.threads, args.repeats, args.epochs, args.distill_epochs,
+        tuple(args.sizes), skip, args.tag)
     return 0
 
 

@@ -8,11 +8,21 @@ from .operators import Operators, RateReduction, construct_operators, rate_reduc
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # fine_tune imports torch: loaded on first use, so `import convredunet` stays light.
+    if name == "fine_tune":
+        from .finetune import fine_tune
+
+        return fine_tune
+    raise AttributeError(f"module 'convredunet' has no attribute {name!r}")
+
 __all__ = [
     "ReduNet1D",
     "ReduNet2D",
     "ReduNetVector",
     "load",
+    "fine_tune",
     "Operators",
     "RateReduction",
     "construct_operators",

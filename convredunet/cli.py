@@ -1,4 +1,4 @@
-"""The command line: ``convredunet demo | fit | evaluate | export | bench``.
+"""The command line: ``convredunet demo | fit | evaluate | export | finetune | bench``.
 
 ``bench`` only names the command to run: the benchmark scripts live in ``bench/`` of a
 source checkout, not in the installed package.
@@ -387,22 +387,60 @@ def cmd_export(args):
     out = _check_new(args.out, args.force)
     net = load(args.model_file)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
-    module = net.to_torch(dtype=dtype, kernel_size=args.kernel_size).eval()
+    module = net.to_torch(dtype=dtype, kernel_size=args.kernel_size, conv=args.conv).eval()
     with _atomic_file(out) as tmp:
         if args.format == "torchscript":
             torch.jit.script(module).save(str(tmp))
         elif args.format == "state_dict":
             torch.save(module.state_dict(), str(tmp))
         else:
-            import warnings
+            from .export import export_onnx
 
-            example = torch.zeros((1,) + tuple(net.input_shape_), dtype=dtype)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(module, (example,), str(tmp), dynamo=False,
-                                  input_names=["x"], output_names=["features"],
-                                  dynamic_axes={"x": {0: "batch"}, "features": {0: "batch"}})
+            # Outputs "features", "scores" (membership) and "labels"; direct convolutions.
+            export_onnx(module, tmp)
     print(f"wrote {out} ({args.format}, {args.dtype}"
+          f"{'' if args.kernel_size is None else f', kernel_size={args.kernel_size}'})")
+    return 0
+
+
+def cmd_finetune(args):
+    import torch
+
+    from .finetune import fine_tune
+    from .estimators import load
+
+    out = _check_new(args.out, args.force)
+    net = load(args.model_file)
+    X_train, y_train, X_test, y_test, _ = load_data(
+        args.data, None, args.n_train_per_class, args.n_test_per_class, args.seed)
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    module = net.to_torch(dtype=dtype, kernel_size=args.kernel_size, conv=args.conv)
+    mode = args.mode
+    if mode == "auto":
+        mode = "labels" if args.kernel_size is None else "distill"
+
+    def test_accuracy(m):
+        if X_test is None:
+            return None
+        with torch.no_grad():
+            x = torch.as_tensor(np.asarray(X_test), dtype=dtype)
+            return float(np.mean(m.predict(x).numpy() == np.asarray(y_test)))
+
+    before = test_accuracy(module)
+    tuned = fine_tune(module, X_train, y_train, teacher=net if mode == "distill" else None,
+                      epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                      validation_fraction=args.validation_fraction, random_state=args.seed,
+                      verbose=not args.quiet)
+    after = test_accuracy(tuned)
+    with _atomic_file(out) as tmp:
+        torch.jit.script(tuned).save(str(tmp))
+    best = tuned.fine_tune_best_epoch
+    record = tuned.fine_tune_history[best]
+    print(f"{mode}: kept epoch {best} of {args.epochs} (validation accuracy "
+          f"{record['validation_accuracy']:.4f})")
+    if before is not None:
+        print(f"test accuracy (module's own prediction): {before:.4f} -> {after:.4f}")
+    print(f"wrote {out} (TorchScript, {args.dtype}"
           f"{'' if args.kernel_size is None else f', kernel_size={args.kernel_size}'})")
     return 0
 
@@ -465,9 +503,33 @@ def build_parser():
     export.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     export.add_argument("--kernel-size", type=int, default=None,
                         help="keep only the central taps of each layer kernel")
+    export.add_argument("--conv", choices=("auto", "fft", "direct"), default="auto",
+                        help="how the layers run: direct convolutions, FFT, or chosen by cost "
+                             "(ONNX files always use direct)")
     export.add_argument("--out", required=True)
     export.add_argument("--force", action="store_true")
     export.set_defaults(func=cmd_export)
+
+    finetune = sub.add_parser("finetune", help="fine-tune an exported model by backprop "
+                                               "(distill a compact one, or train on labels)")
+    finetune.add_argument("model_file")
+    _add_data_options(finetune)
+    finetune.add_argument("--out", required=True, help="TorchScript module to write (.pt)")
+    finetune.add_argument("--kernel-size", type=int, default=None,
+                          help="train a compact module keeping this many central taps")
+    finetune.add_argument("--mode", choices=("auto", "distill", "labels"), default="auto",
+                          help="distill the closed-form network (default with --kernel-size) "
+                               "or train on the labels only (default without)")
+    finetune.add_argument("--epochs", type=int, default=20)
+    finetune.add_argument("--lr", type=float, default=None,
+                          help="relative Adam step (default: fine_tune's, by mode)")
+    finetune.add_argument("--batch-size", type=int, default=64)
+    finetune.add_argument("--validation-fraction", type=float, default=0.1)
+    finetune.add_argument("--conv", choices=("auto", "fft", "direct"), default="auto")
+    finetune.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    finetune.add_argument("--force", action="store_true", help="overwrite --out")
+    finetune.add_argument("--quiet", action="store_true", help="no progress bar")
+    finetune.set_defaults(func=cmd_finetune)
 
     bench = sub.add_parser("bench", help="how to run a benchmark (the bench/ scripts of a "
                                          "source checkout; they are not installed)")

@@ -350,17 +350,17 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
             return dask_paths.score(self, X, y, sample_weight)
         return super().score(X, y, sample_weight)
 
-    def to_torch(self, dtype=None, kernel_size=None):
-        """Export to a ``torch.nn.Module`` of ordinary circular convolutions.
+    def to_torch(self, dtype=None, kernel_size=None, conv="auto"):
+        """Export to a ``torch.nn.Module`` of circular convolutions, run directly or by FFT.
 
         See :func:`convredunet.export.to_torch`; ``dtype`` defaults to
-        ``torch.float32``.
+        ``torch.float32``, ``conv`` is ``"auto"``, ``"fft"`` or ``"direct"``.
         """
         import torch
 
         from .export import to_torch
 
-        return to_torch(self, torch.float32 if dtype is None else dtype, kernel_size)
+        return to_torch(self, torch.float32 if dtype is None else dtype, kernel_size, conv)
 
     def save(self, path):
         """Write the fitted network to ``path`` (``.npz``, no pickle); see :func:`load`."""

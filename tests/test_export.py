@@ -31,19 +31,53 @@ def case(request):
     return net, X
 
 
-def test_export_matches_transform_and_predict(case):
+@pytest.mark.parametrize("conv", ["fft", "direct"])
+def test_export_matches_transform_and_predict(case, conv):
     net, X = case
-    module = net.to_torch(dtype=torch.float64)
+    module = net.to_torch(dtype=torch.float64, conv=conv)
     x = torch.from_numpy(X)
+    x_before = x.clone()
     ref = net.transform(X)
     with torch.no_grad():
         np.testing.assert_allclose(module(x).numpy(), ref, rtol=0, atol=1e-10)
         np.testing.assert_array_equal(module.predict(x).numpy(), net.predict(X))
         np.testing.assert_allclose(module.membership(x).numpy(), net.predict_proba(X),
                                    atol=1e-10)
-        out32 = net.to_torch()(x.float()).numpy()
+        module32 = net.to_torch(conv=conv)
+        out32 = module32(x.float()).numpy()
+        np.testing.assert_array_equal(module32.predict(x.float()).numpy(), net.predict(X))
+    assert torch.equal(x, x_before)
     assert out32.dtype == np.float32
     assert np.max(np.abs(out32 - ref)) / np.max(np.abs(ref)) < 1e-4
+
+
+def test_fft_and_direct_share_parameters_and_gradients(case):
+    net, X = case
+    if not net.signal_shape_:
+        pytest.skip("vectors have no convolution")
+    fft = net.to_torch(dtype=torch.float64, conv="fft", kernel_size=3)
+    direct = fft.with_conv("direct")
+    assert (fft.conv, direct.conv) == ("fft", "direct")
+    assert fft.state_dict().keys() == direct.state_dict().keys()
+    x = torch.from_numpy(X[:6]).requires_grad_(True)
+    grads = []
+    for module in (fft, direct):
+        out = module(x)
+        np.testing.assert_allclose(out.detach().numpy(), direct(x).detach().numpy(),
+                                   atol=1e-12)
+        (g,) = torch.autograd.grad((out * out.detach().roll(1, -1)).sum(), x)
+        grads.append(g.numpy())
+    np.testing.assert_allclose(grads[0], grads[1], atol=1e-9)
+
+
+def test_auto_picks_by_kernel_size():
+    from convredunet.export import AUTO_DIRECT_MAX_TAPS, choose_conv
+
+    assert choose_conv(40, 1) == "fft"
+    assert choose_conv(1, 1) == "direct"
+    assert choose_conv(AUTO_DIRECT_MAX_TAPS, 1) == "direct"
+    assert choose_conv(AUTO_DIRECT_MAX_TAPS + 1, 1) == "fft"
+    assert choose_conv(3, 2) == "fft"
 
 
 def test_module_is_made_of_standard_layers(case):
@@ -60,9 +94,10 @@ def test_module_is_made_of_standard_layers(case):
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_trace_script_and_onnx(case, tmp_path):
+@pytest.mark.parametrize("conv", ["fft", "direct"])
+def test_trace_and_script(case, conv):
     net, X = case
-    module = net.to_torch(dtype=torch.float32).eval()
+    module = net.to_torch(dtype=torch.float32, conv=conv).eval()
     x = torch.from_numpy(X).float()
     with torch.no_grad():
         ref = module(x)
@@ -71,15 +106,29 @@ def test_trace_script_and_onnx(case, tmp_path):
         torch.testing.assert_close(traced(x), ref)
         torch.testing.assert_close(scripted(x), ref)
         torch.testing.assert_close(scripted.predict(x), module.predict(x))
+        torch.testing.assert_close(scripted.membership(x), module.membership(x))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_onnx_outputs_and_input_shapes(case, tmp_path):
+    from convredunet.export import export_onnx
+
+    net, X = case
+    module = net.to_torch(dtype=torch.float32)  # "auto": ONNX runs it as direct
     path = tmp_path / "net.onnx"
-    torch.onnx.export(module, (x,), str(path), dynamo=False, input_names=["x"],
-                      output_names=["z"], dynamic_axes={"x": {0: "batch"}})
+    export_onnx(module, path)
     onnx = pytest.importorskip("onnx")
     onnx.checker.check_model(onnx.load(str(path)))
     ort = pytest.importorskip("onnxruntime")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {"x": x.numpy()})
-    np.testing.assert_allclose(got, ref.numpy(), rtol=1e-4, atol=1e-5)
+    assert [o.name for o in session.get_outputs()] == ["features", "scores", "labels"]
+    x = X.astype(np.float32)
+    for xi in (x, x[:7]):
+        n = len(xi)
+        features, scores, labels = session.run(None, {"x": xi})
+        np.testing.assert_allclose(features, net.transform(X[:n]), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(scores, net.predict_proba(X[:n]), atol=1e-4)
+        np.testing.assert_array_equal(labels, net.predict(X[:n]))
 
 
 def test_truncated_kernels():
@@ -133,7 +182,22 @@ def test_bad_export_arguments(case):
             net.to_torch(kernel_size=0)
         with pytest.raises(ValueError, match="kernel_size must be at most the signal size"):
             net.to_torch(kernel_size=99)
+    with pytest.raises(ValueError, match="conv must be one of 'auto', 'fft', 'direct'"):
+        net.to_torch(conv="fast")
     from sklearn.exceptions import NotFittedError
 
     with pytest.raises(NotFittedError):
         type(net)().to_torch()
+
+
+@pytest.mark.parametrize("conv", ["fft", "direct"])
+def test_blocks_of_samples_give_the_same_result(case, conv):
+    net, X = case
+    module = net.to_torch(dtype=torch.float64, conv=conv)
+    x = torch.from_numpy(X)
+    with torch.no_grad():
+        whole = module(x), module.logits(x), module.predict(x)
+        module.chunk_size = 5  # 24 samples: blocks of 5, 5, 5, 5, 4
+        blocks = module(x), module.logits(x), module.predict(x)
+    for a, b in zip(whole, blocks):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-12)

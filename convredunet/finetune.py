@@ -1,0 +1,402 @@
+"""Fine-tuning an exported ReduNet by backpropagation, with or without its closed-form teacher.
+
+:func:`fine_tune` trains a copy of a :class:`convredunet.export.ReduNetModule`
+(every layer stays a circular convolution, the prediction stays
+``argmax_j -||C^j z||``, so it stays exactly invariant to cyclic shifts).
+
+Why the closed-form weights resist naive fine-tuning, and what is done here:
+
+* **Scale.** Layer operators are of order ``alpha_j = C / (m_j eps2)``
+  (hundreds to thousands) while their far taps are tiny; one learning rate
+  for every tensor either leaves the large ones unchanged or wrecks the
+  small ones. Each tensor gets its own Adam learning rate ``lr * rms(W0)``
+  (``rms`` of its initial values): every weight moves by about ``lr`` of its
+  tensor's typical size per step.
+* **Saturated scores.** ``lmbda = 500`` makes ``softmax(-lmbda ||C^j z||)``
+  one-hot, so a cross-entropy on it has no useful gradient. The loss uses
+  normalized scores ``-tau ||C^j z|| / s`` instead, ``s`` the mean norm on
+  the training split at the start and ``tau`` a learnable temperature
+  (started at the value that minimizes the training cross-entropy). Positive
+  scaling does not change the argmax, so the module's own prediction is what
+  is trained. Inside the network ``lmbda`` stays as built (hard routing).
+* **Schedule.** Adam with a cosine decay to zero over ``epochs``; the
+  weights with the best accuracy on a validation split of the training data
+  are kept (the closed-form start included, so fine-tuning never returns a
+  worse module on that split).
+
+With ``teacher`` (the fitted closed-form network), the loss is
+``(1 - label_weight) KL(p_teacher || p_student) + label_weight CE(y, p_student)``
+on memberships: ``p_teacher`` is the teacher's membership softened the same
+way (its scores ``-||C^j z||`` computed by its exact float64 export, divided by
+their mean norm, with the temperature that fits the training labels best),
+so the student learns the teacher's ranking of the classes, not just its
+top choice.
+"""
+import copy
+import math
+import time
+
+import numpy as np
+import torch
+
+from .export import ReduNetModule
+
+__all__ = ["fine_tune", "distillation_loss"]
+
+
+def _check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_positive_float(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+            or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def _as_numpy(a):
+    return a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+
+
+def _check_data(module, X, y):
+    X = _as_numpy(X)
+    y = _as_numpy(y)
+    if X.ndim < 2 or not np.issubdtype(X.dtype, np.number):
+        raise ValueError(f"X must be a numeric array of samples (n, ...), got shape "
+                         f"{X.shape} and dtype {X.dtype}")
+    shape = tuple(module.input_shape)
+    n = X.shape[0]
+    if X.shape[1:] != shape:
+        if shape and shape[0] == 1 and X.shape[1:] == shape[1:]:
+            X = X[:, None]
+        else:
+            raise ValueError(f"X must hold samples of shape {shape} (the module's input), "
+                             f"got {X.shape[1:]}")
+    if not np.all(np.isfinite(X)):
+        raise ValueError("X must not contain NaN or infinite values")
+    if y.ndim != 1 or len(y) != n:
+        raise ValueError(f"y must be a 1D array with one label per sample ({n}), got shape "
+                         f"{y.shape}")
+    classes = module.classes.cpu().numpy()
+    index = {c: i for i, c in enumerate(classes.tolist())}
+    unknown = sorted({v for v in y.tolist() if v not in index})
+    if unknown:
+        raise ValueError(f"y holds labels the module does not know: {unknown[:5]} (its "
+                         f"classes: {classes.tolist()})")
+    return X, np.asarray([index[v] for v in y.tolist()], dtype=np.int64)
+
+
+def _split(n, labels, validation_fraction, random_state):
+    """Stratified train/validation indices (numpy), deterministic for ``random_state``."""
+    rng = np.random.default_rng(random_state)
+    train, val = [], []
+    for j in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == j))
+        n_val = int(round(validation_fraction * len(members)))
+        val.append(members[:n_val])
+        train.append(members[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def _scores(module, x, batch):
+    """Class scores ``-||C^j z||`` (``logits / lmbda``), no gradient, in blocks."""
+    lmbda = module.layers[-1].lmbda
+    with torch.no_grad():
+        return torch.cat([module.logits(x[s:s + batch]) for s in range(0, len(x), batch)]) / lmbda
+
+
+def _best_temperature(scores, labels):
+    """``tau`` minimizing ``CE(labels, softmax(tau * scores))`` on a log grid."""
+    grid = np.geomspace(1e-2, 1e4, 121)
+    losses = [float(torch.nn.functional.cross_entropy(scores * t, labels)) for t in grid]
+    return float(grid[int(np.argmin(losses))])
+
+
+def _teacher_targets(teacher, x, labels, batch):
+    """The teacher's memberships softened as in the module docstring, ``(n, k)`` float64."""
+    from .export import to_torch
+
+    teacher_module = to_torch(teacher, dtype=torch.float64, conv="auto")
+    scores = _scores(teacher_module, x.double(), batch)
+    scores = scores / float(-scores.mean())
+    return teacher_module, torch.softmax(scores * _best_temperature(scores, labels), dim=1)
+
+
+def distillation_loss(module, teacher, X, y):
+    """``KL(p_teacher || p_module)`` on ``(X, y)``, both memberships softened alike.
+
+    Each side's scores ``-||C^j z||`` are divided by their mean and scaled by
+    the temperature that best fits ``y`` (module docstring): a measure of how
+    well ``module`` reproduces the teacher's ranking of the classes.
+
+    Returns
+    -------
+    float
+    """
+    X, labels = _check_data(module, X, y)
+    dtype = next(module.parameters()).dtype
+    x, labels = torch.as_tensor(X, dtype=dtype), torch.as_tensor(labels)
+    _, targets = _teacher_targets(teacher, x, labels, 256)
+    scores = _scores(module, x, 256).double()
+    scores = scores / float(-scores.mean())
+    log_p = torch.log_softmax(scores * _best_temperature(scores, labels), dim=1)
+    return float(torch.nn.functional.kl_div(log_p, targets, reduction="batchmean"))
+
+
+def _gentle_steps(module, x, step):
+    """Set each layer's ``eta`` so that its update is ``step`` times the features' norm.
+
+    A layer ``z+ = normalize(z + eta (E z - sum_j gamma_j pi_j C^j z))`` with
+    operators of norm ~ alpha acts like a step of power iteration: with
+    truncated kernels the closed-form balance between ``E`` and the ``C^j``
+    is lost and a few layers send every input to the same feature (chance
+    accuracy, no gradient). A small step keeps each layer near the identity,
+    so information and gradients pass. Measured on ``x`` (mean over samples),
+    layer by layer on the module's own features.
+    """
+    with torch.no_grad():
+        z = module._enter(module.lifting(x if x.dim() == module.signal_ndim + 2
+                                         else x.unsqueeze(1)))
+        for layer in module.layers:
+            layer.eta = float(step / max(_update_ratio(layer, z), 1e-30))
+            z, _ = layer(z)
+
+
+def _update_ratio(layer, z):
+    """Mean over samples of ``||E z - sum_j gamma_j pi_j C^j z|| / ||z||`` for one layer."""
+    eta = layer.eta
+    layer.eta = 1.0
+    k, c = layer.n_classes, layer.n_channels
+    if layer.spectral:
+        f, _, b = z.shape
+        w = torch.matmul(layer.real_operators(), z).reshape(f, k + 1, 2 * c, b)
+        cj = w[:, 1:]
+        weight = (torch.softmax(layer._logits(layer._spectral_sq(cj)), dim=1) * layer.gamma).t()
+        update = w[:, 0] - (cj * weight.unsqueeze(1)).sum(dim=1)
+        ratio = torch.sqrt(torch.matmul(layer.freq_weights.unsqueeze(0),
+                                        (update * update).sum(dim=1)) /
+                           torch.matmul(layer.freq_weights.unsqueeze(0), (z * z).sum(dim=1)))
+    else:
+        b = z.shape[0]
+        w = layer._responses_spatial(z)
+        cj = w[:, c:].reshape(b, k, c, -1)
+        weight = torch.softmax(layer._logits((cj * cj).sum(dim=(2, 3))), dim=1) * layer.gamma
+        update = w[:, :c].reshape(z.shape) - (cj * weight.reshape(b, k, 1, 1)).sum(
+            dim=1).reshape(z.shape)
+        ratio = update.reshape(b, -1).norm(dim=1) / z.reshape(b, -1).norm(dim=1)
+    layer.eta = eta
+    return float(ratio.mean())
+
+
+def _accuracy(module, x, labels, batch):
+    if len(x) == 0:
+        return float("nan")
+    return float((torch.argmax(_scores(module, x, batch), dim=1) == labels).double().mean())
+
+
+def fine_tune(module, X, y, *, teacher=None, epochs=20, lr=None, batch_size=64,
+              validation_fraction=0.1, validation_data=None, trainable_layers=None,
+              label_weight=0.5, student_step=0.03, random_state=0, verbose=False,
+              callback=None):
+    """Train a copy of an exported ReduNet by backpropagation.
+
+    Parameters
+    ----------
+    module : ReduNetModule
+        From :func:`convredunet.export.to_torch` (any ``kernel_size``, ``conv``
+        and dtype); it is not modified.
+    X : array (n, *input_shape) or (n, *signal_shape) for one input channel
+        Training signals.
+    y : array (n,)
+        Their labels (values of the network's classes).
+    teacher : fitted ReduNet1D / ReduNet2D / ReduNetVector or None
+        The closed-form network to distill (module docstring); None trains on
+        the labels only.
+    epochs : int
+        Passes over the training split.
+    lr : float or None
+        Relative Adam step: a weight moves by about ``lr`` times its tensor's
+        initial rms per step (module docstring); the temperature's step is
+        ``lr`` on its logarithm. None: 1e-2 with a teacher (a truncated student
+        far from any good solution), 1e-5 without (the closed-form layers are
+        so finely balanced that 1e-3 relative noise on one layer's weights
+        halves the accuracy on MNIST-1D).
+    batch_size : int
+    validation_fraction : float in [0, 1)
+        Stratified share of ``X`` held out to choose the epoch kept (0: the
+        last epoch is kept). If the closed-form network was built on ``X``,
+        it has seen these samples and fits them better than unseen data: pass
+        ``validation_data`` held out from its construction instead.
+    validation_data : (X_val, y_val) or None
+        Held-out samples for choosing the epoch; replaces the split of ``X``.
+    trainable_layers : int or None
+        Train only the last ``trainable_layers`` layers (and the temperature);
+        None trains every layer and the lifting.
+    label_weight : float in [0, 1]
+        With a teacher, the weight of the label cross-entropy against the
+        distillation term.
+    student_step : float or None
+        With a teacher: each layer's ``eta`` is reset so that its update is
+        this fraction of the features' norm (see ``_gentle_steps``: truncated
+        closed-form layers otherwise collapse every input to one feature);
+        None keeps ``eta``.
+    random_state : int
+        Seeds the split and the batch order: the result is deterministic.
+    verbose : bool
+        A progress bar over the epochs.
+    callback : callable or None
+        Called with each epoch's record (dict) after the epoch.
+
+    Returns
+    -------
+    ReduNetModule
+        The trained copy, in ``module``'s ``conv`` mode and dtype, in eval
+        mode; ``.fine_tune_history`` holds one record per epoch (epoch 0 is
+        the start): ``loss``, ``train_accuracy`` (running, over the epoch's
+        batches), ``validation_accuracy``, ``temperature``, ``seconds``;
+        ``.fine_tune_best_epoch`` the epoch kept.
+    """
+    if not isinstance(module, ReduNetModule):
+        raise TypeError(f"module must be a ReduNetModule (from to_torch), got "
+                        f"{type(module).__name__}")
+    epochs = _check_positive_int(epochs, "epochs")
+    batch_size = _check_positive_int(batch_size, "batch_size")
+    if lr is None:
+        lr = 1e-2 if teacher is not None else 1e-5
+    lr = _check_positive_float(lr, "lr")
+    if isinstance(validation_fraction, bool) or not isinstance(
+            validation_fraction, (int, float, np.floating)) or not 0 <= validation_fraction < 1:
+        raise ValueError(f"validation_fraction must be a number in [0, 1), got "
+                         f"{validation_fraction!r}")
+    if isinstance(label_weight, bool) or not isinstance(
+            label_weight, (int, float, np.floating)) or not 0 <= label_weight <= 1:
+        raise ValueError(f"label_weight must be a number in [0, 1], got {label_weight!r}")
+    if isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)):
+        raise ValueError(f"random_state must be an integer, got {random_state!r}")
+    if trainable_layers is not None:
+        trainable_layers = _check_positive_int(trainable_layers, "trainable_layers")
+    X, labels = _check_data(module, X, y)
+    if validation_data is not None:
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError("validation_data must be a pair (X_val, y_val), got "
+                             f"{type(validation_data).__name__}")
+        X_val, labels_val = _check_data(module, *validation_data)
+        X = np.concatenate([X, X_val])
+        labels = np.concatenate([labels, labels_val])
+        train_idx = np.arange(len(X) - len(X_val))
+        val_idx = np.arange(len(X) - len(X_val), len(X))
+    else:
+        train_idx, val_idx = _split(len(X), labels, validation_fraction, random_state)
+    if len(train_idx) == 0:
+        raise ValueError(f"validation_fraction={validation_fraction} leaves no training "
+                         f"sample out of {len(X)}")
+
+    dtype = next(module.parameters()).dtype
+    original_conv = module.conv
+    student = module.with_conv("auto")  # a copy; the caller's module is untouched
+    student.eval()
+    if teacher is not None and student_step is not None:
+        _gentle_steps(student, torch.as_tensor(X[train_idx[:512]], dtype=dtype), student_step)
+    if trainable_layers is not None:
+        for param in student.parameters():
+            param.requires_grad_(False)
+        for layer in list(student.layers)[-trainable_layers:]:
+            for param in layer.parameters():
+                param.requires_grad_(True)
+    x_all = torch.as_tensor(X, dtype=dtype)
+    y_all = torch.as_tensor(labels)
+    x_train, y_train = x_all[train_idx], y_all[train_idx]
+    x_val, y_val = x_all[val_idx], y_all[val_idx]
+    eval_batch = max(batch_size, 256)
+
+    # Normalized scores: -tau ||C^j z|| / s, with s and the starting tau from the train split.
+    start_scores = _scores(student, x_train, eval_batch)
+    norm_scale = float(-start_scores.mean())
+    log_tau = torch.tensor(math.log(_best_temperature(start_scores / norm_scale, y_train)),
+                           dtype=dtype, requires_grad=True)
+    soft_targets = None
+    if teacher is not None:
+        teacher_module, soft_targets = _teacher_targets(teacher, x_train, y_train, eval_batch)
+        if not torch.equal(teacher_module.classes.cpu(), module.classes.cpu()):
+            raise ValueError("teacher must have the module's classes "
+                             f"({module.classes.tolist()}), got "
+                             f"{teacher_module.classes.tolist()}")
+        soft_targets = soft_targets.to(dtype)
+
+    groups = []
+    for param in student.parameters():
+        if not param.requires_grad:
+            continue
+        rms = float(param.detach().pow(2).mean().sqrt()) or 1.0
+        groups.append({"params": [param], "lr": lr * rms, "base_lr": lr * rms})
+    groups.append({"params": [log_tau], "lr": lr, "base_lr": lr})
+    optimizer = torch.optim.Adam(groups)
+    generator = torch.Generator().manual_seed(int(random_state))
+    n_train = len(x_train)
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    total_steps = epochs * steps_per_epoch
+
+    def evaluate():
+        return _accuracy(student, x_val, y_val, eval_batch)
+
+    history = [{"epoch": 0, "loss": None,
+                "train_accuracy": _accuracy(student, x_train, y_train, eval_batch),
+                "validation_accuracy": evaluate(), "temperature": float(log_tau.detach().exp()),
+                "seconds": 0.0}]
+    best_state = copy.deepcopy(student.state_dict())
+    best_epoch, best_val = 0, history[0]["validation_accuracy"]
+    from tqdm.auto import tqdm
+
+    progress = tqdm(total=epochs, desc="fine-tuning", unit="epoch", disable=not verbose,
+                    leave=False)
+    step = 0
+    try:
+        for epoch in range(1, epochs + 1):
+            started = time.perf_counter()
+            student.train()
+            order = torch.randperm(n_train, generator=generator)
+            total_loss, correct = 0.0, 0
+            for s in range(0, n_train, batch_size):
+                idx = order[s:s + batch_size]
+                factor = 0.5 * (1 + math.cos(math.pi * step / total_steps))
+                for group in optimizer.param_groups:
+                    group["lr"] = group["base_lr"] * factor
+                optimizer.zero_grad()
+                scores = student.logits(x_train[idx]) / student.layers[-1].lmbda
+                logits = scores * (log_tau.exp() / norm_scale)
+                loss = torch.nn.functional.cross_entropy(logits, y_train[idx])
+                if soft_targets is not None:
+                    kl = torch.nn.functional.kl_div(torch.log_softmax(logits, dim=1),
+                                                    soft_targets[idx], reduction="batchmean")
+                    loss = label_weight * loss + (1 - label_weight) * kl
+                loss.backward()
+                optimizer.step()
+                step += 1
+                total_loss += float(loss.detach()) * len(idx)
+                correct += int((torch.argmax(scores.detach(), dim=1) == y_train[idx]).sum())
+            student.eval()
+            record = {"epoch": epoch, "loss": total_loss / n_train,
+                      "train_accuracy": correct / n_train, "validation_accuracy": evaluate(),
+                      "temperature": float(log_tau.detach().exp()),
+                      "seconds": time.perf_counter() - started}
+            history.append(record)
+            if len(val_idx) == 0 or record["validation_accuracy"] > best_val:
+                best_val, best_epoch = record["validation_accuracy"], epoch
+                best_state = copy.deepcopy(student.state_dict())
+            progress.update(1)
+            progress.set_postfix(loss=f"{record['loss']:.3f}",
+                                 val=f"{record['validation_accuracy']:.3f}")
+            if callback is not None:
+                callback(record)
+    finally:
+        progress.close()
+    student.load_state_dict(best_state)
+    for param in student.parameters():
+        param.requires_grad_(True)
+    tuned = student.with_conv(original_conv).eval()
+    tuned.fine_tune_history = history
+    tuned.fine_tune_best_epoch = best_epoch
+    return tuned

@@ -1,0 +1,158 @@
+"""fine_tune: distillation, label training, determinism, invariance, validation."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import convredunet as crn  # noqa: E402
+from convredunet.finetune import distillation_loss, fine_tune  # noqa: E402
+from convredunet.testing import assert_shift_invariant  # noqa: E402
+
+from test_estimators import _signals  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def toy():
+    X, y = _signals(60, (1, 12), k=3)
+    net = crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=6, kernel_size=3).fit(X, y)
+    return net, X, y
+
+
+def _state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_distillation_lowers_teacher_loss(toy):
+    net, X, y = toy
+    student = net.to_torch(dtype=torch.float64, kernel_size=3)
+    before = distillation_loss(student, net, X, y)
+    tuned = fine_tune(student, X, y, teacher=net, epochs=6, lr=1e-2, batch_size=16,
+                      validation_fraction=0)
+    assert distillation_loss(tuned, net, X, y) < before
+
+
+def test_fine_tune_is_deterministic_and_leaves_its_input_alone(toy):
+    net, X, y = toy
+    module = net.to_torch(dtype=torch.float64, kernel_size=5)
+    X_before, original = X.copy(), _state(module)
+    runs = [fine_tune(module, X, y, epochs=2, lr=1e-2, batch_size=16, random_state=3)
+            for _ in range(2)]
+    for key, value in runs[0].state_dict().items():
+        assert torch.equal(value, runs[1].state_dict()[key]), key
+    for a, b in zip(runs[0].fine_tune_history, runs[1].fine_tune_history):
+        assert {k: v for k, v in a.items() if k != "seconds"} == \
+            {k: v for k, v in b.items() if k != "seconds"}
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, original[key]), key
+    np.testing.assert_array_equal(X, X_before)
+    assert runs[0].conv == module.conv
+    other = fine_tune(module, X, y, epochs=2, lr=1e-2, batch_size=16, random_state=4)
+    assert any(not torch.equal(v, other.state_dict()[k])
+               for k, v in runs[0].state_dict().items())
+
+
+@pytest.mark.parametrize("conv", ["fft", "direct"])
+def test_prediction_invariant_to_every_shift_after_training(toy, conv):
+    net, X, y = toy
+    module = net.to_torch(dtype=torch.float64, conv=conv)
+    tuned = fine_tune(module, X, y, epochs=2, lr=1e-2, batch_size=16, validation_fraction=0)
+    assert any(not torch.equal(a, b) for a, b in zip(module.parameters(), tuned.parameters()))
+    with torch.no_grad():
+        assert_shift_invariant(lambda a: tuned.predict(torch.from_numpy(a)).numpy(), X,
+                               ndim=1)
+
+
+def test_fine_tune_2d_invariance():
+    X, y = _signals(24, (1, 6, 5), k=2)
+    net = crn.ReduNet2D(n_layers=2, n_channels=4, kernel_size=3).fit(X, y)
+    tuned = fine_tune(net.to_torch(dtype=torch.float64), X, y, epochs=2, lr=1e-2,
+                      batch_size=8, validation_fraction=0)
+    with torch.no_grad():
+        assert_shift_invariant(lambda a: tuned.predict(torch.from_numpy(a)).numpy(), X,
+                               ndim=2)
+    torch.jit.script(tuned)
+
+
+def test_one_channel_signals_without_channel_axis(toy):
+    net, X, y = toy
+    tuned = fine_tune(net.to_torch(dtype=torch.float64), X[:, 0], y, epochs=1,
+                      validation_fraction=0)
+    assert len(tuned.fine_tune_history) == 2
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"epochs": 0}, "epochs must be a positive integer, got 0"),
+    ({"lr": -1.0}, "lr must be a positive finite number, got -1.0"),
+    ({"batch_size": 2.5}, "batch_size must be a positive integer, got 2.5"),
+    ({"validation_fraction": 1.0}, r"validation_fraction must be a number in \[0, 1\), got 1.0"),
+    ({"label_weight": 2}, r"label_weight must be a number in \[0, 1\], got 2"),
+])
+def test_bad_arguments(toy, kwargs, match):
+    net, X, y = toy
+    with pytest.raises(ValueError, match=match):
+        fine_tune(net.to_torch(), X, y, **kwargs)
+
+
+def test_bad_data(toy):
+    net, X, y = toy
+    module = net.to_torch()
+    with pytest.raises(TypeError, match="module must be a ReduNetModule"):
+        fine_tune(torch.nn.Linear(2, 2), X, y)
+    with pytest.raises(ValueError, match="X must hold samples of shape"):
+        fine_tune(module, X[..., :5], y)
+    with pytest.raises(ValueError, match="y must be a 1D array with one label per sample"):
+        fine_tune(module, X, y[:-1])
+    with pytest.raises(ValueError, match="y holds labels the module does not know"):
+        fine_tune(module, X, y + 10)
+
+
+# --- command line ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory):
+    from convredunet import cli
+
+    folder = tmp_path_factory.mktemp("finetune")
+    X, y = _signals(30, (1, 10), k=3)
+    X_test, y_test = _signals(9, (1, 10), k=3, seed=1)
+    data = folder / "toy.npz"
+    np.savez(data, X=X, y=y, X_test=X_test, y_test=y_test)
+    model = folder / "model.npz"
+    assert cli.main(["fit", "--data", str(data), "--n-layers", "2", "--n-channels", "4",
+                     "--kernel-size", "3", "--quiet", "--out", str(model)]) == 0
+    return folder, data, model
+
+
+def test_cli_finetune_writes_a_scripted_module(cli_files, capsys):
+    from convredunet import cli
+
+    folder, data, model = cli_files
+    out = folder / "module.pt"
+    status = cli.main(["finetune", str(model), "--data", str(data), "--out", str(out),
+                       "--kernel-size", "3", "--epochs", "1", "--quiet"])
+    printed = capsys.readouterr().out
+    assert status == 0 and "distill" in printed and "test accuracy" in printed
+    loaded = torch.jit.load(str(out))
+    X = np.load(data)["X_test"]
+    assert loaded.predict(torch.from_numpy(X).float()).shape == (len(X),)
+    assert sorted(p.name for p in folder.iterdir()) == ["model.npz", "module.pt", "toy.npz"]
+
+
+def test_cli_finetune_bad_input_and_interrupt(cli_files, capsys, monkeypatch):
+    from convredunet import cli, finetune
+
+    folder, data, model = cli_files
+    out = folder / "never.pt"
+    status = cli.main(["finetune", str(model), "--data", str(data), "--out", str(out),
+                       "--epochs", "0", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and "epochs must be a positive integer" in err[0]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "fine_tune", interrupted)
+    status = cli.main(["finetune", str(model), "--data", str(data), "--out", str(out),
+                       "--quiet"])
+    assert status == 130
+    assert not out.exists()
+    assert not [p for p in folder.iterdir() if p.name.endswith(".partial")]
