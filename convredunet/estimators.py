@@ -15,7 +15,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d
 
-from . import io, spectral
+from . import io, spectral, subspace
 from ._memory import release_memory
 from ._threads import thread_limits
 from ._validation import check_features, validate_params
@@ -152,11 +152,16 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
                                          acc=f"{accuracy:.3f}")
             finally:
                 progress.close()
-        self._set_fitted(network, classes, history)
+            bases = None
+            if params["classifier"] == "subspace":
+                bases = subspace.class_subspaces(backend, Z, labels, k, params["n_components"],
+                                                 params["batch_size"])
+        self._set_fitted(network, classes, history, bases)
         return self
 
-    def _set_fitted(self, network, classes, history):
+    def _set_fitted(self, network, classes, history, subspaces=None):
         self.network_ = network
+        self.subspaces_ = subspaces
         self.classes_ = classes
         self.history_ = history
         self.input_shape_ = network.input_shape
@@ -239,13 +244,16 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
                 yield start, z, pi
                 start += z.shape[0]
 
-    def _forward(self, X, name="X", features=True):
+    def _forward(self, X, name="X", features=True, distances=False):
         """Features after the last layer (None unless ``features``) and the membership.
 
         The samples stream through the network chunk by chunk; features are
-        written into one output array, memberships (``(b, k)``) gathered.
+        written into one output array, memberships (``(b, k)``) gathered. With
+        ``distances``, the subspace distances ``(b, k)`` replace the membership.
         """
         X = self._check_input(X, name)
+        if distances:
+            self._check_subspaces()
         workspace = self._workspace()
         Z, pis = None, []
         for start, z, pi in self._chunks(X):
@@ -253,8 +261,30 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
                 if Z is None:
                     Z = workspace.user_empty((X.shape[0],) + tuple(z.shape[1:]), X)
                 Z[start:start + z.shape[0]] = workspace.to_user(z, X)
-            pis.append(workspace.backend.asnumpy(pi))
+            if distances:
+                pis.append(subspace.subspace_distances(workspace.backend, z, self.subspaces_,
+                                                       self.signal_shape_))
+            else:
+                pis.append(workspace.backend.asnumpy(pi))
         return Z, np.concatenate(pis)
+
+    def _check_subspaces(self):
+        if getattr(self, "subspaces_", None) is None:
+            raise ValueError(f"classifier='subspace' needs the class subspaces, but this "
+                             f"{type(self).__name__} was fitted with "
+                             f"classifier='membership'; set classifier='subspace' before "
+                             "calling fit")
+
+    def subspace_distances(self, X):
+        """Squared distances of the features of ``X`` to each class subspace, ``(n_samples, k)``.
+
+        Needs ``classifier="subspace"`` at fit time. The subspace of class
+        ``j`` is the principal subspace of its training features after the
+        last layer and of all their cyclic shifts: ``n_components`` leading
+        directions per frequency (:mod:`convredunet.subspace`). Every cyclic
+        shift of a sample has the same distances, exactly up to rounding.
+        """
+        return self._forward(X, features=False, distances=True)[1]
 
     def layer_features(self, X):
         """Features entering every layer and after the last: a list of ``n_layers + 1`` arrays.
@@ -325,7 +355,14 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         return self._forward(X, features=False)[1]
 
     def predict(self, X):
-        """``argmax_j pi_j`` of the last layer, as the original class labels."""
+        """The predicted classes, as the original class labels.
+
+        ``classifier="membership"``: ``argmax_j pi_j`` of the last layer.
+        ``classifier="subspace"``: the class whose subspace is nearest
+        (:meth:`subspace_distances`). Both are exactly invariant to cyclic shifts.
+        """
+        if self.classifier == "subspace":
+            return self.classes_[np.argmin(self.subspace_distances(X), axis=1)]
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
 
@@ -345,12 +382,15 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         """Write the fitted network to ``path`` (``.npz``, no pickle); see :func:`load`."""
         self._check_fitted()
         classes = np.asarray(self.classes_)
+        extra = {}
+        if getattr(self, "subspaces_", None) is not None:
+            extra["classifier/bases"] = self.subspaces_
         io.save_network(path, self.network_, {
             "estimator": type(self).__name__,
             "params": self.get_params(),
             "classes": classes,
             "history": self.history_,
-        })
+        }, extra)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -391,7 +431,8 @@ def load(path):
     model = io.read_model(path, estimators)
     estimator = estimators[model.estimator](**model.params)
     network = model.network.to(estimator._workspace())
-    estimator._set_fitted(network, model.classes, model.history)
+    estimator._set_fitted(network, model.classes, model.history,
+                          model.arrays.get("classifier/bases"))
     return estimator
 
 
@@ -429,6 +470,16 @@ class ReduNet1D(_ReduNet):
     membership : {"estimated", "label"}
         How the training features advance during construction: the
         estimated membership (as in the paper's experiments) or the true labels.
+    classifier : {"membership", "subspace"}
+        What :meth:`predict` returns: ``"membership"``, the argmax of the last
+        layer's estimated membership; ``"subspace"``, the nearest class subspace
+        of the training features after the last layer, where each class
+        subspace holds ``n_components`` principal directions per frequency of
+        the class's features and all their cyclic shifts (exactly
+        shift-invariant; see :mod:`convredunet.subspace`).
+    n_components : int
+        Directions per frequency of each class subspace (at most the number
+        of feature channels); used by ``classifier="subspace"``.
     random_state : int, numpy Generator or None
         Seeds the lifting kernels.
     backend : {"numpy", "torch"}
@@ -453,7 +504,8 @@ class ReduNet1D(_ReduNet):
 
     def __init__(self, n_layers=12, eps2=3e-4, eta=0.5, lmbda=500.0, n_channels=32,
                  kernel_size=7, nonlinearity="abs", lifting_bias=1.0, membership="estimated",
-                 random_state=0, backend="numpy", device=None, dtype="float64",
+                 classifier="membership", n_components=8, random_state=0, backend="numpy",
+                 device=None, dtype="float64",
                  batch_size=None, verbose=False):
         self.n_layers = n_layers
         self.eps2 = eps2
@@ -464,6 +516,8 @@ class ReduNet1D(_ReduNet):
         self.nonlinearity = nonlinearity
         self.lifting_bias = lifting_bias
         self.membership = membership
+        self.classifier = classifier
+        self.n_components = n_components
         self.random_state = random_state
         self.backend = backend
         self.device = device
@@ -485,7 +539,8 @@ class ReduNet2D(_ReduNet):
 
     def __init__(self, n_layers=25, eps2=0.1, eta=0.5, lmbda=500.0, n_channels=75,
                  kernel_size=9, nonlinearity="relu", lifting_bias=None, membership="estimated",
-                 random_state=0, backend="numpy", device=None, dtype="float64",
+                 classifier="membership", n_components=8, random_state=0, backend="numpy",
+                 device=None, dtype="float64",
                  batch_size=None, verbose=False):
         self.n_layers = n_layers
         self.eps2 = eps2
@@ -496,6 +551,8 @@ class ReduNet2D(_ReduNet):
         self.nonlinearity = nonlinearity
         self.lifting_bias = lifting_bias
         self.membership = membership
+        self.classifier = classifier
+        self.n_components = n_components
         self.random_state = random_state
         self.backend = backend
         self.device = device
@@ -513,13 +570,16 @@ class ReduNetVector(_ReduNet):
     _signal_ndim = 0
 
     def __init__(self, n_layers=20, eps2=0.1, eta=0.5, lmbda=500.0, membership="estimated",
-                 random_state=0, backend="numpy", device=None, dtype="float64",
+                 classifier="membership", n_components=8, random_state=0, backend="numpy",
+                 device=None, dtype="float64",
                  batch_size=None, verbose=False):
         self.n_layers = n_layers
         self.eps2 = eps2
         self.eta = eta
         self.lmbda = lmbda
         self.membership = membership
+        self.classifier = classifier
+        self.n_components = n_components
         self.random_state = random_state
         self.backend = backend
         self.device = device

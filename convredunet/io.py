@@ -81,7 +81,7 @@ def atomic_path(path):
             tmp.unlink()
 
 
-def save_network(path, network, meta):
+def save_network(path, network, meta, extra=None):
     """Write a fitted network and its estimator's description to ``path``.
 
     Parameters
@@ -91,6 +91,9 @@ def save_network(path, network, meta):
     meta : dict
         ``estimator`` (class name), ``params`` (``get_params()``), ``classes``
         (array), ``history`` (list of dicts).
+    extra : dict or None
+        More arrays, keyed under the ``classifier/`` prefix (the class
+        subspaces of ``classifier="subspace"``: ``classifier/bases``).
 
     Raises
     ------
@@ -121,7 +124,7 @@ def save_network(path, network, meta):
         "nonlinearity": None if network.lifting is None else network.lifting.nonlinearity,
     }
     arrays = {"format_version": np.array(FORMAT_VERSION), "meta": np.array(json.dumps(header)),
-              "classes": classes, **network.to_arrays()}
+              "classes": classes, **network.to_arrays(), **(extra or {})}
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
@@ -137,6 +140,8 @@ class ModelFile:
     classes: np.ndarray
     history: list
     network: Network
+    #: Fitted numbers of the classifier (``classifier/bases`` for ``classifier="subspace"``).
+    arrays: dict = dataclasses.field(default_factory=dict)
 
 
 class _Archive:
@@ -320,10 +325,18 @@ def _read(archive, estimators):
         arrays.update(_read_layer(archive, f"layer{index}/", k, n_channels, n_freqs,
                                   op_dtype))
 
+    extra = {}
+    if params.get("classifier") == "subspace":
+        # Read only for this classifier: files of other settings (and files
+        # written before the parameter existed) have no such entry.
+        rank = min(params["n_components"], n_channels)
+        extra["classifier/bases"] = archive.read("classifier/bases", "c" if nd else "f",
+                                                 shape=(k, n_freqs, n_channels, rank))
+
     workspace = workspace_of(np.zeros(0, dtype=params["dtype"]))
     network = Network.from_arrays(arrays, input_shape, nonlinearity if lifted else None,
                                   steps, workspace)
-    return ModelFile(name, meta["params"], classes, history, network)
+    return ModelFile(name, meta["params"], classes, history, network, extra)
 
 
 def _read_layer(archive, prefix, k, n_channels, n_freqs, op_dtype):

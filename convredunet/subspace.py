@@ -1,0 +1,83 @@
+"""Nearest-subspace classification of features, exactly invariant to cyclic shifts.
+
+The ReduNet paper classifies its learned features by the nearest class
+subspace: each class's training features span a principal subspace, and a
+sample goes to the class whose subspace is closest. On flattened signals that
+rule is not shift invariant. Here each class's subspace is the principal
+subspace of its features *together with all their cyclic shifts*:
+
+* the second-moment matrix of a class and all its shifts is block circulant,
+  so the DFT splits it into one ``C x C`` Hermitian matrix per frequency,
+  ``S_j(p) = V_j(p) V_j(p)^H`` (the class Gram matrices the layers use);
+* the principal subspace keeps, at every frequency, the ``r`` leading
+  eigenvectors ``U_j(p)`` (``C x r``) of ``S_j(p)``: ``r`` dimensions per
+  frequency, i.e. ``r`` *cyclic families* of directions;
+* the squared distance of a sample ``z`` (unitary half spectrum ``v(p)``) to
+  the subspace of class ``j`` is
+
+      d_j(z)^2 = ||z||^2 - sum_p w_p ||U_j(p)^H v(p)||^2
+
+  with ``w_p`` the half-spectrum weights (SPEC.md).
+
+Why it is exactly invariant: shifting ``z`` by ``s`` multiplies ``v(p)`` by the
+unit-modulus number ``exp(-2 pi i p s / T)`` and changes nothing else, so
+``||U_j(p)^H v(p)||`` and ``||z||`` are unchanged at every frequency. The
+network's features are shift-equivariant, so the distances of a shifted
+input equal those of the input, and so does the predicted class.
+"""
+import numpy as np
+
+from . import spectral
+
+__all__ = ["class_subspaces", "subspace_distances"]
+
+
+def class_subspaces(backend, Z, labels, n_classes, n_components, batch_size=None):
+    """Per-class, per-frequency principal directions of features ``Z``.
+
+    Parameters
+    ----------
+    backend : the working arrays' backend
+    Z : working array, shape (m, C, *signal_shape) or (m, d)
+    labels : numpy int array (m,), classes ``0..n_classes-1``
+    n_components : int
+        Directions kept per frequency and class (at most ``C``).
+    batch_size : int or None
+        Samples per chunk when the Gram matrices are accumulated.
+
+    Returns
+    -------
+    bases : numpy array (n_classes, F, C, r), complex for signals, real for vectors
+        ``bases[j, p]`` holds the ``r = min(n_components, C)`` leading
+        eigenvectors of ``V_j(p) V_j(p)^H`` as columns, the largest first.
+    """
+    grams, _, _ = spectral.class_grams(backend, Z, labels, n_classes,
+                                       batch_size=batch_size, total=False)
+    n_channels = Z.shape[1]
+    r = min(int(n_components), n_channels)
+    bases = []
+    for j in range(n_classes):
+        gram = backend.asnumpy(grams[j])  # (F, C, C), Hermitian
+        _, vectors = np.linalg.eigh(gram)  # ascending eigenvalues
+        bases.append(vectors[:, :, ::-1][:, :, :r])
+    return np.ascontiguousarray(np.stack(bases))
+
+
+def subspace_distances(backend, z, bases, signal_shape):
+    """Squared distances of features to every class subspace, shape ``(b, k)``.
+
+    Parameters
+    ----------
+    z : working array (b, C, *signal_shape) or (b, d)
+    bases : numpy array (k, F, C, r), from :func:`class_subspaces`
+    signal_shape : tuple, ``()`` for vectors
+    """
+    v = backend.asnumpy(spectral.spectrum(backend, z, tuple(signal_shape)))  # (F, C, b)
+    weights = spectral.half_spectrum_weights(tuple(signal_shape))
+    bases = bases.astype(np.result_type(bases.dtype, v.dtype), copy=False)
+    total = np.einsum("f,fcb->b", weights, np.abs(v) ** 2)
+    captured = np.empty((bases.shape[0], v.shape[-1]))
+    for j, basis in enumerate(bases):
+        coeffs = np.conj(np.swapaxes(basis, 1, 2)) @ v  # (F, r, b)
+        captured[j] = np.einsum("f,frb->b", weights, np.abs(coeffs) ** 2)
+    return np.maximum(total[None, :] - captured, 0.0).T
