@@ -28,6 +28,7 @@ input equal those of the input, and so does the predicted class.
 import numpy as np
 
 from . import spectral
+from ._threads import thread_limits
 
 __all__ = ["class_subspaces", "subspace_distances"]
 
@@ -51,14 +52,28 @@ def class_subspaces(backend, Z, labels, n_classes, n_components, batch_size=None
         ``bases[j, p]`` holds the ``r = min(n_components, C)`` leading
         eigenvectors of ``V_j(p) V_j(p)^H`` as columns, the largest first.
     """
-    grams, _, _ = spectral.class_grams(backend, Z, labels, n_classes,
-                                       batch_size=batch_size, total=False)
-    n_channels = Z.shape[1]
+    with thread_limits():  # batched small products: one BLAS thread (see _threads)
+        return _class_subspaces(backend, Z, labels, n_classes, n_components, batch_size)
+
+
+def _class_subspaces(backend, Z, labels, n_classes, n_components, batch_size):
+    n_channels, signal_shape, _ = spectral.signal_layout(tuple(Z.shape[1:]))
+    n_freqs = len(spectral.half_spectrum_weights(signal_shape))
+    if batch_size is None:
+        batch_size = spectral.default_batch_size(n_channels, n_freqs, backend.itemsize(Z))
+    grams = [0.0] * n_classes
+    for start in range(0, Z.shape[0], batch_size):
+        v = backend.asnumpy(spectral.spectrum(backend, Z[start:start + batch_size],
+                                              signal_shape))  # (F, C, b)
+        chunk = labels[start:start + batch_size]
+        for j in np.unique(chunk):
+            part = np.ascontiguousarray(v[:, :, chunk == j])
+            # Contiguous operands: numpy's matmul runs BLAS only on unit-stride axes.
+            grams[j] = grams[j] + part @ np.ascontiguousarray(np.conj(part).transpose(0, 2, 1))
     r = min(int(n_components), n_channels)
     bases = []
-    for j in range(n_classes):
-        gram = backend.asnumpy(grams[j])  # (F, C, C), Hermitian
-        _, vectors = np.linalg.eigh(gram)  # ascending eigenvalues
+    for gram in grams:
+        _, vectors = np.linalg.eigh(gram)  # (F, C, C), ascending eigenvalues
         bases.append(vectors[:, :, ::-1][:, :, :r])
     return np.ascontiguousarray(np.stack(bases))
 
@@ -72,12 +87,20 @@ def subspace_distances(backend, z, bases, signal_shape):
     bases : numpy array (k, F, C, r), from :func:`class_subspaces`
     signal_shape : tuple, ``()`` for vectors
     """
+    with thread_limits():  # batched small products: one BLAS thread (see _threads)
+        return _subspace_distances(backend, z, bases, signal_shape)
+
+
+def _subspace_distances(backend, z, bases, signal_shape):
     v = backend.asnumpy(spectral.spectrum(backend, z, tuple(signal_shape)))  # (F, C, b)
     weights = spectral.half_spectrum_weights(tuple(signal_shape))
-    bases = bases.astype(np.result_type(bases.dtype, v.dtype), copy=False)
-    total = np.einsum("f,fcb->b", weights, np.abs(v) ** 2)
+    v = np.ascontiguousarray(v)
+    total = weights @ (v.real ** 2 + v.imag ** 2).sum(1)
     captured = np.empty((bases.shape[0], v.shape[-1]))
     for j, basis in enumerate(bases):
-        coeffs = np.conj(np.swapaxes(basis, 1, 2)) @ v  # (F, r, b)
-        captured[j] = np.einsum("f,frb->b", weights, np.abs(coeffs) ** 2)
+        # Contiguous (F, r, C) operand: numpy's matmul runs BLAS only on unit-stride axes.
+        basis_h = np.ascontiguousarray(np.conj(np.swapaxes(basis, -1, -2)), dtype=v.dtype)
+        coeffs = basis_h @ v  # (F, r, b)
+        captured[j] = weights @ (coeffs.real ** 2 + coeffs.imag ** 2).sum(1) \
+            if np.iscomplexobj(coeffs) else weights @ (coeffs ** 2).sum(1)
     return np.maximum(total[None, :] - captured, 0.0).T
