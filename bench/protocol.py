@@ -38,7 +38,7 @@ def validation_split(X, y, fraction=0.2, seed=0):
     return X_fit, y_fit, X_val, y_val
 
 
-def layer_scores(make, X_fit, y_fit, X_val, y_val, ranks=RANKS):
+def layer_scores(make, X_fit, y_fit, X_val, y_val, ranks=RANKS, train=True):
     """Fit ``make()`` (membership classifier) on one part, score every depth on the other.
 
     Returns
@@ -47,7 +47,8 @@ def layer_scores(make, X_fit, y_fit, X_val, y_val, ranks=RANKS):
         ``fit_s``; ``train_membership`` (per layer, from ``history_``);
         ``membership``: validation accuracy for ``n_layers = 1..L``;
         ``subspace``: ``{r: accuracy for features after 0..L layers}``;
-        ``subspace_train``: the same on the fit part (for the depth figure).
+        ``subspace_train``: the same on the fit part (for the depth figure; only
+        with ``train``, else None).
     """
     net = make()
     with harness.Timer() as fit:
@@ -68,11 +69,14 @@ def layer_scores(make, X_fit, y_fit, X_val, y_val, ranks=RANKS):
     signal_shape = feats_fit[0].shape[2:]
     ranks = [r for r in ranks if r <= n_channels]
     subspace = {r: [] for r in ranks}
-    subspace_train = {r: [] for r in ranks}
+    subspace_train = {r: [] for r in ranks} if train else None
     for zf, zv in zip(feats_fit, feats_val):
         bases = class_subspaces(_BACKEND, zf, labels_fit, k, max(ranks))  # largest first
         for r in ranks:
-            for z, labels, out in ((zv, labels_val, subspace), (zf, labels_fit, subspace_train)):
+            parts = [(zv, labels_val, subspace)]
+            if train:
+                parts.append((zf, labels_fit, subspace_train))
+            for z, labels, out in parts:
                 distances = subspace_distances(_BACKEND, z, bases[..., :r], signal_shape)
                 out[r].append(float(np.mean(np.argmin(distances, 1) == labels)))
     return {"fit_s": round(fit.seconds, 2),

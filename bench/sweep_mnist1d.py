@@ -43,6 +43,8 @@ import protocol
 
 DEFAULT_OUT = harness.RESULTS / "mnist1d_sweep.json"
 FIT_BUDGET_S = 60.0
+#: Subspace ranks scored (directions per frequency).
+RANKS = (4, 8, 16, 32)
 #: Scale from the 3200 fitting signals to the 4000 of the full training set.
 FULL_SCALE = 4000 / 3200
 
@@ -63,7 +65,7 @@ def evaluate(params, split):
     """Fit one point on the fitting part and score every depth on the validation part."""
     full = {**BASE, **params}
     record = protocol.layer_scores(lambda: ReduNet1D(**{k: full[k] for k in NET_KEYS}),
-                                   *split)
+                                   *split, ranks=RANKS, train=False)
     record["params"] = full
     return record
 
