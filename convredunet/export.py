@@ -148,24 +148,63 @@ class ReduNetLayer(nn.Module):
         return self.normalize(z + self.eta * (u - compressed)), logits
 
 
+class SubspaceHead(nn.Module):
+    """Squared distances to the class subspaces (``classifier="subspace"``), ``(b, k)``.
+
+    The projector on class ``j``'s subspace (``n_components`` directions per
+    frequency of the class and all its cyclic shifts) is block circulant, so
+    it is a ``C -> C`` circular convolution ``P_j``; ``project`` stacks them
+    (``C -> k*C``, or a linear map for vectors) and
+    ``d_j(z) = ||z||^2 - ||P_j z||^2``.
+    """
+
+    def __init__(self, project, n_classes):
+        super().__init__()
+        self.project = project
+        self.n_classes = int(n_classes)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        b = z.shape[0]
+        p = self.project(z).reshape(b, self.n_classes, -1)
+        flat = z.reshape(b, 1, -1)
+        return (flat * flat).sum(-1) - (p * p).sum(-1)
+
+
+def _subspace_head(net, dtype, kernel_size):
+    """The :class:`SubspaceHead` of a net fitted with ``classifier="subspace"``."""
+    bases = np.asarray(net.subspaces_)  # (k, F, C, r)
+    k, c = bases.shape[0], bases.shape[2]
+    projectors = bases @ np.conj(np.swapaxes(bases, -1, -2))  # (k, F, C, C)
+    if not net.signal_shape_:
+        return SubspaceHead(_linear(projectors[:, 0].real.reshape(k * c, c), dtype), k)
+    backend = resolve("numpy", None, "float64").backend
+    kernels = spectral.operator_kernels(backend, projectors, net.signal_shape_)
+    kernels = kernels.reshape((k * c,) + kernels.shape[2:])
+    return SubspaceHead(_circular_conv(centred_kernels(kernels, kernel_size), dtype), k)
+
+
 class ReduNetModule(nn.Module):
     """A fitted ReduNet as a standard PyTorch module.
 
     ``forward(x)`` returns the features after the last layer (as
     ``net.transform``); ``predict(x)`` the labels (as ``net.predict``),
     ``membership(x)`` the last layer's ``pi`` and ``logits(x)`` its
-    ``-lmbda ||C^j z||`` (use these with cross-entropy to fine-tune).
+    ``-lmbda ||C^j z||`` (use these with cross-entropy to fine-tune). With
+    ``classifier="subspace"``, ``subspace_distances(x)`` gives the squared
+    distances to the class subspaces and ``predict`` their argmin.
 
     Input ``x``: ``(b, *signal_shape)`` or ``(b, C_in, *signal_shape)``;
     vectors ``(b, d)``.
     """
 
-    def __init__(self, lifting, layers, classes, signal_ndim):
+    def __init__(self, lifting, layers, classes, signal_ndim, head=None):
         super().__init__()
         self.lifting = lifting
         self.layers = nn.ModuleList(layers)
         self.register_buffer("classes", torch.as_tensor(classes))
         self.signal_ndim = int(signal_ndim)
+        self.use_subspace = head is not None
+        self.head = head if head is not None else nn.Identity()
 
     def _run(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         if self.signal_ndim > 0 and x.dim() == self.signal_ndim + 1:
@@ -190,9 +229,20 @@ class ReduNetModule(nn.Module):
         return torch.softmax(self._run(x)[1], dim=1)
 
     @torch.jit.export
+    def subspace_distances(self, x: torch.Tensor) -> torch.Tensor:
+        """Squared distances to the class subspaces, ``(b, k)`` (``classifier="subspace"``)."""
+        if not self.use_subspace:
+            raise RuntimeError("the network was exported without class subspaces "
+                               "(classifier='membership')")
+        return self.head(self._run(x)[0])
+
+    @torch.jit.export
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Labels ``classes[argmax_j pi_j]``."""
-        return self.classes[torch.argmax(self._run(x)[1], dim=1)]
+        """Labels: ``classes[argmax_j pi_j]``, or the nearest subspace's (``classifier="subspace"``)."""
+        z, logits = self._run(x)
+        if self.use_subspace:
+            return self.classes[torch.argmin(self.head(z), dim=1)]
+        return self.classes[torch.argmax(logits, dim=1)]
 
 
 def to_torch(net, dtype=torch.float32, kernel_size=None):
@@ -247,7 +297,11 @@ def to_torch(net, dtype=torch.float32, kernel_size=None):
     classes = net.classes_
     if classes.dtype.kind not in "biuf":
         classes = np.arange(len(classes))  # non-numeric labels: predict returns indices
-    return ReduNetModule(lifting, layers, np.asarray(classes), nd)
+    head = None
+    if net.classifier == "subspace":
+        net._check_subspaces()
+        head = _subspace_head(net, dtype, kernel_size)
+    return ReduNetModule(lifting, layers, np.asarray(classes), nd, head)
 
 
 class _Abs(nn.Module):

@@ -207,3 +207,27 @@ def test_files_written_before_the_parameter_still_load(tmp_path):
     old = crn.load(tmp_path / "old.npz")
     assert old.classifier == "membership" and old.subspaces_ is None
     np.testing.assert_array_equal(old.predict(X), net.predict(X))
+
+
+@pytest.mark.parametrize("make, shape", [
+    (lambda: crn.ReduNet1D(eps2=0.1, n_layers=2, n_channels=5, kernel_size=3,
+                           classifier="subspace", n_components=2), (2, 12)),
+    (lambda: crn.ReduNet2D(eps2=0.1, n_layers=1, n_channels=4, kernel_size=3,
+                           classifier="subspace", n_components=2), (6, 5)),
+    (lambda: crn.ReduNetVector(n_layers=2, classifier="subspace", n_components=2), (7,)),
+])
+def test_export_carries_the_subspace_classifier(make, shape):
+    import torch
+
+    X, y = _signals(30, (1,) + shape if len(shape) == 2 and shape[0] == 6 else shape, k=3) \
+        if len(shape) > 1 else (np.random.default_rng(0).standard_normal((30,) + shape),
+                                np.arange(30) % 3)
+    net = make().fit(X, y)
+    module = net.to_torch(dtype=torch.float64)
+    x = torch.from_numpy(X)
+    with torch.no_grad():
+        np.testing.assert_allclose(module.subspace_distances(x).numpy(),
+                                   net.subspace_distances(X), atol=1e-10)
+        np.testing.assert_array_equal(module.predict(x).numpy(), net.predict(X))
+        scripted = torch.jit.script(module)
+        np.testing.assert_array_equal(scripted.predict(x).numpy(), net.predict(X))
