@@ -360,15 +360,21 @@ def depth_figure(path, panels):
     fig = harness.figure(6.2 * len(panels), 4.4)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (title, scores, rank) in zip(axes, panels):
+        def values(x):
+            return np.array([np.nan if v is None else v for v in x], dtype=float)
+
         depth = np.arange(1, len(scores["membership"]) + 1)
-        ax.plot(depth, scores["train_membership"], "--", color="tab:blue",
+        ax.plot(depth, values(scores["train_membership"]), "--", color="tab:blue",
                 label="membership, train")
-        ax.plot(depth, scores["membership"], "-", color="tab:blue", label="membership, val.")
+        ax.plot(depth, values(scores["membership"]), "-", color="tab:blue",
+                label="membership, val.")
         key = rank if rank in scores["subspace"] else str(rank)
-        sub_depth = np.arange(len(scores["subspace"][key]))
-        ax.plot(sub_depth, scores["subspace_train"][key], "--", color="tab:orange",
-                label=f"subspace (r={rank}), train")
-        ax.plot(sub_depth, scores["subspace"][key], "-", color="tab:orange",
+        val = values(scores["subspace"][key])
+        sub_depth = np.arange(len(val))
+        shown = ~np.isnan(val)
+        ax.plot(sub_depth[shown], values(scores["subspace_train"][key])[shown], "o--",
+                color="tab:orange", ms=3, label=f"subspace (r={rank}), train")
+        ax.plot(sub_depth[shown], val[shown], "o-", color="tab:orange", ms=3,
                 label=f"subspace (r={rank}), val.")
         ax.set_xlabel("layers (0: the lifting alone)")
         ax.set_ylabel("accuracy")

@@ -38,7 +38,7 @@ def validation_split(X, y, fraction=0.2, seed=0):
     return X_fit, y_fit, X_val, y_val
 
 
-def layer_scores(make, X_fit, y_fit, X_val, y_val, ranks=RANKS, train=True):
+def layer_scores(make, X_fit, y_fit, X_val, y_val, ranks=RANKS, train=True, depths=None):
     """Fit ``make()`` (membership classifier) on one part, score every depth on the other.
 
     Returns
@@ -48,7 +48,9 @@ def layer_scores(make, X_fit, y_fit, X_val, y_val, ranks=RANKS, train=True):
         ``membership``: validation accuracy for ``n_layers = 1..L``;
         ``subspace``: ``{r: accuracy for features after 0..L layers}``;
         ``subspace_train``: the same on the fit part (for the depth figure; only
-        with ``train``, else None).
+        with ``train``, else None). With ``depths`` (indices into ``0..L``), the
+        subspace scores of the other depths are None (each depth costs one
+        eigendecomposition per class and frequency).
     """
     net = make()
     with harness.Timer() as fit:
@@ -70,7 +72,12 @@ def layer_scores(make, X_fit, y_fit, X_val, y_val, ranks=RANKS, train=True):
     ranks = [r for r in ranks if r <= n_channels]
     subspace = {r: [] for r in ranks}
     subspace_train = {r: [] for r in ranks} if train else None
-    for zf, zv in zip(feats_fit, feats_val):
+    for depth, (zf, zv) in enumerate(zip(feats_fit, feats_val)):
+        if depths is not None and depth not in depths:
+            for out in (subspace, subspace_train):
+                for r in (out or {}):
+                    out[r].append(None)
+            continue
         bases = class_subspaces(_BACKEND, zf, labels_fit, k, max(ranks))  # largest first
         for r in ranks:
             parts = [(zv, labels_val, subspace)]
@@ -87,17 +94,21 @@ def layer_scores(make, X_fit, y_fit, X_val, y_val, ranks=RANKS, train=True):
 def _mean(records, key):
     """Element-wise mean of ``records[i][key]`` (lists, or dicts of lists)."""
     first = records[0][key]
+    def mean(rows):
+        return [None if row[0] is None else float(np.mean(row)) for row in zip(*rows)]
+
     if isinstance(first, dict):
-        return {r: np.mean([rec[key][r] for rec in records], 0).tolist() for r in first}
-    return np.mean([rec[key] for rec in records], 0).tolist()
+        return {r: mean([rec[key][r] for rec in records]) for r in first}
+    return mean([rec[key] for rec in records])
 
 
-def cross_validated(make, X, y, n_folds=5, seed=0, ranks=RANKS, verbose=False):
+def cross_validated(make, X, y, n_folds=5, seed=0, ranks=RANKS, verbose=False, depths=None):
     """:func:`layer_scores` averaged over stratified folds of a training set ``(X, y)``."""
     folds = StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(X, y)
     records = []
     for index, (fit, val) in enumerate(folds):
-        records.append(layer_scores(make, X[fit], y[fit], X[val], y[val], ranks))
+        records.append(layer_scores(make, X[fit], y[fit], X[val], y[val], ranks,
+                                    depths=depths))
         harness.log(verbose, f"    fold {index}: fit {records[-1]['fit_s']:.1f} s")
     out = {key: _mean(records, key) for key in ("train_membership", "membership",
                                                  "subspace", "subspace_train")}
@@ -112,7 +123,7 @@ def choices(scores, min_layers=1):
            for depth, acc in enumerate(scores["membership"])]
     for r, accs in scores["subspace"].items():
         out += [(acc, depth, "subspace", int(r)) for depth, acc in enumerate(accs)
-                if depth >= min_layers]
+                if depth >= min_layers and acc is not None]
     return out
 
 

@@ -269,8 +269,9 @@ PARAMETERS = {p.name: p for p in [
     Parameter("classifier", _choice("classifier", CLASSIFIERS),
               "prediction rule: membership (argmax of the last layer's membership) or "
               "subspace (nearest class subspace of the training features, shift-invariant)"),
-    Parameter("n_components", lambda v: check_int(v, "n_components"),
-              "directions per frequency of each class subspace (classifier subspace)", int),
+    Parameter("n_components", lambda v: check_int(v, "n_components", allow_none=True),
+              "directions per frequency of each class subspace, fewer than the feature "
+              "channels (classifier subspace), or none for a quarter of them", _none_or(int)),
     Parameter("random_state", check_random_state, "seed of the lifting kernels", int),
     Parameter("backend", _choice("backend", ("numpy", "torch")), "numpy or torch"),
     Parameter("device", check_device, "torch device, e.g. cpu or cuda (backend torch)",

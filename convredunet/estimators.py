@@ -118,6 +118,10 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
                 raise ValueError(f"kernel_size must be at most the signal size "
                                  f"{signal_shape}, got {params['kernel_size']}")
 
+        if params["classifier"] == "subspace":  # checked before any layer is built
+            lifted = self._signal_ndim and params["n_channels"] is not None
+            subspace.n_directions(params["n_components"],
+                                  params["n_channels"] if lifted else sample_shape[0])
         network = Network(self._make_lifting(params, sample_shape), [], sample_shape,
                           workspace)
         history = []
@@ -362,7 +366,8 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         (:meth:`subspace_distances`). Both are exactly invariant to cyclic shifts.
         """
         if self.classifier == "subspace":
-            return self.classes_[np.argmin(self.subspace_distances(X), axis=1)]
+            distances = self.subspace_distances(X)  # checks the fit first
+            return self.classes_[np.argmin(distances, axis=1)]
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
 
@@ -477,9 +482,10 @@ class ReduNet1D(_ReduNet):
         subspace holds ``n_components`` principal directions per frequency of
         the class's features and all their cyclic shifts (exactly
         shift-invariant; see :mod:`convredunet.subspace`).
-    n_components : int
-        Directions per frequency of each class subspace (at most the number
-        of feature channels); used by ``classifier="subspace"``.
+    n_components : int or None
+        Directions per frequency of each class subspace, fewer than the
+        feature channels ``C``; None keeps ``max(1, C // 4)`` (32 of the
+        default 128). Used by ``classifier="subspace"``, which needs ``C >= 2``.
     random_state : int, numpy Generator or None
         Seeds the lifting kernels.
     backend : {"numpy", "torch"}
@@ -493,18 +499,26 @@ class ReduNet1D(_ReduNet):
 
     Input ``X``: ``(n_samples, T)`` or ``(n_samples, C_in, T)``.
 
-    The defaults are the configuration chosen by the MNIST-1D sweep
-    (``bench/sweep_mnist1d.py``): 32 lifted channels, kernel 7, ``abs``,
-    lifting bias 1.0, ``eps2=3e-4``, 12 layers; ``ReduNet1D(random_state=0)``
-    reaches 0.856 test accuracy on MNIST-1D's default split (seeds 1 and 2:
-    0.830, 0.854).
+    How the defaults were chosen: by validation inside MNIST-1D's training
+    set, never on its test set (``bench/sweep_mnist1d.py``, recorded in
+    ``bench/results/mnist1d_sweep.json``): fit on 3200 of the 4000 training
+    signals, scored on the other 800, every depth, both classifiers and the
+    subspace ranks 4-32 scored from one fit, the best averaged over lifting
+    seeds 0-2 among fits of at most 60 s on the 2-core development machine.
+    The choice: 128 lifted channels, kernel 7, ``abs``, lifting bias 1.0,
+    one layer with ``eps2=0.1``, and the nearest-subspace classifier with 32
+    directions per frequency, ``n_components=None`` (validation accuracy
+    0.933 for seeds 0-2: 0.934, 0.935, 0.929). Deeper networks scored lower on validation (2
+    layers 0.930, 3 layers 0.925), and the membership classifier 0.82. The
+    test accuracy, measured once, is in the README's accuracy table
+    (``bench/accuracy.py``).
     """
 
     _signal_ndim = 1
 
-    def __init__(self, n_layers=12, eps2=3e-4, eta=0.5, lmbda=500.0, n_channels=32,
+    def __init__(self, n_layers=1, eps2=0.1, eta=0.5, lmbda=500.0, n_channels=128,
                  kernel_size=7, nonlinearity="abs", lifting_bias=1.0, membership="estimated",
-                 classifier="membership", n_components=8, random_state=0, backend="numpy",
+                 classifier="subspace", n_components=None, random_state=0, backend="numpy",
                  device=None, dtype="float64",
                  batch_size=None, verbose=False):
         self.n_layers = n_layers
@@ -539,7 +553,7 @@ class ReduNet2D(_ReduNet):
 
     def __init__(self, n_layers=25, eps2=0.1, eta=0.5, lmbda=500.0, n_channels=75,
                  kernel_size=9, nonlinearity="relu", lifting_bias=None, membership="estimated",
-                 classifier="membership", n_components=8, random_state=0, backend="numpy",
+                 classifier="membership", n_components=None, random_state=0, backend="numpy",
                  device=None, dtype="float64",
                  batch_size=None, verbose=False):
         self.n_layers = n_layers
@@ -570,7 +584,7 @@ class ReduNetVector(_ReduNet):
     _signal_ndim = 0
 
     def __init__(self, n_layers=20, eps2=0.1, eta=0.5, lmbda=500.0, membership="estimated",
-                 classifier="membership", n_components=8, random_state=0, backend="numpy",
+                 classifier="membership", n_components=None, random_state=0, backend="numpy",
                  device=None, dtype="float64",
                  batch_size=None, verbose=False):
         self.n_layers = n_layers

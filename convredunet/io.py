@@ -32,6 +32,7 @@ import numpy as np
 from ._validation import NONLINEARITIES, validate_params
 from .backend import workspace_of
 from .network import Network
+from .subspace import n_directions
 
 __all__ = ["save_network", "read_model", "atomic_path", "FORMAT_VERSION", "ModelFile"]
 
@@ -267,6 +268,9 @@ def _read(archive, estimators):
     name = meta.get("estimator")
     if name not in estimators:
         raise bad(f"names an unknown estimator {name!r}")
+    if isinstance(meta.get("params"), dict):
+        # Files written before the classifier parameter existed predicted by membership.
+        meta["params"].setdefault("classifier", "membership")
     params = _check_params(bad, meta, estimators[name])
     nd = _SIGNAL_NDIM[name]
     input_shape = _shape(bad, meta.get("input_shape"), "input_shape", nd + 1 if nd else 1)
@@ -329,7 +333,11 @@ def _read(archive, estimators):
     if params.get("classifier") == "subspace":
         # Read only for this classifier: files of other settings (and files
         # written before the parameter existed) have no such entry.
-        rank = min(params["n_components"], n_channels)
+        try:
+            rank = n_directions(params["n_components"], n_channels)
+        except ValueError as exc:
+            raise bad(f"has classifier='subspace' parameters that do not fit its features "
+                      f"({exc})") from None
         extra["classifier/bases"] = archive.read("classifier/bases", "c" if nd else "f",
                                                  shape=(k, n_freqs, n_channels, rank))
 

@@ -30,7 +30,37 @@ import numpy as np
 from . import spectral
 from ._threads import thread_limits
 
-__all__ = ["class_subspaces", "subspace_distances"]
+__all__ = ["class_subspaces", "subspace_distances", "n_directions"]
+
+#: ``n_components=None`` keeps this fraction of the feature channels (at least 1): the
+#: ratio chosen on MNIST-1D validation (32 of 128 channels, ``bench/sweep_mnist1d.py``).
+AUTO_FRACTION = 0.25
+
+
+def n_directions(n_components, n_channels):
+    """Directions per frequency of each class subspace, checked.
+
+    ``None`` gives ``max(1, n_channels // 4)``. The subspace must leave a
+    complement: with ``r >= C`` directions it is the whole space at every
+    frequency, every distance is zero and the classifier means nothing.
+
+    Raises
+    ------
+    ValueError
+        When the features have one channel, or ``n_components >= n_channels``.
+    """
+    if n_channels < 2:
+        raise ValueError(f"classifier='subspace' needs features of at least 2 channels, got "
+                         f"{n_channels}; lift the input (n_channels=...) or use "
+                         "classifier='membership'")
+    if n_components is None:
+        return max(1, int(n_channels * AUTO_FRACTION))
+    if n_components >= n_channels:
+        raise ValueError(f"n_components must be smaller than the {n_channels} feature "
+                         f"channels for classifier='subspace' (the subspace must leave a "
+                         f"complement), got {n_components}; use n_components=None for "
+                         f"{max(1, int(n_channels * AUTO_FRACTION))}")
+    return int(n_components)
 
 
 def class_subspaces(backend, Z, labels, n_classes, n_components, batch_size=None):
@@ -41,15 +71,16 @@ def class_subspaces(backend, Z, labels, n_classes, n_components, batch_size=None
     backend : the working arrays' backend
     Z : working array, shape (m, C, *signal_shape) or (m, d)
     labels : numpy int array (m,), classes ``0..n_classes-1``
-    n_components : int
-        Directions kept per frequency and class (at most ``C``).
+    n_components : int or None
+        Directions kept per frequency and class, fewer than ``C``
+        (:func:`n_directions`; None: a quarter of the channels).
     batch_size : int or None
         Samples per chunk when the Gram matrices are accumulated.
 
     Returns
     -------
     bases : numpy array (n_classes, F, C, r), complex for signals, real for vectors
-        ``bases[j, p]`` holds the ``r = min(n_components, C)`` leading
+        ``bases[j, p]`` holds the ``r = n_directions(n_components, C)`` leading
         eigenvectors of ``V_j(p) V_j(p)^H`` as columns, the largest first.
     """
     with thread_limits():  # batched small products: one BLAS thread (see _threads)
@@ -58,6 +89,7 @@ def class_subspaces(backend, Z, labels, n_classes, n_components, batch_size=None
 
 def _class_subspaces(backend, Z, labels, n_classes, n_components, batch_size):
     n_channels, signal_shape, _ = spectral.signal_layout(tuple(Z.shape[1:]))
+    r = n_directions(n_components, n_channels)
     n_freqs = len(spectral.half_spectrum_weights(signal_shape))
     if batch_size is None:
         batch_size = spectral.default_batch_size(n_channels, n_freqs, backend.itemsize(Z))
@@ -70,7 +102,6 @@ def _class_subspaces(backend, Z, labels, n_classes, n_components, batch_size):
             part = np.ascontiguousarray(v[:, :, chunk == j])
             # Contiguous operands: numpy's matmul runs BLAS only on unit-stride axes.
             grams[j] = grams[j] + part @ np.ascontiguousarray(np.conj(part).transpose(0, 2, 1))
-    r = min(int(n_components), n_channels)
     bases = []
     for gram in grams:
         _, vectors = np.linalg.eigh(gram)  # (F, C, C), ascending eigenvalues
