@@ -1,10 +1,22 @@
-"""Accuracy benchmark: what the networks predict, and that shifts do not change it.
+"""Accuracy benchmark: what the networks predict, measured once, under the validation protocol.
 
-For every configuration the benchmark fits the network, then records
+Protocol. Every configuration measured here was chosen on validation data inside its
+training set, never on the test set: ``ReduNet1D``'s defaults by
+``bench/sweep_mnist1d.py`` (3200 fit / 800 validation signals of MNIST-1D's training
+set), ``ReduNet2D``'s defaults and the rotation network by ``bench/validate_mnist.py``
+(5-fold cross-validation inside the 10 training digits per class). This script fits
+each configuration on its whole training set, for each listed lifting seed, and
+evaluates its test set once; figures over seeds are reported as mean [min-max].
+The paper's settings and ReduNet1D's previous defaults are measured as references.
+
+For every configuration and seed the benchmark records
 
 * the fit time, and the time of one forward pass over the test set;
-* the test accuracy of the network's own prediction (``argmax_j pi_j`` of the
-  last layer, ``net.predict``);
+* the test accuracy of the configuration's own classifier (``net.predict``), and of
+  both classifiers on the same network: ``membership`` (argmax of the last layer's
+  estimated membership) and ``subspace`` (nearest class subspace,
+  :mod:`convredunet.subspace`); every network is fitted with
+  ``classifier="subspace"``, which leaves its layers unchanged;
 * the same on the test set with every sample cyclically shifted by its own
   random shift (:func:`convredunet.datasets.random_cyclic_shift`; 2D shifts
   for images, shifts along the angle axis for polar images, i.e. rotations by
@@ -14,36 +26,23 @@ For every configuration the benchmark fits the network, then records
   its files if any did.  The largest deviation of the features of the shifted
   samples from the equally shifted features of the samples (equivariance,
   absolute, features of unit norm) is recorded too;
-* for reference, a linear SVM (``StandardScaler`` + ``LinearSVC``) and a 5-NN
-  classifier on the learned features (``net.transform``, flattened) and on
+* for reference (first seed), a linear SVM (``StandardScaler`` + ``LinearSVC``) and
+  a 5-NN classifier on the learned features (``net.transform``, flattened) and on
   the network's input, each on the unshifted and on the shifted test set.
 
-Configurations (:func:`full_configs`):
-
-* MNIST-1D (4000 / 1000) with ``ReduNet1D`` defaults (whatever they are when run;
-  the JSON records them), and with the best configuration of
-  ``bench/sweep_mnist1d.py`` (:data:`MNIST1D_BEST`);
-* MNIST translation: the paper's ``ReduNet2D(n_layers=25, n_channels=75,
-  kernel_size=9, eps2=0.1, eta=0.5)`` on 10 training digits per class, and on
-  a larger training set, tested on held-out digits of the local MNIST test set;
-* MNIST rotation: digits resampled on a 15 x 200 polar grid
-  (:func:`convredunet.datasets.to_polar`), the 15 radii as input channels of a
-  ``ReduNet1D`` (20 channels, kernel 5, 40 layers), with the paper's lifting (ReLU, no
-  bias) and with ``abs`` and a lifting bias.
-
-Sizes: on the 2-core machine of the recorded run, one 2D forward pass costs
-80-100 ms per digit (25 layers, 1 thread), so the full run tests on 1000
-held-out digits (100 per class; quick: 10 per class and 3 layers), and the
-larger translation set is 30 digits per class in float32 (its 25 layers hold
-Woodbury factors of ~250 MB each in float64).  The full run takes about 17
-minutes on one thread; ``--quick`` about 75 seconds.
+Figures (full run): ``cosine_mnist1d.png``, similarity heatmaps of MNIST-1D test
+signals before and after ``ReduNet1D()`` (seed 0): ``|cos|`` at fixed positions and
+the max over cyclic shifts of the cosine; ``depth.png``, accuracy against depth,
+train and validation, for ``ReduNet1D()``'s defaults grown deeper (fit 3200 /
+validate 800 training signals) and for the paper's translation network (5-fold CV,
+from ``results/mnist_validation.json``).
 
 Usage::
 
     python3 bench/accuracy.py [--quick] [--out DIR] [--threads N]
 
 or, from Python, :func:`run`.
-Writes ``accuracy.json`` and ``accuracy.md`` to the output directory
+Writes ``accuracy.json`` and ``accuracy.md`` (and the figures) to the output directory
 (default ``bench/results/``) and prints the table.
 """
 import contextlib
@@ -76,10 +75,11 @@ SPLIT_SEED = 0
 SHIFT_SEED = 1
 
 #: Best MNIST-1D choice at any fit cost of ``bench/sweep_mnist1d.py`` (validation accuracy
-#: averaged over lifting seeds 0-2; see ``results/mnist1d_sweep.json``).
+#: averaged over lifting seeds 0-2; see ``results/mnist1d_sweep.json``): the same as the
+#: best within 60 s, i.e. ``ReduNet1D()``'s defaults, so the full run measures it once.
 MNIST1D_BEST = {"n_layers": 1, "eps2": 0.1, "n_channels": 128, "kernel_size": 7,
                 "nonlinearity": "abs", "lifting_bias": 1.0, "classifier": "subspace",
-                "n_components": 16}
+                "n_components": 32}
 #: ReduNet1D's defaults before the validation protocol (chosen on test accuracy), kept as
 #: the reference they were.
 MNIST1D_PREVIOUS = {"n_layers": 12, "eps2": 3e-4, "eta": 0.5, "lmbda": 500.0,
@@ -97,7 +97,10 @@ PAPER_TRANSLATION = {"n_layers": 25, "n_channels": 75, "kernel_size": 9, "eps2":
 PAPER_ROTATION = {"n_layers": 40, "n_channels": 20, "kernel_size": 5, "eps2": 0.1, **_PAPER}
 #: The rotation network chosen by 5-fold cross-validation inside the 10 training digits
 #: per class (``bench/validate_mnist.py``, ``results/mnist_validation.json``).
-ROTATION_CHOSEN = {**PAPER_ROTATION, "nonlinearity": "abs", "lifting_bias": 1.0}
+#: Best 5-fold CV accuracy 0.67 (membership; every depth 1-40 scored the same, the
+#: fewest layers win the tie; the paper's lifting: 0.51, gentle layers eps2=10: 0.60).
+ROTATION_CHOSEN = {**PAPER_ROTATION, "nonlinearity": "abs", "lifting_bias": 1.0,
+                   "n_layers": 1, "classifier": "membership"}
 #: Lifting seeds of the configurations whose spread is reported.
 SEEDS = (0, 1, 2)
 
@@ -126,12 +129,9 @@ def full_configs():
     """The configurations of the full run (one thread, 2-core machine)."""
     return [
         make_config("MNIST-1D, ReduNet1D() defaults", "mnist1d", "ReduNet1D", {},
-                    seeds=SEEDS, figure="cosine_mnist1d",
+                    n_reference_train_per_class=100, seeds=SEEDS, figure="cosine_mnist1d",
                     note="defaults chosen by bench/sweep_mnist1d.py on 800 validation "
                          "signals of the training set (fit within 60 s)"),
-        make_config("MNIST-1D, best at any cost", "mnist1d", "ReduNet1D", MNIST1D_BEST,
-                    seeds=SEEDS, note="best validation choice of bench/sweep_mnist1d.py "
-                                      "at any fit time"),
         make_config("MNIST-1D, previous defaults", "mnist1d", "ReduNet1D", MNIST1D_PREVIOUS,
                     seeds=SEEDS, note="the former defaults, picked on test accuracy: a "
                                       "reference, not a valid estimate of its own choice"),
@@ -139,8 +139,6 @@ def full_configs():
                     "ReduNet2D", {}, 10, 100, seeds=SEEDS,
                     note="defaults chosen by 5-fold CV inside the 100 training digits "
                          "(bench/validate_mnist.py)"),
-        make_config("MNIST translation, 10/class (paper)", "mnist-translation", "ReduNet2D",
-                    PAPER_TRANSLATION, 10, 100, note="the paper's setting, membership"),
         make_config("MNIST rotation, 10/class, CV choice", "mnist-rotation", "ReduNet1D",
                     ROTATION_CHOSEN, 10, 100, seeds=SEEDS,
                     note="chosen by 5-fold CV inside the 100 training digits "
@@ -384,7 +382,7 @@ def depth_figure(path, panels):
     harness.save_figure(fig, path)
 
 
-def depth_panels(out_dir, verbose=True, n_layers=12):
+def depth_panels(out_dir, verbose=True, n_layers=6):
     """The depth figure (``depth.png``): MNIST-1D validation, and translation CV when recorded.
 
     MNIST-1D: ``ReduNet1D()``'s defaults grown to ``n_layers`` layers, fit on 3200

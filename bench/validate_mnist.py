@@ -34,16 +34,15 @@ _PAPER = {"eta": 0.5, "lmbda": 500.0, "nonlinearity": "relu", "lifting_bias": No
 POINTS = [
     ("translation, paper", "translation", ReduNet2D,
      {"n_layers": 25, "n_channels": 75, "kernel_size": 9, "eps2": 0.1, **_PAPER}),
-    ("translation, abs + bias", "translation", ReduNet2D,
-     {"n_layers": 6, "n_channels": 75, "kernel_size": 9, "eps2": 0.1, **_PAPER,
-      "nonlinearity": "abs", "lifting_bias": 1.0}),
+    ("translation, gentle layers (eps2=10)", "translation", ReduNet2D,
+     {"n_layers": 3, "n_channels": 75, "kernel_size": 9, "eps2": 10.0, **_PAPER}),
     ("rotation, paper", "rotation", ReduNet1D,
      {"n_layers": 40, "n_channels": 20, "kernel_size": 5, "eps2": 0.1, **_PAPER}),
     ("rotation, abs + bias", "rotation", ReduNet1D,
      {"n_layers": 40, "n_channels": 20, "kernel_size": 5, "eps2": 0.1, **_PAPER,
       "nonlinearity": "abs", "lifting_bias": 1.0}),
-    ("rotation, abs + bias, 64 channels", "rotation", ReduNet1D,
-     {"n_layers": 10, "n_channels": 64, "kernel_size": 5, "eps2": 0.1, **_PAPER,
+    ("rotation, abs + bias, gentle layers (eps2=10)", "rotation", ReduNet1D,
+     {"n_layers": 5, "n_channels": 20, "kernel_size": 5, "eps2": 10.0, **_PAPER,
       "nonlinearity": "abs", "lifting_bias": 1.0}),
 ]
 

@@ -270,8 +270,9 @@ PARAMETERS = {p.name: p for p in [
               "prediction rule: membership (argmax of the last layer's membership) or "
               "subspace (nearest class subspace of the training features, shift-invariant)"),
     Parameter("n_components", lambda v: check_int(v, "n_components", allow_none=True),
-              "directions per frequency of each class subspace, fewer than the feature "
-              "channels (classifier subspace), or none for a quarter of them", _none_or(int)),
+              "directions per frequency of each class subspace, at most the feature "
+              "channels - 1 (classifier subspace), or none for a quarter of them",
+              _none_or(int)),
     Parameter("random_state", check_random_state, "seed of the lifting kernels", int),
     Parameter("backend", _choice("backend", ("numpy", "torch")), "numpy or torch"),
     Parameter("device", check_device, "torch device, e.g. cpu or cuda (backend torch)",

@@ -38,16 +38,17 @@ AUTO_FRACTION = 0.25
 
 
 def n_directions(n_components, n_channels):
-    """Directions per frequency of each class subspace, checked.
+    """Directions per frequency of each class subspace: ``r``.
 
-    ``None`` gives ``max(1, n_channels // 4)``. The subspace must leave a
-    complement: with ``r >= C`` directions it is the whole space at every
-    frequency, every distance is zero and the classifier means nothing.
+    ``None`` gives ``max(1, n_channels // 4)``; an integer is clipped to
+    ``n_channels - 1``: with ``r >= C`` directions the subspace would be the
+    whole space at every frequency, every distance zero, and the classifier
+    would mean nothing.
 
     Raises
     ------
     ValueError
-        When the features have one channel, or ``n_components >= n_channels``.
+        When the features have a single channel (no subspace leaves a complement).
     """
     if n_channels < 2:
         raise ValueError(f"classifier='subspace' needs features of at least 2 channels, got "
@@ -55,12 +56,7 @@ def n_directions(n_components, n_channels):
                          "classifier='membership'")
     if n_components is None:
         return max(1, int(n_channels * AUTO_FRACTION))
-    if n_components >= n_channels:
-        raise ValueError(f"n_components must be smaller than the {n_channels} feature "
-                         f"channels for classifier='subspace' (the subspace must leave a "
-                         f"complement), got {n_components}; use n_components=None for "
-                         f"{max(1, int(n_channels * AUTO_FRACTION))}")
-    return int(n_components)
+    return min(int(n_components), n_channels - 1)
 
 
 def class_subspaces(backend, Z, labels, n_classes, n_components, batch_size=None):

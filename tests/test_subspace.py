@@ -137,8 +137,6 @@ def test_model_selection_grid_search_and_cross_val_score():
     (dict(n_components=0), ValueError, "n_components must be an integer >= 1 or None, got 0"),
     (dict(n_components=1.5), TypeError,
      "n_components must be an integer >= 1 or None, got 1.5"),
-    (dict(n_channels=4, n_components=4), ValueError,
-     "n_components must be smaller than the 4 feature channels for classifier='subspace'"),
     (dict(n_channels=None), ValueError,
      "classifier='subspace' needs features of at least 2 channels, got 1"),
 ])
@@ -152,6 +150,10 @@ def test_default_rank_is_a_quarter_of_the_channels():
     X, y = _signals(30, (1, 10), k=3)
     net = crn.ReduNet1D(eps2=0.1, n_layers=1, n_channels=8, kernel_size=3).fit(X, y)
     assert net.classifier == "subspace" and net.n_components is None
+    assert net.subspaces_.shape[-1] == 2
+    # an integer is clipped to C - 1: the subspace leaves a complement
+    net = crn.ReduNet1D(eps2=0.1, n_layers=1, n_channels=3, kernel_size=3,
+                        n_components=8).fit(X, y)
     assert net.subspaces_.shape[-1] == 2
 
 
