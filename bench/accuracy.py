@@ -63,6 +63,8 @@ from convredunet import ReduNet1D, ReduNet2D
 from convredunet.datasets import (load_mnist, load_mnist1d, random_cyclic_shift, to_polar,
                                   train_test_split_per_class)
 
+from convredunet.subspace import n_directions
+
 import harness  # bench/harness.py: this script's folder is first on sys.path
 import protocol
 
@@ -393,13 +395,16 @@ def depth_panels(out_dir, verbose=True, n_layers=6):
     defaults = ReduNet1D().get_params()
     harness.log(verbose, f"  depth figure: ReduNet1D defaults grown to {n_layers} layers")
     scores = depth_scores(defaults, max(n_layers, defaults["n_layers"]))
+    rank = n_directions(defaults["n_components"], defaults["n_channels"])
     panels = [("MNIST-1D, ReduNet1D() defaults grown deeper:\nfit 3200 / validate 800 "
-               "training signals", scores, defaults["n_components"])]
+               "training signals", scores, rank)]
     cv_file = harness.RESULTS / "mnist_validation.json"
     if cv_file.is_file():
         for record in json.loads(cv_file.read_text()):
             if record["name"] == "translation, paper":
-                rank = record["best"][3] or 8
+                # the subspace rank with the best CV accuracy at any depth
+                rank = int(max(record["scores"]["subspace"].items(), key=lambda kv: max(
+                    v for v in kv[1] if v is not None))[0])
                 panels.append((f"MNIST translation, 10/class, paper network:\n5-fold CV "
                                f"inside the 100 training digits", record["scores"], rank))
     depth_figure(harness.output_dir(out_dir) / "depth.png", panels)
@@ -546,6 +551,7 @@ def run(quick=False, out_dir=DEFAULT_OUT, configs=None, threads=None, verbose=Tr
     AssertionError
         After writing the files, if a cyclic shift changed any prediction.
     """
+    full_run = configs is None and not quick  # the depth figure comes with the full run
     if configs is None:
         configs = quick_configs() if quick else full_configs()
     setting = (convredunet.num_threads(threads) if threads is not None
@@ -561,7 +567,7 @@ def run(quick=False, out_dir=DEFAULT_OUT, configs=None, threads=None, verbose=Tr
                        for config in configs
                        for index, seed in enumerate(config.get("seeds") or [None])]
         depth = None
-        if configs is None and not quick:
+        if full_run:
             depth = depth_panels(out_dir, verbose)
     total_s = total.seconds
     result = {"machine": machine,
