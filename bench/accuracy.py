@@ -198,16 +198,6 @@ def load_data(config):
 # --------------------------------------------------------------------------------------------
 # one configuration
 # --------------------------------------------------------------------------------------------
-def _forward(net, X):
-    """Features and predictions in one pass.
-
-    ``transform`` and ``predict`` would each run the whole network; the estimator's
-    ``transform_with_membership`` returns both the features and the membership of one pass.
-    """
-    features, proba = net.transform_with_membership(X)
-    return np.asarray(features), net.classes_[np.argmax(proba, axis=1)]
-
-
 def _roll_each(Z, shifts, ndim):
     """``Z[i]`` rolled by ``shifts[i]`` along its last ``ndim`` axes."""
     out = np.empty_like(Z)

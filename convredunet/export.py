@@ -238,7 +238,10 @@ class ReduNetModule(nn.Module):
 
     @torch.jit.export
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Labels: ``classes[argmax_j pi_j]``, or the nearest subspace's (``classifier="subspace"``)."""
+        """Labels: ``classes[argmax_j pi_j]``, or the nearest subspace's.
+
+        The latter when the network was fitted with ``classifier="subspace"``.
+        """
         z, logits = self._run(x)
         if self.use_subspace:
             return self.classes[torch.argmin(self.head(z), dim=1)]
