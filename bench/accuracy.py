@@ -151,7 +151,7 @@ def full_configs():
 
 
 def quick_configs():
-    """A reduced run (under 2 minutes): fewer layers and test samples, smaller references."""
+    """A reduced run (about 2 minutes): fewer layers and test samples, smaller references."""
     return [
         make_config("MNIST-1D, ReduNet1D() defaults", "mnist1d", "ReduNet1D", {},
                     n_reference_train_per_class=100),
