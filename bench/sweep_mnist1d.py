@@ -1,28 +1,27 @@
-"""Coarse-to-fine sweep of ReduNet1D hyper-parameters on MNIST-1D.
+"""Validation sweep of ReduNet1D on MNIST-1D: every choice is made inside the training set.
 
-Every point fits ``ReduNet1D`` on the 4000 training signals of
-:func:`convredunet.datasets.load_mnist1d` and scores the network's own
-prediction (``net.score``) on the 1000 test signals.  Each point is appended
-to ``bench/results/mnist1d_sweep.json`` as soon as it is done (the file is
-rewritten atomically), so an interrupted sweep loses nothing and a rerun
-skips the points it already holds.
+Protocol (``bench/protocol.py``): the 4000 training signals of
+:func:`convredunet.datasets.load_mnist1d` are split, stratified with seed 0, into
+3200 signals to fit and 800 to validate. **The test set is never loaded here**; the
+accuracy benchmark (``bench/accuracy.py``) measures it once, for the chosen
+configuration. One fit scores every depth and both classifiers at once (a network of
+``L`` layers is the first ``L`` layers of a deeper one): the membership of each layer,
+and the nearest-subspace classifier on the features after each layer with
+``n_components`` in :data:`protocol.RANKS`.
 
-``lifting_bias`` (the random per-channel bias ``b_c = lifting_bias * sum_r
-K[c, C_in, r]`` that the lifting adds before ``sigma``, as if the input had one
-more channel, constant and equal to ``lifting_bias``) is the lever that lifts
-MNIST-1D above 0.80.  The points of the recorded sweep were run before
-``ReduNet1D`` had that parameter, by appending that constant channel to the
-input, ``(m, 40) -> (m, 2, 40)``: the same computation (at the best point the
-two give identical predictions on all 1000 test signals).
+Stages (each centred on the best validation point so far):
 
-Stages (each picks its centre from the best points found so far):
+1. ``lifting``  channels, nonlinearity, kernel size, lifting bias (3 layers, eps2 0.1);
+2. ``dynamics`` eps2 at the best lifting (eta and the construction membership only
+   matter for deeper networks, which the validation scores below show do not help);
+3. ``seeds``    the best point again with lifting seeds 1 and 2 (and the best one whose
+   fit is estimated within the budget, if it is another).
 
-1. ``coarse``  eps2 x n_channels on the raw input (kernel 7, ReLU, 20 layers);
-2. ``lift``    kernel size, nonlinearity, lifting seeds; ``lift-width``: channels, eps2;
-3. ``dynamics`` eta, lmbda, membership, n_layers, dtype;
-4. ``bias``    the lifting bias: its value x eps2; then ``bias-lift`` (nonlinearity,
-   kernel, channels) and ``bias-width`` (128 channels, eps2);
-5. ``fine``    a small neighbourhood of the best point; ``seeds``: its lifting seeds.
+The choice (:func:`choose`): the highest validation accuracy averaged over lifting
+seeds 0-2, among the choices whose fit on the 4000 training signals is estimated at
+60 s or less on this machine (the fit time of the point, per layer, times 4000/3200),
+and the best at any cost. Each point is appended to ``results/mnist1d_sweep.json`` when
+done (a rerun skips the points it holds).
 
 Usage::
 
@@ -35,184 +34,150 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 import convredunet
 from convredunet import ReduNet1D
 from convredunet.datasets import load_mnist1d
 
 import harness  # bench/harness.py: this script's folder is first on sys.path
+import protocol
 
 DEFAULT_OUT = harness.RESULTS / "mnist1d_sweep.json"
+FIT_BUDGET_S = 60.0
+#: Subspace ranks scored (directions per frequency).
+RANKS = (4, 8, 16, 32)
+#: Scale from the 3200 fitting signals to the 4000 of the full training set.
+FULL_SCALE = 4000 / 3200
 
-# The ReduNet1D parameters a point may set (everything else keeps its default).
 NET_KEYS = ("n_layers", "eps2", "eta", "lmbda", "n_channels", "kernel_size",
             "nonlinearity", "lifting_bias", "membership", "random_state", "dtype")
-BASE = {"n_layers": 20, "eps2": 1e-3, "eta": 0.5, "lmbda": 500.0, "n_channels": 32,
-        "kernel_size": 7, "nonlinearity": "relu", "membership": "estimated",
-        "random_state": 0, "dtype": "float64", "lifting_bias": None}
+BASE = {"n_layers": 3, "eps2": 0.1, "eta": 0.5, "lmbda": 500.0, "n_channels": 32,
+        "kernel_size": 7, "nonlinearity": "abs", "membership": "estimated",
+        "random_state": 0, "dtype": "float64", "lifting_bias": 1.0}
 
 
 def point_key(params):
     """A canonical string naming a point (for resuming)."""
-    full = dict(BASE)
-    full.update(params)
+    full = {**BASE, **params}
     return json.dumps({k: full[k] for k in sorted(full)}, sort_keys=True)
 
 
-def evaluate(params, data):
-    """Fit and score one point; returns its record."""
-    X_train, y_train, X_test, y_test = data
-    full = dict(BASE)
-    full.update(params)
-    net = ReduNet1D(**{k: full[k] for k in NET_KEYS})
-    with harness.Timer() as fit:
-        net.fit(X_train, y_train)
-    with harness.Timer() as predict:
-        test_accuracy = float(net.score(X_test, y_test))
-    return {
-        "params": full,
-        "fit_s": round(fit.seconds, 2),
-        "predict_s": round(predict.seconds, 2),
-        "train_accuracy": float(net.history_[-1]["train_accuracy"]),
-        "test_accuracy": test_accuracy,
-        "train_accuracy_per_layer": [round(h["train_accuracy"], 4) for h in net.history_],
-        "delta_R_last": float(net.history_[-1]["delta_R"]),
-    }
+def evaluate(params, split):
+    """Fit one point on the fitting part and score every depth on the validation part."""
+    full = {**BASE, **params}
+    record = protocol.layer_scores(lambda: ReduNet1D(**{k: full[k] for k in NET_KEYS}),
+                                   *split, ranks=RANKS, train=False)
+    record["params"] = full
+    return record
 
 
 class Sweep:
     """Runs points under a time budget, persisting every result."""
 
-    def __init__(self, out, budget_s, data, threads):
+    def __init__(self, out, budget_s, split, threads):
         self.out = Path(out)
         self.budget_s = budget_s
-        self.data = data
+        self.split = split
         self.threads = threads
         self.start = time.perf_counter()
         self.records = json.loads(self.out.read_text()) if self.out.is_file() else []
         self.done = {point_key(r["params"]): r for r in self.records}
-
-    def left_s(self):
-        return self.budget_s - (time.perf_counter() - self.start)
 
     def run(self, stage, points):
         for params in points:
             key = point_key(params)
             if key in self.done:
                 continue
-            if self.left_s() <= 0:
+            if time.perf_counter() - self.start > self.budget_s:
                 print(f"[budget spent: skipping the rest of stage {stage}]", flush=True)
                 return
-            try:
-                record = evaluate(params, self.data)
-            except (ValueError, MemoryError) as exc:  # a bad point must not end the sweep
-                record = {"params": {**BASE, **params}, "error": f"{type(exc).__name__}: {exc}"}
+            record = evaluate(params, self.split)
             record.update(stage=stage, threads=self.threads,
                           date=datetime.datetime.now().isoformat(timespec="seconds"))
             self.records.append(record)
             self.done[key] = record
-            self._save()
+            harness.output_dir(self.out.parent)
+            harness.write_json(self.out, self.records)
             print(_row(record), flush=True)
 
-    def _save(self):
-        harness.output_dir(self.out.parent)
-        harness.write_json(self.out, self.records)
-
-    def best(self, where=None, stages=None):
-        """Parameters of the best point (highest test accuracy, then fastest fit).
-
-        ``where`` filters records; ``stages`` keeps only the records of those stages.
-        """
-        ok = [r for r in self.records if "error" not in r and (where is None or where(r))
-              and (stages is None or r.get("stage") in stages)]
-        if not ok:
-            raise RuntimeError(f"no result to centre on among stages {stages}")
-        return min(ok, key=lambda r: (-r["test_accuracy"], r["fit_s"]))["params"]
+    def best(self, stages, seed=0):
+        """Parameters of the best point (validation) of the given stages."""
+        ok = [r for r in self.records if r.get("stage") in stages
+              and r["params"]["random_state"] == seed]
+        return max(ok, key=lambda r: protocol.best_choice(r)[0])["params"]
 
 
 def _vary(center, **changes):
-    """Points equal to ``center`` with one parameter changed per listed value."""
-    points = []
-    for key, values in changes.items():
-        for value in values:
-            if center.get(key) != value:
-                points.append({**center, key: value})
-    return points
-
-
-def _scaled(value, factors):
-    return [float(f"{value * f:.3g}") for f in factors]
+    return [{**center, key: value} for key, values in changes.items() for value in values
+            if center.get(key) != value]
 
 
 def stages(sweep):
-    """The coarse-to-fine plan.
+    sweep.run("lifting", [BASE] + _vary(BASE, n_channels=[64, 128], nonlinearity=["relu"],
+                                        kernel_size=[5, 9], lifting_bias=[None, 2.0]))
+    center = sweep.best(["lifting"])
+    sweep.run("dynamics", _vary(center, eps2=[1e-2, 1.0]))
+    ranked = sorted((r for r in sweep.records if r["params"]["random_state"] == 0),
+                    key=lambda r: -protocol.best_choice(r)[0])
+    # the best point, and the best whose fit stays within the budget if it is another
+    within = [r for r in ranked if _estimated_full_fit_s(r, 1) <= FIT_BUDGET_S]
+    for record in {id(r): r for r in ranked[:1] + within[:1]}.values():
+        sweep.run("seeds", _vary(record["params"], random_state=[1, 2]))
 
-    Each step centres on the best point of the steps before it (named, so that a
-    rerun over a complete results file finds every point already done).
+
+def _estimated_full_fit_s(record, n_layers):
+    return record["fit_s"] * max(n_layers, 1) / record["params"]["n_layers"] * FULL_SCALE
+
+
+def choose(records, budget_s=FIT_BUDGET_S):
+    """Mean validation accuracy over lifting seeds of every choice; the best within budget.
+
+    Returns
+    -------
+    dict
+        ``within_budget`` and ``any_cost``: each the estimator parameters, the mean and
+        per-seed validation accuracies and the estimated fit seconds; ``table``: every
+        choice available for all three seeds, best first.
     """
-    raw = (lambda r: r["params"]["lifting_bias"] is None)
-    biased = (lambda r: r["params"]["lifting_bias"] is not None)
-    # 1. coarse: the strongest lever (eps2) against the width of the lifting
-    sweep.run("coarse", [{**BASE, "eps2": e, "n_channels": c}
-                         for c in (32, 64) for e in (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)])
-    # 2. the lifting, without bias
-    center = sweep.best(where=raw, stages=["coarse"])
-    sweep.run("lift", _vary(center, kernel_size=[5, 9, 13], nonlinearity=["abs"],
-                            random_state=[1, 2]))
-    center = sweep.best(where=raw, stages=["coarse", "lift"])
-    sweep.run("lift-width", _vary(center, n_channels=[128],
-                                  eps2=_scaled(center["eps2"], [0.5, 2])))
-    # 3. construction dynamics
-    center = sweep.best(where=raw, stages=["coarse", "lift", "lift-width"])
-    sweep.run("dynamics", _vary(center, eta=[0.2, 1.0], lmbda=[50.0, 5000.0],
-                                membership=["label"], n_layers=[40], dtype=["float32"]))
-    # 4. a random lifting bias
-    sweep.run("bias", [{**BASE, "lifting_bias": b, "eps2": e, "n_layers": 12}
-                       for b in (0.5, 1.0, 1.5) for e in (3e-4, 1e-3, 3e-3)])
-    center = sweep.best(where=biased, stages=["bias"])
-    sweep.run("bias-lift", _vary(center, nonlinearity=["abs"], n_channels=[64],
-                                 kernel_size=[5, 9]))
-    center = sweep.best(where=biased, stages=["bias", "bias-lift"])
-    sweep.run("bias-width", _vary(center, n_channels=[128],
-                                  eps2=_scaled(center["eps2"], [0.5, 2])))
-    # 5. fine: around the overall best, then its robustness to the lifting seed
-    done = ["coarse", "lift", "lift-width", "dynamics", "bias", "bias-lift", "bias-width"]
-    center = sweep.best(stages=done)
-    sweep.run("fine", _vary(center, eps2=_scaled(center["eps2"], [0.6, 1.6]),
-                            lifting_bias=[_round(center["lifting_bias"], f)
-                                          for f in (0.75, 1.3)]
-                            if center["lifting_bias"] is not None else [],
-                            n_layers=[6, 24], kernel_size=[center["kernel_size"] + 2]))
-    center = sweep.best(stages=done + ["fine"])
-    sweep.run("seeds", _vary(center, random_state=[1, 2, 3, 4]))
-
-
-def _round(value, factor):
-    return float(f"{value * factor:.3g}")
+    groups = {}
+    for r in records:
+        params = {k: v for k, v in r["params"].items() if k not in ("random_state",
+                                                                      "n_layers")}
+        groups.setdefault(json.dumps(params, sort_keys=True), []).append(r)
+    rows = []
+    for key, group in groups.items():
+        seeds = sorted(r["params"]["random_state"] for r in group)
+        if seeds[:3] != [0, 1, 2]:
+            continue
+        per_seed = {r["params"]["random_state"]: {c[1:]: c[0] for c in protocol.choices(r)}
+                    for r in group if r["params"]["random_state"] in (0, 1, 2)}
+        for choice in per_seed[0]:
+            accs = [per_seed[s][choice] for s in (0, 1, 2)]
+            n_layers, classifier, n_components = choice
+            fit_s = max(_estimated_full_fit_s(r, n_layers) for r in group)
+            params = {**json.loads(key), "n_layers": n_layers, "classifier": classifier}
+            if n_components is not None:
+                params["n_components"] = n_components
+            rows.append({"params": params, "mean": float(np.mean(accs)),
+                         "per_seed": accs, "estimated_fit_s": round(fit_s, 1)})
+    rows.sort(key=lambda row: (-row["mean"], row["params"]["n_layers"]))
+    if not rows:
+        return {"within_budget": None, "any_cost": None, "table": []}
+    within = [row for row in rows if row["estimated_fit_s"] <= budget_s]
+    return {"within_budget": within[0] if within else None, "any_cost": rows[0],
+            "table": rows}
 
 
 def _row(r):
+    acc, n_layers, classifier, rank = protocol.best_choice(r)
     p = r["params"]
-    if "error" in r:
-        return f"{r.get('stage', ''):10s} {_params_text(p)}  ERROR {r['error']}"
-    return (f"{r.get('stage', ''):10s} {_params_text(p):78s} {r['fit_s']:7.1f} "
-            f"{r['train_accuracy']:6.3f} {r['test_accuracy']:6.3f}")
-
-
-def _params_text(p):
     bias = "-" if p["lifting_bias"] is None else f"{p['lifting_bias']:g}"
-    nl = p["nonlinearity"] or "none"
-    return (f"eps2={p['eps2']:<7g} C={p['n_channels']:<3} k={p['kernel_size']:<2} {nl:4s} "
-            f"L={p['n_layers']:<2} eta={p['eta']:<4g} lmb={p['lmbda']:<5g} "
-            f"{p['membership'][:3]} {p['dtype'][-2:]} seed={p['random_state']} bias={bias}")
-
-
-def table(records, n=None):
-    """The sorted table (best test accuracy first) as text."""
-    ok = sorted((r for r in records if "error" not in r),
-                key=lambda r: (-r["test_accuracy"], r["fit_s"]))
-    head = f"{'stage':10s} {'parameters':78s} {'fit s':>7s} {'train':>6s} {'test':>6s}"
-    lines = [head, "-" * len(head)] + [_row(r) for r in ok[:n]]
-    return "\n".join(lines)
+    what = f"{classifier}" + (f" r={rank}" if rank else "")
+    return (f"{r.get('stage', ''):9s} C={p['n_channels']:<3} k={p['kernel_size']} "
+            f"{p['nonlinearity']:4s} bias={bias:3s} eps2={p['eps2']:<6g} eta={p['eta']:<4g} "
+            f"{p['membership'][:3]} seed={p['random_state']} fit {r['fit_s']:6.1f} s | "
+            f"best val {acc:.3f} at L={n_layers} {what}")
 
 
 def main(argv=None):
@@ -223,24 +188,29 @@ def main(argv=None):
                         help="threads for FFT/BLAS (1 on a shared 2-core machine)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="results JSON file")
     parser.add_argument("--table-only", action="store_true",
-                        help="print the table of the results file and exit")
+                        help="print the choice from the results file and exit")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if args.table_only:
-        print(table(json.loads(out.read_text())))
-        return 0
-    convredunet.set_num_threads(args.threads)
-    machine = harness.machine_info()
-    print(f"MNIST-1D sweep, {machine['cpu_model']}, {machine['cores_available']} cores, "
-          f"{args.threads} thread(s), load average {harness.load_average()}, "
-          f"budget {args.budget_min:g} min -> {out}", flush=True)
-    sweep = Sweep(out, args.budget_min * 60.0, load_mnist1d(), args.threads)
-    try:
-        stages(sweep)
-    except KeyboardInterrupt:
-        print("[interrupted]")
-    print()
-    print(table(sweep.records))
+    if not args.table_only:
+        convredunet.set_num_threads(args.threads)
+        X, y, _, _ = load_mnist1d()  # the test part is not used
+        split = protocol.validation_split(X, y, 0.2, seed=0)
+        print(f"MNIST-1D validation sweep: fit {len(split[1])}, validate {len(split[3])}; "
+              f"load average {harness.load_average()} -> {out}", flush=True)
+        sweep = Sweep(out, args.budget_min * 60.0, split, args.threads)
+        try:
+            stages(sweep)
+        except KeyboardInterrupt:
+            print("[interrupted]")
+        records = sweep.records
+    else:
+        records = json.loads(out.read_text())
+    chosen = choose(records)
+    for row in chosen["table"][:15]:
+        print(f"{row['mean']:.4f} {row['per_seed']} fit~{row['estimated_fit_s']} s "
+              f"{row['params']}")
+    print("within budget:", chosen["within_budget"])
+    print("any cost:", chosen["any_cost"])
     return 0
 
 

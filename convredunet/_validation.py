@@ -128,6 +128,7 @@ def check_verbose(value, name="verbose"):
 
 NONLINEARITIES = ("relu", "abs", None)
 MEMBERSHIPS = ("estimated", "label")
+CLASSIFIERS = ("membership", "subspace")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +190,13 @@ PARAMETERS = {p.name: p for p in [
         _none_or(float), signals_only=True),
     Parameter("membership", _choice("membership", MEMBERSHIPS),
               "how training features advance while building: estimated or label"),
+    Parameter("classifier", _choice("classifier", CLASSIFIERS),
+              "prediction rule: membership (argmax of the last layer's membership) or "
+              "subspace (nearest class subspace of the training features, shift-invariant)"),
+    Parameter("n_components", lambda v: check_int(v, "n_components", allow_none=True),
+              "directions per frequency of each class subspace, at most the feature "
+              "channels - 1 (classifier subspace), or none for a quarter of them",
+              _none_or(int)),
     Parameter("random_state", check_random_state, "seed of the lifting kernels", int),
     Parameter("backend", _choice("backend", ("numpy", "torch")), "numpy or torch"),
     Parameter("device", check_device, "torch device, e.g. cpu or cuda (backend torch)",

@@ -256,7 +256,7 @@ def cmd_demo(args):
     with _atomic_dir(out, args.force) as tmp:
         net = ReduNet1D(random_state=0, verbose=not args.quiet)
         if args.quick:
-            net.set_params(n_layers=QUICK_LAYERS)
+            net.set_params(n_layers=min(QUICK_LAYERS, net.n_layers))
             X_test, y_test = X_test[:QUICK_TEST], y_test[:QUICK_TEST]
         params = {k: v for k, v in net.get_params().items() if k != "verbose"}
         print("ReduNet1D(" + ", ".join(f"{k}={v!r}" for k, v in params.items()) + ")")

@@ -441,9 +441,42 @@ def fit(estimator, X, y):
             progress.set_postfix(delta_R=f"{record['delta_R']:.3f}", acc=f"{accuracy:.3f}")
     finally:
         progress.close()
+    bases = None
+    if params["classifier"] == "subspace":
+        bases = _subspaces(Z, labels, len(classes), params["n_components"],
+                           params["batch_size"])
     del Z
-    estimator._set_fitted(network, classes, history)
+    estimator._set_fitted(network, classes, history, bases)
     return estimator
+
+
+def _subspace_chunk(z, labels, k, batch_size):
+    """One chunk's per-class Gram partial sums for the subspace classifier."""
+    from . import subspace
+
+    _on_worker()
+    with thread_limits():
+        return subspace.class_grams(resolve("numpy").backend, z, np.asarray(labels), k,
+                                    batch_size)
+
+
+def _sum_grams(parts):
+    return [sum(grams[j] for grams in parts) for j in range(len(parts[0]))]
+
+
+def _subspaces(Z, labels, k, n_components, batch_size):
+    """The class subspaces of the last features: per-chunk Grams, summed in a tree."""
+    from . import subspace
+
+    dask, _ = _dask()
+    parts = [dask.delayed(_subspace_chunk, pure=False)(z, lab, k, batch_size)
+             for z, lab in zip(_blocks(Z), _blocks(labels))]
+    while len(parts) > 1:
+        parts = [dask.delayed(_sum_grams, pure=False)(parts[i:i + FAN_IN])
+                 for i in range(0, len(parts), FAN_IN)]
+    (grams,) = dask.compute(parts[0])
+    r = subspace.n_directions(n_components, Z.shape[1])
+    return subspace.bases_from_grams(grams, r)
 
 
 def _log_layer(index, record):
@@ -551,10 +584,36 @@ def _labels_of(pi, classes):
     return classes[np.argmax(pi, axis=1)]
 
 
+def _nearest_subspace(z, bases, signal_shape, classes):
+    from . import subspace
+
+    _on_worker()
+    with thread_limits():
+        distances = subspace.subspace_distances(resolve("numpy").backend, z, bases,
+                                                signal_shape)
+    return classes[np.argmin(distances, axis=1)]
+
+
 def predict(estimator, X):
-    """Lazy predicted labels (original classes) of a Dask array ``X``."""
-    pi = forward(estimator, X, "pi")
+    """Lazy predicted labels (original classes) of a Dask array ``X``.
+
+    ``classifier="subspace"``: the nearest class subspace of each chunk's
+    features (the bases travel with the task graph once); otherwise the
+    argmax of the membership.
+    """
     classes = np.asarray(estimator.classes_)
+    if estimator.classifier == "subspace":
+        estimator._check_fitted()
+        if getattr(estimator, "subspaces_", None) is None:
+            raise ValueError("classifier='subspace' needs the class subspaces, but this "
+                             f"{type(estimator).__name__} was fitted with "
+                             "classifier='membership'; set classifier='subspace' before fit")
+        z = forward(estimator, X, "z")
+        drop = tuple(range(1, z.ndim))
+        return z.map_blocks(_nearest_subspace, estimator.subspaces_,
+                            tuple(estimator.signal_shape_), classes, drop_axis=drop,
+                            dtype=classes.dtype)
+    pi = forward(estimator, X, "pi")
     return pi.map_blocks(_labels_of, classes, drop_axis=1, dtype=classes.dtype)
 
 

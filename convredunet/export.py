@@ -321,13 +321,54 @@ class ReduNetLayer(nn.Module):
         return step / norms.reshape([-1] + [1] * (z.dim() - 1)), logits
 
 
+class SubspaceHead(nn.Module):
+    """Squared distances to the class subspaces (``classifier="subspace"``), ``(b, k)``.
+
+    The projector on class ``j``'s subspace (``n_components`` directions per
+    frequency of the class and all its cyclic shifts) is block circulant, so
+    it is a ``C -> C`` circular convolution ``P_j``; ``project`` stacks them
+    (``C -> k*C``, or a linear map for vectors) and
+    ``d_j(z) = ||z||^2 - ||P_j z||^2``.
+    """
+
+    def __init__(self, project, n_classes):
+        super().__init__()
+        self.project = project
+        self.n_classes = int(n_classes)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        b = z.shape[0]
+        p = self.project(z).reshape(b, self.n_classes, -1)
+        flat = z.reshape(b, 1, -1)
+        return (flat * flat).sum(-1) - (p * p).sum(-1)
+
+
+def _subspace_head(net, dtype, kernel_size):
+    """The :class:`SubspaceHead` of a net fitted with ``classifier="subspace"``."""
+    if getattr(net, "subspaces_", None) is None:
+        raise ValueError(f"classifier='subspace' needs the class subspaces, but this "
+                         f"{type(net).__name__} was fitted with classifier='membership'; "
+                         "set classifier='subspace' before calling fit")
+    bases = np.asarray(net.subspaces_)  # (k, F, C, r)
+    k, c = bases.shape[0], bases.shape[2]
+    projectors = bases @ np.conj(np.swapaxes(bases, -1, -2))  # (k, F, C, C)
+    if not net.signal_shape_:
+        return SubspaceHead(_linear(projectors[:, 0].real.reshape(k * c, c), dtype), k)
+    backend = resolve("numpy", None, "float64").backend
+    kernels = spectral.operator_kernels(backend, projectors, net.signal_shape_)
+    kernels = kernels.reshape((k * c,) + kernels.shape[2:])
+    return SubspaceHead(_circular_conv(centred_kernels(kernels, kernel_size), dtype), k)
+
+
 class ReduNetModule(nn.Module):
     """A fitted ReduNet as a PyTorch module.
 
     ``forward(x)`` returns the features after the last layer (as
     ``net.transform``); ``predict(x)`` the labels (as ``net.predict``),
     ``membership(x)`` the last layer's ``pi`` (as ``net.predict_proba``) and
-    ``logits(x)`` its ``-lmbda ||C^j z||_F`` (``(b, k)``, class scores).
+    ``logits(x)`` its ``-lmbda ||C^j z||_F`` (``(b, k)``, class scores). With
+    ``classifier="subspace"``, ``subspace_distances(x)`` gives the squared
+    distances to the class subspaces and ``predict`` their argmin.
 
     Input ``x``: ``(b, *signal_shape)`` or ``(b, C_in, *signal_shape)``;
     vectors ``(b, d)``. ``conv`` (read-only) says how the layers run.
@@ -337,7 +378,8 @@ class ReduNetModule(nn.Module):
     dims: List[int]
     input_shape: List[int]
 
-    def __init__(self, lifting, layers, classes, signal_shape, conv, input_shape=None):
+    def __init__(self, lifting, layers, classes, signal_shape, conv, input_shape=None,
+                 head=None):
         super().__init__()
         self.input_shape: List[int] = [int(n) for n in (input_shape or [])]
         self.lifting = lifting
@@ -355,6 +397,8 @@ class ReduNetModule(nn.Module):
         per_sample = 1 if first is None else (
             first.shape[0] * max(1, math.prod(self.signal_shape)) * 2 * first.element_size())
         self.chunk_size = max(MIN_CHUNK, CHUNK_BYTES // per_sample)
+        self.use_subspace = head is not None
+        self.head = head if head is not None else nn.Identity()
 
     def _enter(self, z: torch.Tensor) -> torch.Tensor:
         """Direct: ``z`` itself; fft: its unitary half spectrum as real ``(F, 2C, b)``."""
@@ -434,9 +478,27 @@ class ReduNetModule(nn.Module):
         return torch.softmax(self._run_in_chunks(x, False)[1], dim=1)
 
     @torch.jit.export
+    def subspace_distances(self, x: torch.Tensor) -> torch.Tensor:
+        """Squared distances to the class subspaces, ``(b, k)`` (``classifier="subspace"``)."""
+        if not self.use_subspace:
+            raise RuntimeError("the network was exported without class subspaces "
+                               "(classifier='membership')")
+        return self.head(self._run(x)[0])
+
+    @torch.jit.export
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Labels ``classes[argmax_j pi_j]``."""
+        """Labels: ``classes[argmax_j pi_j]``, or the nearest subspace's.
+
+        The latter when the network was fitted with ``classifier="subspace"``.
+        """
+        if self.use_subspace:
+            return self.classes[torch.argmin(self.subspace_distances(x), dim=1)]
         return self.classes[torch.argmax(self._run_in_chunks(x, False)[1], dim=1)]
+
+    @torch.jit.export
+    def subspace_distances(self, x: torch.Tensor) -> torch.Tensor:
+        """Squared distances of the features to each class subspace, ``(b, k)``."""
+        return self.head(self._run_in_chunks(x, True)[0])
 
     def with_conv(self, conv):
         """A copy of this module (same parameters, copied) whose layers run as ``conv``.
@@ -476,7 +538,10 @@ class ExportGraph(nn.Module):
         x = x.reshape([-1] + self.module.input_shape)
         z, logits = self.module._run(x, True)
         scores = torch.softmax(logits, dim=1)
-        labels = self.module.classes[torch.argmax(logits, dim=1)]
+        if self.module.use_subspace:
+            labels = self.module.classes[torch.argmin(self.module.head(z), dim=1)]
+        else:
+            labels = self.module.classes[torch.argmax(logits, dim=1)]
         return z, scores, labels
 
 
@@ -589,5 +654,8 @@ def to_torch(net, dtype=torch.float32, kernel_size=None, conv="auto"):
     classes = parts["classes"]
     if classes.dtype.kind not in "biuf":
         classes = np.arange(len(classes))  # non-numeric labels: predict returns indices
+    head = None
+    if net.classifier == "subspace":
+        head = _subspace_head(net, dtype, kernel_size)
     return ReduNetModule(lifting, layers, np.asarray(classes), signal_shape,
-                         "direct" if mode == "linear" else mode, parts["input_shape"])
+                         "direct" if mode == "linear" else mode, parts["input_shape"], head)

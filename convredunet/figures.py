@@ -1,7 +1,7 @@
 """Figures of a run (matplotlib, PNG): rates per layer and cosine-similarity heatmaps."""
 import numpy as np
 
-__all__ = ["plot_rates", "plot_cosine_similarity"]
+__all__ = ["plot_rates", "plot_cosine_similarity", "max_shift_cosine"]
 
 
 def _pyplot():
@@ -50,34 +50,97 @@ def plot_rates(train, path, test=None, title=None):
     plt.close(fig)
 
 
+def _unit_rows(Z):
+    flat = np.asarray(Z, dtype=np.float64).reshape(len(Z), -1)
+    return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-30)
+
+
 def cosine_similarity(Z, y):
     """``|cos|`` between every pair of samples, rows sorted by class, and the order."""
-    flat = np.asarray(Z, dtype=np.float64).reshape(len(Z), -1)
-    flat = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-30)
     order = np.argsort(y, kind="stable")
-    flat = flat[order]
+    flat = _unit_rows(Z)[order]
     return np.abs(flat @ flat.T), order
 
 
-def plot_cosine_similarity(before, after, y, path, titles=("before", "after")):
-    """Class-by-class ``|cosine similarity|`` of features before and after the network.
+def max_shift_cosine(Z, ndim, rows=200):
+    """``max_s cos(z_i, roll(z_j, s))`` over every cyclic shift ``s``, shape ``(n, n)``.
 
-    Samples are sorted by class, so a block-diagonal picture means features of
-    one class are aligned and features of different classes orthogonal.
+    The similarity of two signals up to a cyclic shift: a circular
+    cross-correlation for every shift at once (one FFT per sample, one product
+    per frequency), ``rows`` samples at a time.
+
+    Parameters
+    ----------
+    Z : array (n, C, *signal_shape)
+    ndim : {1, 2}, number of signal axes
+    """
+    Z = np.asarray(Z, dtype=np.float64)
+    n = len(Z)
+    Z = (_unit_rows(Z)).reshape(Z.shape)
+    shape = Z.shape[-ndim:]
+    axes = tuple(range(-ndim, 0))
+    A = np.fft.rfftn(Z, axes=axes).reshape(n, Z.shape[1], -1)
+    A = np.ascontiguousarray(np.moveaxis(A, 2, 0))  # (F, n, C)
+    A_t = np.ascontiguousarray(np.swapaxes(A, 1, 2))  # (F, C, n)
+    freq = shape[:-1] + (shape[-1] // 2 + 1,)
+    out = np.empty((n, n))
+    for start in range(0, n, rows):
+        cross = np.conj(A[:, start:start + rows]) @ A_t  # (F, b, n)
+        b = cross.shape[1]
+        corr = np.fft.irfftn(np.moveaxis(cross, 0, -1).reshape((b, n) + freq), s=shape,
+                             axes=tuple(range(2, 2 + ndim)))
+        out[start:start + b] = corr.reshape(b, n, -1).max(-1)
+    return out
+
+
+def plot_cosine_similarity(before, after, y, path, titles=("before", "after"), ndim=None,
+                           title=None):
+    """Heatmaps of feature similarity, samples sorted by class (lines separate classes).
+
+    Panels: ``|cos|`` of ``before`` and of ``after`` (the flattened features,
+    at their positions), and, for signal features (``after`` of shape
+    ``(n, C, *signal_shape)``), ``max over cyclic shifts of cos`` of ``after``:
+    the similarity up to a shift. A block-diagonal panel means samples of one
+    class are similar and samples of different classes are not. Features of
+    one class at different shifts need not be aligned at their positions, so
+    the second panel shows no class blocks for shift-equivariant features;
+    the third compares them up to a shift.
+
+    Parameters
+    ----------
+    before, after : arrays (n, ...)
+    y : array (n,)
+    path : str or Path, the PNG to write
+    titles : names of ``before`` and ``after``
+    ndim : int or None
+        Signal axes of ``after``; None infers ``after.ndim - 2`` (no third
+        panel for vectors).
+    title : str or None, over the panels
     """
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
-    for ax, Z, title in zip(axes, (before, after), titles):
-        sim, order = cosine_similarity(Z, y)
+    after = np.asarray(after)
+    if ndim is None:
+        ndim = after.ndim - 2 if after.ndim >= 3 else 0
+    order = np.argsort(y, kind="stable")
+    panels = [(f"|cos| of features {titles[0]}", cosine_similarity(before, y)[0]),
+              (f"|cos| of features {titles[1]}", cosine_similarity(after, y)[0])]
+    if ndim:
+        panels.append((f"max over cyclic shifts of cos,\nfeatures {titles[1]}",
+                       max_shift_cosine(after[order], ndim)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.8))
+    sorted_y = np.asarray(y)[order]
+    edges = np.flatnonzero(np.diff(sorted_y)) + 0.5
+    for ax, (name, sim) in zip(axes, panels):
         image = ax.imshow(sim, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
-        sorted_y = np.asarray(y)[order]
-        edges = np.flatnonzero(np.diff(sorted_y)) + 0.5
         for e in edges:
             ax.axhline(e, color="k", lw=0.3)
             ax.axvline(e, color="k", lw=0.3)
-        ax.set_title(f"|cos| of features {title}")
+        ax.set_title(name, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
     fig.colorbar(image, ax=axes, shrink=0.8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return [sim for _, sim in panels]

@@ -34,6 +34,7 @@ import numpy as np
 from ._validation import NONLINEARITIES, validate_params
 from .backend import workspace_of
 from .network import Network
+from .subspace import n_directions
 
 __all__ = ["save_network", "read_model", "atomic_path", "FORMAT_VERSION", "ModelFile"]
 
@@ -112,7 +113,7 @@ def _sigterm_cleans_up():
         signal.signal(signal.SIGTERM, previous)
 
 
-def save_network(path, network, meta):
+def save_network(path, network, meta, extra=None):
     """Write a fitted network and its estimator's description to ``path``.
 
     Parameters
@@ -122,6 +123,9 @@ def save_network(path, network, meta):
     meta : dict
         ``estimator`` (class name), ``params`` (``get_params()``), ``classes``
         (array), ``history`` (list of dicts).
+    extra : dict or None
+        More arrays, keyed under the ``classifier/`` prefix (the class
+        subspaces of ``classifier="subspace"``: ``classifier/bases``).
 
     Raises
     ------
@@ -152,7 +156,7 @@ def save_network(path, network, meta):
         "nonlinearity": None if network.lifting is None else network.lifting.nonlinearity,
     }
     arrays = {"format_version": np.array(FORMAT_VERSION), "meta": np.array(json.dumps(header)),
-              "classes": classes, **network.to_arrays()}
+              "classes": classes, **network.to_arrays(), **(extra or {})}
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
@@ -168,6 +172,8 @@ class ModelFile:
     classes: np.ndarray
     history: list
     network: Network
+    #: Fitted numbers of the classifier (``classifier/bases`` for ``classifier="subspace"``).
+    arrays: dict = dataclasses.field(default_factory=dict)
 
 
 class _Archive:
@@ -293,6 +299,9 @@ def _read(archive, estimators):
     name = meta.get("estimator")
     if name not in estimators:
         raise bad(f"names an unknown estimator {name!r}")
+    if isinstance(meta.get("params"), dict):
+        # Files written before the classifier parameter existed predicted by membership.
+        meta["params"].setdefault("classifier", "membership")
     params = _check_params(bad, meta, estimators[name])
     nd = _SIGNAL_NDIM[name]
     input_shape = _shape(bad, meta.get("input_shape"), "input_shape", nd + 1 if nd else 1)
@@ -351,10 +360,22 @@ def _read(archive, estimators):
         arrays.update(_read_layer(archive, f"layer{index}/", k, n_channels, n_freqs,
                                   op_dtype))
 
+    extra = {}
+    if params.get("classifier") == "subspace":
+        # Read only for this classifier: files of other settings (and files
+        # written before the parameter existed) have no such entry.
+        try:
+            rank = n_directions(params["n_components"], n_channels)
+        except ValueError as exc:
+            raise bad(f"has classifier='subspace' parameters that do not fit its features "
+                      f"({exc})") from None
+        extra["classifier/bases"] = archive.read("classifier/bases", "c" if nd else "f",
+                                                 shape=(k, n_freqs, n_channels, rank))
+
     workspace = workspace_of(np.zeros(0, dtype=params["dtype"]))
     network = Network.from_arrays(arrays, input_shape, nonlinearity if lifted else None,
                                   steps, workspace)
-    return ModelFile(name, meta["params"], classes, history, network)
+    return ModelFile(name, meta["params"], classes, history, network, extra)
 
 
 def _read_layer(archive, prefix, k, n_channels, n_freqs, op_dtype):

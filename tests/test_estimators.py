@@ -39,7 +39,7 @@ _NOT_APPLICABLE = {"check_classifiers_train": "3 classes cannot hold separate su
 
 @parametrize_with_checks(
     [crn.ReduNetVector(n_layers=3), crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=4, kernel_size=1),
-     crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=None)],
+     crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=None, classifier="membership")],
     expected_failed_checks=lambda est: _NOT_APPLICABLE,
 )
 def test_sklearn_conventions(estimator, check):
@@ -53,7 +53,7 @@ def test_clone_and_params():
     twin = clone(net)
     assert twin.get_params() == net.get_params()
     twin.set_params(n_channels=8)
-    assert twin.n_channels == 8 and net.n_channels == 32
+    assert twin.n_channels == 8 and net.n_channels == 128
 
 
 # --- invariance ----------------------------------------------------------------------
@@ -180,7 +180,8 @@ def test_float32_close_to_float64():
 def test_string_labels_and_proba():
     X, y = _signals(30, (2, 10), k=3)
     names = np.array(["cat", "dog", "eel"])[y]
-    net = crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=5, kernel_size=3).fit(X, names)
+    net = crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=5, kernel_size=3,
+                        classifier="membership").fit(X, names)
     assert set(net.predict(X)) <= set(names)
     proba = net.predict_proba(X)
     np.testing.assert_allclose(proba.sum(1), 1.0)
