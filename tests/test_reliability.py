@@ -273,7 +273,8 @@ def test_random_damage_is_a_value_error_or_an_identical_model(fitted, tmp_path_f
 
 
 @pytest.mark.parametrize("params", [
-    dict(), dict(lifting_bias=None), dict(n_channels=None), dict(dtype="float32"),
+    dict(), dict(lifting_bias=None), dict(n_channels=None, classifier="membership"),
+    dict(classifier="membership"), dict(dtype="float32"),
     dict(n_channels=12, n_layers=1), dict(nonlinearity=None), dict(membership="label"),
 ])
 def test_every_saved_file_loads(tmp_path, params):
