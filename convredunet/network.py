@@ -329,9 +329,7 @@ class Layer:
             g, width = self.M_inv.shape[1], self.M_inv.shape[-1]
             alpha = consts["alphas"][0, :, 0]  # (g, 1)
             # V_j^H v for every class at once: one (g*w x C) product per frequency.
-            v_h = backend.contiguous(backend.H(self.solution.V[fs]))  # (f, g w, C)
-            p = backend.reshape(v_h @ v, (f, g, width, b))
-            del v_h
+            p = backend.reshape(backend.hmatmul(self.solution.V[fs], v), (f, g, width, b))
             q = self.M_inv[fs] @ p  # (F, g, w, b)
             vv = backend.abs2(v).sum(1)  # (F, b)
             pq = (p.conj() * q).real.sum(2)  # (F, g, b)

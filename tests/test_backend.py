@@ -66,6 +66,9 @@ def test_linear_algebra_against_numpy(backend, real):
     _close(logdet, np.linalg.slogdet(a)[1], real)
     _close(backend.hpd_logdet(_put(backend, a)), np.linalg.slogdet(a)[1], real)
     _close(backend.H(_put(backend, a)), np.conj(np.swapaxes(a, -1, -2)), real)
+    b = a[..., :3]
+    _close(backend.hmatmul(_put(backend, a), _put(backend, b)),
+           np.conj(np.swapaxes(a, -1, -2)) @ b, real)
 
 
 def test_not_positive_definite_is_linalg_error(backend):

@@ -25,7 +25,8 @@ The primitives every backend provides (tested against numpy, one by one, in
     ``argmax``, ``einsum``, ``class_sq_norms``, ``add_to_diagonal`` (in place);
     FFT: ``rfft(x, ndim)`` / ``irfft(x_hat, shape, unitary)``, unitary real
     FFTs over the last axes;
-    linear algebra: ``H`` (conjugate transpose of the last two axes),
+    linear algebra: ``H`` (conjugate transpose of the last two axes), ``hmatmul``
+    (``a^H @ b`` without copying ``a``),
     ``hpd_inverse_logdet`` / ``hpd_logdet`` (batched Hermitian positive
     definite inverse and log-determinant through Cholesky factors; a matrix
     that is not HPD raises ``numpy.linalg.LinAlgError``);

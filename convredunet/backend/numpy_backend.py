@@ -327,6 +327,14 @@ class NumpyBackend:
     # --- linear algebra ------------------------------------------------------
     H = staticmethod(_H)
 
+    def hmatmul(self, a, b):
+        """``a^H @ b`` (batched) without copying ``a``: ``conj(a^T @ conj(b))``.
+
+        ``a^T`` is a view BLAS reads as it is; only ``b`` and the result (sized
+        by the batch of samples, not by the stored operator) are conjugated.
+        """
+        return np.conj(np.matmul(np.swapaxes(a, -1, -2), np.conj(b)))
+
     def hpd_logdet(self, a):
         """log det of HPD matrices ``a`` (``(..., n, n)``), by Cholesky."""
         return _logdet_from_cholesky(_cholesky(a))

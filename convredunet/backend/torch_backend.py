@@ -219,6 +219,10 @@ class TorchBackend:
     # --- linear algebra ------------------------------------------------------
     H = staticmethod(_H)
 
+    def hmatmul(self, a, b):
+        """``a^H @ b`` (batched); the conjugate transpose stays a lazy view."""
+        return _H(a) @ b
+
     def hpd_logdet(self, a):
         return _logdet_from_cholesky(_cholesky(a))
 
