@@ -26,7 +26,8 @@ def layer_flops(layer, n_channels, signal_shape, n_samples):
     """Floating-point operations of one layer application (complex MAC = 8 flops).
 
     FFT pair: ``2 * 2.5 C T log2 T`` (real FFT and its inverse); stacked product:
-    ``F (1+k_d) C^2``; low-rank classes: ``F (2 g w C + 2 g w^2)``; norms and
+    ``F (1+k_d) C^2``; low-rank classes: ``F (2 g w C + g w^2)`` (``V^H v``, ``V (.)``
+    and ``M^-1 p``; the norms need no ``V^H V``); norms and
     weighted sum: ``F k C`` complex multiply-adds.
     """
     t = math.prod(signal_shape)
@@ -35,7 +36,7 @@ def layer_flops(layer, n_channels, signal_shape, n_samples):
     macs = f * layer.stacked.shape[1] * n_channels
     if layer.lowrank_classes:
         g, width = layer.M_inv.shape[1], layer.M_inv.shape[-1]
-        macs += f * (2 * g * width * n_channels + 2 * g * width * width)
+        macs += f * (2 * g * width * n_channels + g * width * width)
     macs += 2 * f * k * n_channels
     fft = 2 * 2.5 * n_channels * t * math.log2(t)
     return n_samples * (8 * macs + fft)

@@ -60,7 +60,7 @@ from . import spectral
 from ._threads import set_num_threads, thread_limits
 from ._validation import check_batch_size, check_choice, check_eps2
 from .backend import resolve
-from .network import Network, rescale_samples
+from .network import Network, layer_progress
 
 __all__ = ["is_dask", "fit", "forward", "predict", "score", "solve"]
 
@@ -164,20 +164,6 @@ def _real(x, name, start, dtype=None):
     return x
 
 
-def _working(workspace, x):
-    """A chunk of the user's samples in the workspace, scaled by powers of two, as the
-    in-process path does it (``estimators._working``): ``(x * scale, scale)``."""
-    x, scale = rescale_samples(x, workspace.backend.max_exponent(workspace.like) // 2)
-    return workspace.to_working(x), workspace.to_working(scale)
-
-
-def _progress(total, verbose, name):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=f"{name} layers", unit="layer", disable=not verbose,
-                leave=False)
-
-
 def _starts(chunks):
     return np.concatenate([[0], np.cumsum(chunks)[:-1]]).astype(int).tolist()
 
@@ -277,10 +263,11 @@ def _combine(parts):
     return {"grams": grams, "total": total, "kept": kept, "peak": peak}
 
 
-def _tree(parts):
+def _tree(parts, combine=_combine):
+    """Delayed ``parts`` reduced by ``combine`` in a tree of fan-in :data:`FAN_IN`."""
     dask, _ = _dask()
     while len(parts) > 1:
-        parts = [dask.delayed(_combine, pure=False)(parts[i:i + FAN_IN])
+        parts = [dask.delayed(combine, pure=False)(parts[i:i + FAN_IN])
                  for i in range(0, len(parts), FAN_IN)]
     return parts[0]
 
@@ -350,7 +337,7 @@ def _lift_chunk(x, network, size, start):
     out = None
     with thread_limits():
         for s in range(0, x.shape[0], size):
-            z = network.lift(*_working(network.workspace, x[s:s + size]))
+            z = network.lift(*network.working(x[s:s + size]))
             if out is None:
                 out = np.empty((x.shape[0],) + z.shape[1:], dtype=z.dtype)
             out[s:s + z.shape[0]] = z
@@ -414,7 +401,7 @@ def fit(estimator, X, y):
     del X, lifting  # the input's persisted copy (if any) is released here
     use_labels = params["membership"] == "label"
     history = []
-    progress = _progress(params["n_layers"], params["verbose"], type(estimator).__name__)
+    progress = layer_progress(params["n_layers"], params["verbose"], type(estimator).__name__)
     backend = workspace.backend
     try:
         for index in range(params["n_layers"]):
@@ -471,10 +458,7 @@ def _subspaces(Z, labels, k, n_components, batch_size):
     dask, _ = _dask()
     parts = [dask.delayed(_subspace_chunk, pure=False)(z, lab, k, batch_size)
              for z, lab in zip(_blocks(Z), _blocks(labels))]
-    while len(parts) > 1:
-        parts = [dask.delayed(_sum_grams, pure=False)(parts[i:i + FAN_IN])
-                 for i in range(0, len(parts), FAN_IN)]
-    (grams,) = dask.compute(parts[0])
+    (grams,) = dask.compute(_tree(parts, _sum_grams))
     r = subspace.n_directions(n_components, Z.shape[1])
     return subspace.bases_from_grams(grams, r)
 
@@ -526,7 +510,7 @@ def _forward_chunk(x, network, size, start, what):
     z_out = pi_out = None
     with thread_limits():
         for s in range(0, x.shape[0], size):
-            z, pi = network.forward(*_working(network.workspace, x[s:s + size]))
+            z, pi = network.forward(*network.working(x[s:s + size]))
             if what != "pi":
                 if z_out is None:
                     z_out = np.empty((x.shape[0],) + z.shape[1:], dtype=z.dtype)

@@ -23,7 +23,7 @@ from ._validation import validate_params
 from .backend import resolve
 from . import distributed as dask_paths
 from .distributed import is_dask
-from .network import Layer, Lifting, Network, array_chunks, rescale_samples
+from .network import Layer, Lifting, Network, array_chunks, layer_progress
 
 __all__ = ["ReduNet1D", "ReduNet2D", "ReduNetVector", "load"]
 
@@ -135,7 +135,7 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         k = len(classes)
         with thread_limits():
             Z = self._lift_all(network, workspace, X, params["batch_size"])
-            progress = _progress(params["n_layers"], params["verbose"], type(self).__name__)
+            progress = layer_progress(params["n_layers"], params["verbose"], type(self).__name__)
             try:
                 for index in range(params["n_layers"]):
                     solution = spectral.solve_layer(backend, Z, labels, k, params["eps2"],
@@ -199,7 +199,7 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
     def _lift_all(network, workspace, X, batch_size):
         """The lifted, normalized features of every sample of ``X``, chunk by chunk."""
         size = network.chunk_size(batch_size, workspace.backend.itemsize(workspace.like))
-        parts = [network.lift(*_working(workspace, x)) for x in array_chunks(X, size)]
+        parts = [network.lift(*network.working(x)) for x in array_chunks(X, size)]
         return parts[0] if len(parts) == 1 else workspace.backend.concat(parts)
 
     # --- fitted state ----------------------------------------------------------------
@@ -249,7 +249,7 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         size = network.chunk_size(self.batch_size, workspace.backend.itemsize(workspace.like))
         with thread_limits():
             start = 0
-            for z, pi in network.stream(_working(workspace, x)
+            for z, pi in network.stream(network.working(x)
                                         for x in array_chunks(X, size)):
                 yield start, z, pi
                 start += z.shape[0]
@@ -452,16 +452,6 @@ def _check_size(params, workspace, n_samples, sample_shape, n_classes):
             "channels or samples, or float32")
 
 
-def _working(workspace, x):
-    """A chunk of the user's samples in the workspace, scaled: ``(x * scale, scale)``.
-
-    The scaling (powers of two, undone by the network) happens in the
-    input's own precision, before any cast, so any finite input fits.
-    """
-    x, scale = rescale_samples(x, workspace.backend.max_exponent(workspace.like) // 2)
-    return workspace.to_working(x), workspace.to_working(scale)
-
-
 def _apply_in_chunks(backend, layer, Z, labels, size):
     """``layer`` over every chunk of working features ``Z``: (next features, membership).
 
@@ -498,13 +488,6 @@ def load(path):
     estimator._set_fitted(network, model.classes, model.history,
                           model.arrays.get("classifier/bases"))
     return estimator
-
-
-def _progress(total, verbose, name):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=f"{name} layers", unit="layer", disable=not verbose,
-                leave=False)
 
 
 class ReduNet1D(_ReduNet):

@@ -285,7 +285,8 @@ class Layer:
         ``C^j v = alpha (v - alpha V q)``, so
         ``||C^j v||^2 = alpha^2 sum_p w_p (|v|^2 - 2 alpha Re p^H q + alpha^2 q^H (V^H V) q)``,
         where ``M q = p`` (``M = I + alpha V^H V``) turns the last two terms into
-        ``- alpha (Re p^H q + |q|^2)``: no ``V^H V`` is stored or formed; and ``sum_j g_j C^j v = (sum_j g_j alpha_j) v - V (alpha^2 g q)``.
+        ``- alpha (Re p^H q + |q|^2)``: no ``V^H V`` is stored or formed; and
+        ``sum_j g_j C^j v = (sum_j g_j alpha_j) v - V (alpha^2 g q)``.
         """
         v = spectral.spectrum(backend, z, self.signal_shape)
         consts = self.constants(backend, v)
@@ -355,8 +356,8 @@ class Layer:
             alpha = consts["alphas"][0, :, 0]
             gw = weight[kd:]  # (g, b)
             scaled = state["q"] * (alpha * alpha * gw)[None, :, None, :]
-            lowrank = v * (alpha * gw).sum(0)[None, None, :] - self.solution.V[fs] @ backend.reshape(
-                scaled, (f, g * width, b))
+            lowrank = (v * (alpha * gw).sum(0)[None, None, :]
+                       - self.solution.V[fs] @ backend.reshape(scaled, (f, g * width, b)))
             compress = lowrank if compress is None else compress + lowrank
         return v + self.eta * (state["u"] - compress)
 
@@ -491,6 +492,18 @@ class Network:
         per_sample.append(2 * math.prod(self.input_shape) * itemsize)
         return spectral.samples_per_chunk(max(per_sample))
 
+    def working(self, x):
+        """A chunk of the user's samples in :attr:`workspace`, scaled: ``(x * scale, scale)``.
+
+        The powers of two (:func:`rescale_samples`, at most half the working
+        precision's exponent range) are applied in the input's own precision,
+        before any cast, so any finite input fits; :meth:`lift` and
+        :meth:`forward` take the pair and undo the scale.
+        """
+        ws = self.workspace
+        x, scale = rescale_samples(x, ws.backend.max_exponent(ws.like) // 2)
+        return ws.to_working(x), ws.to_working(scale)
+
     def lift(self, x, scale=None):
         """Unit-norm features of working-array samples ``x`` ``(b, *input_shape)``.
 
@@ -533,3 +546,11 @@ class Network:
         """
         for chunk in chunks:
             yield self.forward(*chunk) if isinstance(chunk, tuple) else self.forward(chunk)
+
+
+def layer_progress(total, verbose, name):
+    """A progress bar over the layers being built (shown only when ``verbose``)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"{name} layers", unit="layer", disable=not verbose,
+                leave=False)
