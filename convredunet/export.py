@@ -43,7 +43,8 @@ from torch import nn
 from . import spectral
 from .backend import resolve
 
-__all__ = ["to_torch", "export_onnx", "ReduNetModule", "ReduNetLayer", "ExportGraph",
+__all__ = ["to_torch", "export_onnx", "ReduNetModule", "ReduNetLayer", "SubspaceHead",
+           "RealDFT", "ExportGraph",
            "kernel_energy_kept", "centred_kernels", "choose_conv"]
 
 CONV_MODES = ("auto", "fft", "direct")
@@ -51,7 +52,7 @@ CONV_MODES = ("auto", "fft", "direct")
 # signal; K in 1D, K*K in 2D). Measured on one CPU thread (bench/export_mnist1d.py):
 # the FFT path costs about as much as a direct convolution of ~4 taps.
 AUTO_DIRECT_MAX_TAPS = 4
-# Bytes of layer responses per block of samples in predict/forward (see _run_in_chunks).
+# Bytes of layer responses per block of samples in predict/forward (see ReduNetModule._run).
 CHUNK_BYTES = 32 << 20
 MIN_CHUNK = 32
 
@@ -324,40 +325,92 @@ class ReduNetLayer(nn.Module):
 class SubspaceHead(nn.Module):
     """Squared distances to the class subspaces (``classifier="subspace"``), ``(b, k)``.
 
-    The projector on class ``j``'s subspace (``n_components`` directions per
-    frequency of the class and all its cyclic shifts) is block circulant, so
-    it is a ``C -> C`` circular convolution ``P_j``; ``project`` stacks them
-    (``C -> k*C``, or a linear map for vectors) and
-    ``d_j(z) = ||z||^2 - ||P_j z||^2``.
+    Class ``j``'s subspace keeps ``r`` directions ``U_j(p)`` (``C x r``) at
+    every frequency ``p`` (:mod:`convredunet.subspace`), so from the features'
+    unitary half spectrum ``v(p)``
+
+        d_j(z) = sum_p w_p (||v(p)||^2 - ||U_j(p)^H v(p)||^2)
+
+    (``w_p`` the half-spectrum weights): ``k r`` complex numbers per frequency,
+    far cheaper than the projectors as full-size ``C -> C`` convolutions.
+    ``bases`` holds ``Re U`` and ``Im U`` as one real parameter
+    ``(k, F, C, r, 2)``. For vectors ``F = 1``, ``U`` is real and ``w = 1``.
+    Trained freely, ``U`` need not stay orthonormal; ``d`` stays a
+    shift-invariant quadratic form of ``z``, which is all exact invariance
+    needs.
+
+    Input: the spectrum as real ``(F, 2C, b)`` (real parts on top), the
+    layout of the module's ``"fft"`` mode.
     """
 
-    def __init__(self, project, n_classes):
+    def __init__(self, bases, signal_shape, dtype):
         super().__init__()
-        self.project = project
-        self.n_classes = int(n_classes)
+        bases = np.asarray(bases)
+        k, f, c, r = bases.shape
+        self.bases = nn.Parameter(torch.as_tensor(
+            np.stack([bases.real, bases.imag], axis=-1), dtype=dtype))
+        self.n_classes, self.n_freqs, self.n_channels, self.rank = int(k), int(f), int(c), int(r)
+        weights = spectral.half_spectrum_weights(signal_shape) if signal_shape else np.ones(1)
+        self.register_buffer("freq_weights", torch.as_tensor(weights, dtype=dtype))
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        b = z.shape[0]
-        p = self.project(z).reshape(b, self.n_classes, -1)
-        flat = z.reshape(b, 1, -1)
-        return (flat * flat).sum(-1) - (p * p).sum(-1)
+    def real_bases(self) -> torch.Tensor:
+        """``U_j(p)^H`` as real blocks acting on ``[Re v; Im v]``: ``(F, k 2r, 2C)``."""
+        ur, ui = self.bases[..., 0], self.bases[..., 1]  # (k, F, C, r)
+        top = torch.cat([ur, ui], dim=2)  # rows Re(U^H v) = Ur^T Re v + Ui^T Im v
+        bottom = torch.cat([-ui, ur], dim=2)  # rows Im(U^H v) = Ur^T Im v - Ui^T Re v
+        blocks = torch.cat([top, bottom], dim=3)  # (k, F, 2C, 2r)
+        return blocks.permute(1, 0, 3, 2).reshape(self.n_freqs, -1, 2 * self.n_channels)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        f, b = v.shape[0], v.shape[2]
+        q = torch.matmul(self.real_bases(), v)
+        kept = (q * q).reshape(f, self.n_classes, -1, b).sum(dim=2).reshape(f, -1)
+        kept = torch.matmul(self.freq_weights.unsqueeze(0), kept).reshape(self.n_classes, b)
+        total = torch.matmul(self.freq_weights.unsqueeze(0), (v * v).sum(dim=1))  # (1, b)
+        return (total - kept).t()
 
 
-def _subspace_head(net, dtype, kernel_size):
+def _subspace_head(net, dtype):
     """The :class:`SubspaceHead` of a net fitted with ``classifier="subspace"``."""
     if getattr(net, "subspaces_", None) is None:
         raise ValueError(f"classifier='subspace' needs the class subspaces, but this "
                          f"{type(net).__name__} was fitted with classifier='membership'; "
                          "set classifier='subspace' before calling fit")
-    bases = np.asarray(net.subspaces_)  # (k, F, C, r)
-    k, c = bases.shape[0], bases.shape[2]
-    projectors = bases @ np.conj(np.swapaxes(bases, -1, -2))  # (k, F, C, C)
-    if not net.signal_shape_:
-        return SubspaceHead(_linear(projectors[:, 0].real.reshape(k * c, c), dtype), k)
-    backend = resolve("numpy", None, "float64").backend
-    kernels = spectral.operator_kernels(backend, projectors, net.signal_shape_)
-    kernels = kernels.reshape((k * c,) + kernels.shape[2:])
-    return SubspaceHead(_circular_conv(centred_kernels(kernels, kernel_size), dtype), k)
+    return SubspaceHead(net.subspaces_, tuple(net.signal_shape_), dtype)
+
+
+class RealDFT(nn.Module):
+    """The unitary half spectrum ``(F, 2C, b)`` of ``(b, C, *S)`` by real matrix products.
+
+    What :meth:`ReduNetModule.spectrum` computes with ``torch.fft.rfftn``, as
+    plain ``MatMul`` operations: for ONNX, which has no complex tensors. The
+    last axis is transformed by ``(S_last, S_last//2 + 1)`` cosine and sine
+    matrices, a first axis (2D) by ``(S_0, S_0)`` ones.
+    """
+
+    def __init__(self, signal_shape, dtype):
+        super().__init__()
+        self.signal_ndim = len(signal_shape)
+        n = int(signal_shape[-1])
+        t = np.arange(n)
+        angle = 2 * np.pi * np.outer(t, np.arange(n // 2 + 1)) / n
+        scale = 1 / math.sqrt(math.prod(signal_shape))
+        self.register_buffer("cos_last", torch.as_tensor(np.cos(angle) * scale, dtype=dtype))
+        self.register_buffer("sin_last", torch.as_tensor(-np.sin(angle) * scale, dtype=dtype))
+        m = int(signal_shape[0])
+        angle = 2 * np.pi * np.outer(np.arange(m), np.arange(m)) / m
+        self.register_buffer("cos_first", torch.as_tensor(np.cos(angle), dtype=dtype))
+        self.register_buffer("sin_first", torch.as_tensor(-np.sin(angle), dtype=dtype))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        b, c = z.shape[0], z.shape[1]
+        re = torch.matmul(z, self.cos_last)  # (b, C, [H,] F_last)
+        im = torch.matmul(z, self.sin_last)
+        if self.signal_ndim == 2:  # the first axis: (cos + i sin) (re + i im)
+            re, im = (torch.matmul(self.cos_first, re) - torch.matmul(self.sin_first, im),
+                      torch.matmul(self.cos_first, im) + torch.matmul(self.sin_first, re))
+        v = torch.cat([re.reshape(b, c, -1), im.reshape(b, c, -1)], dim=1)  # (b, 2C, F)
+        return v.permute(2, 1, 0)
 
 
 class ReduNetModule(nn.Module):
@@ -400,13 +453,23 @@ class ReduNetModule(nn.Module):
         self.use_subspace = head is not None
         self.head = head if head is not None else nn.Identity()
 
-    def _enter(self, z: torch.Tensor) -> torch.Tensor:
-        """Direct: ``z`` itself; fft: its unitary half spectrum as real ``(F, 2C, b)``."""
-        if not self.spectral:
-            return z
+    def spectrum(self, z: torch.Tensor) -> torch.Tensor:
+        """The unitary half spectrum of ``(b, C, *S)`` features as real ``(F, 2C, b)``.
+
+        Vectors ``(b, d)``: ``(1, 2d, b)`` with zero imaginary parts.
+        """
+        if self.signal_ndim == 0:
+            zt = z.t().unsqueeze(0)
+            return torch.cat([zt, torch.zeros_like(zt)], dim=1)
         b, c = z.shape[0], z.shape[1]
         v = torch.view_as_real(torch.fft.rfftn(z, dim=self.dims, norm="ortho"))
         return v.reshape(b, c, -1, 2).permute(2, 3, 1, 0).reshape(-1, 2 * c, b).contiguous()
+
+    def _enter(self, z: torch.Tensor) -> torch.Tensor:
+        """Direct: ``z`` itself; fft: :meth:`spectrum`."""
+        if not self.spectral:
+            return z
+        return self.spectrum(z)
 
     def _leave(self, v: torch.Tensor) -> torch.Tensor:
         if not self.spectral:
@@ -424,81 +487,74 @@ class ReduNetModule(nn.Module):
             ops.append(layer.operators())
         return ops
 
-    def _run(self, x: torch.Tensor, features: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self._run_with(x, features, self._operators())
-
-    def _run_with(self, x: torch.Tensor, features: bool,
-                  ops: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def _run_with(self, x: torch.Tensor, what: int, ops: List[torch.Tensor]) -> torch.Tensor:
+        """Features (``what`` 0), last-layer scores ``-lmbda ||C^j z||`` (1) or distances (2)."""
         if self.signal_ndim > 0 and x.dim() == self.signal_ndim + 1:
             x = x.unsqueeze(1)
         z = self._enter(self.lifting(x))
-        logits = torch.zeros(0, dtype=x.dtype, device=x.device)
         for index, layer in enumerate(self.layers):
-            if index == self.n_layers - 1 and not features:
-                logits = layer.scores_with(z, ops[index])
-            else:
-                z, logits = layer.step(z, ops[index])
-        return (self._leave(z) if features else z), logits
+            if index == self.n_layers - 1 and what == 1:
+                return layer.scores_with(z, ops[index])
+            z, _ = layer.step(z, ops[index])
+        if what == 0:
+            return self._leave(z)
+        if what == 1:  # no layer: no membership
+            raise RuntimeError("a network without layers has no membership")
+        return self.head(z if self.spectral else self.spectrum(z))
 
-    def _run_in_chunks(self, x: torch.Tensor,
-                       features: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`_run` over blocks of ``chunk_size`` samples (not when tracing).
+    def _run(self, x: torch.Tensor, what: int) -> torch.Tensor:
+        """:meth:`_run_with` over blocks of ``chunk_size`` samples (not when tracing).
 
         Large batches are cut so that a layer's responses stay near
         ``CHUNK_BYTES``: the temporaries then stay in cache and the
         allocator reuses them (measured 2-3x faster on 1,000 MNIST-1D
         signals). The kernels' spectra are computed once for all blocks.
         """
+        if what == 2 and not self.use_subspace:
+            raise RuntimeError("the network was exported without class subspaces "
+                               "(classifier='membership')")
+        ops = self._operators()
         n = x.shape[0]
         if torch.jit.is_tracing() or n <= self.chunk_size:
-            return self._run(x, features)
-        ops = self._operators()
-        zs: List[torch.Tensor] = []
-        ls: List[torch.Tensor] = []
+            return self._run_with(x, what, ops)
+        parts: List[torch.Tensor] = []
         for start in range(0, n, self.chunk_size):
-            z, logits = self._run_with(x[start:start + self.chunk_size], features, ops)
-            if features:
-                zs.append(z)
-            ls.append(logits)
-        if not features:  # only the scores are wanted (z is a spectrum, batch last)
-            return torch.zeros(0, dtype=x.dtype, device=x.device), torch.cat(ls, dim=0)
-        return torch.cat(zs, dim=0), torch.cat(ls, dim=0)
+            parts.append(self._run_with(x[start:start + self.chunk_size], what, ops))
+        return torch.cat(parts, dim=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run_in_chunks(x, True)[0]
+        return self._run(x, 0)
 
     @torch.jit.export
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """``-lmbda ||C^j z||_F`` of the last layer, ``(b, k)``: class scores."""
-        return self._run_in_chunks(x, False)[1]
+        """``-lmbda ||C^j z||_F`` of the last layer, ``(b, k)``: the membership's scores."""
+        return self._run(x, 1)
 
     @torch.jit.export
     def membership(self, x: torch.Tensor) -> torch.Tensor:
         """The last layer's estimated membership ``pi``, ``(b, k)``."""
-        return torch.softmax(self._run_in_chunks(x, False)[1], dim=1)
+        return torch.softmax(self._run(x, 1), dim=1)
 
     @torch.jit.export
     def subspace_distances(self, x: torch.Tensor) -> torch.Tensor:
-        """Squared distances to the class subspaces, ``(b, k)`` (``classifier="subspace"``)."""
-        if not self.use_subspace:
-            raise RuntimeError("the network was exported without class subspaces "
-                               "(classifier='membership')")
-        return self.head(self._run(x)[0])
+        """Squared distances of the features to each class subspace, ``(b, k)``.
+
+        Only with ``classifier="subspace"`` (see :class:`SubspaceHead`).
+        """
+        return self._run(x, 2)
+
+    @torch.jit.export
+    def class_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """What :meth:`predict` takes the argmax of, ``(b, k)``.
+
+        ``-subspace_distances`` with ``classifier="subspace"``, else :meth:`logits`.
+        """
+        return -self._run(x, 2) if self.use_subspace else self._run(x, 1)
 
     @torch.jit.export
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Labels: ``classes[argmax_j pi_j]``, or the nearest subspace's.
-
-        The latter when the network was fitted with ``classifier="subspace"``.
-        """
-        if self.use_subspace:
-            return self.classes[torch.argmin(self.subspace_distances(x), dim=1)]
-        return self.classes[torch.argmax(self._run_in_chunks(x, False)[1], dim=1)]
-
-    @torch.jit.export
-    def subspace_distances(self, x: torch.Tensor) -> torch.Tensor:
-        """Squared distances of the features to each class subspace, ``(b, k)``."""
-        return self.head(self._run_in_chunks(x, True)[0])
+        """Labels: ``classes[argmax class_scores]`` (the nearest subspace or the membership)."""
+        return self.classes[torch.argmax(self.class_scores(x), dim=1)]
 
     def with_conv(self, conv):
         """A copy of this module (same parameters, copied) whose layers run as ``conv``.
@@ -523,42 +579,55 @@ class ExportGraph(nn.Module):
     """``x -> (features, scores, labels)`` in one graph, for ONNX and other deployments.
 
     ``x`` is reshaped to ``(b, *input_shape)`` first, so ``(b, C_in, *S)``,
-    ``(b, *S)`` (one input channel) and flattened ``(b, n_features)`` all work
-    in PyTorch.
-    ``features`` ``(b, C, *S)`` as ``net.transform``, ``scores`` ``(b, k)``
-    the membership ``pi`` (as ``net.predict_proba``), ``labels`` ``(b,)``
-    as ``net.predict``.
+    ``(b, *S)`` (one input channel) and flattened ``(b, n_features)`` all work.
+    The layers run as direct circular convolutions with their operators'
+    kernels computed once, and the class subspaces' half spectrum by
+    :class:`RealDFT`: real operations only.
+
+    Outputs: ``features`` ``(b, C, *S)`` as ``net.transform``; ``scores``
+    ``(b, k)`` what ``labels`` is the argmax of: ``-net.subspace_distances``
+    with ``classifier="subspace"``, else the membership ``pi`` (as
+    ``net.predict_proba``); ``labels`` ``(b,)`` as ``net.predict``.
     """
 
     def __init__(self, module):
         super().__init__()
-        self.module = module
+        self.module = module.with_conv("direct")
+        self.dft = RealDFT(module.signal_shape, next(module.parameters()).dtype) \
+            if module.signal_ndim else None
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = x.reshape([-1] + self.module.input_shape)
-        z, logits = self.module._run(x, True)
-        scores = torch.softmax(logits, dim=1)
-        if self.module.use_subspace:
-            labels = self.module.classes[torch.argmin(self.module.head(z), dim=1)]
+        module = self.module
+        z = module.lifting(x.reshape([-1] + module.input_shape))
+        logits = torch.zeros(0, dtype=z.dtype)
+        for layer in module.layers:
+            z, logits = layer(z)
+        if module.use_subspace:
+            scores = -module.head(self.dft(z) if self.dft is not None else module.spectrum(z))
         else:
-            labels = self.module.classes[torch.argmax(logits, dim=1)]
-        return z, scores, labels
+            scores = torch.softmax(logits, dim=1)
+        return z, scores, module.classes[torch.argmax(scores, dim=1)]
 
 
 ONNX_OUTPUTS = ("features", "scores", "labels")
 ONNX_OPSET = 17
 
 
-def export_onnx(module, path, opset=ONNX_OPSET):
+def export_onnx(module, path, opset=ONNX_OPSET, any_rank=True):
     """Write ``module`` (a :class:`ReduNetModule`) as an ONNX file.
 
-    The graph has one input ``"x"`` ``(b, *input_shape)`` (``(b, C_in, *S)``
-    or vectors ``(b, d)``; ONNX fixes an input's rank, so a one-channel batch
-    ``(b, *S)`` needs ``x[:, None]``, which the module itself does not) and
-    three outputs: ``"features"`` ``(b, C, *S)``,
-    ``"scores"`` ``(b, k)`` (the membership ``pi``) and ``"labels"`` ``(b,)``.
-    ONNX has no complex tensors, so the layers are exported as direct
-    circular convolutions (``module.with_conv("direct")``, same numbers);
+    The graph (:class:`ExportGraph`) has one input ``"x"`` and three outputs:
+    ``"features"`` ``(b, C, *S)``, ``"scores"`` ``(b, k)`` (the class scores
+    ``labels`` is the argmax of: minus the squared distances to the class
+    subspaces, or the membership ``pi``) and ``"labels"`` ``(b,)``. The input
+    accepts what the module does: ``(b, C_in, *S)``, ``(b, *S)`` for one input
+    channel, or ``(b, prod(input_shape))``, because with ``any_rank`` its
+    shape is left undeclared, which the ONNX IR allows for "a tensor of any
+    shape" and onnxruntime accepts (``onnx.checker`` insists on a declared
+    shape for graph inputs: onnx/onnx#2932). ``any_rank=False`` declares
+    ``(batch, *input_shape)``. ONNX has no complex tensors, so the layers are
+    exported as direct circular convolutions (``module.with_conv("direct")``,
+    same numbers) and the subspace head's spectrum as real matrix products;
     opset 17 by default, through the TorchScript-based exporter.
 
     Parameters
@@ -566,13 +635,15 @@ def export_onnx(module, path, opset=ONNX_OPSET):
     module : ReduNetModule
     path : str or path-like
     opset : int
+    any_rank : bool
+        Leave the input's shape undeclared (needs the ``onnx`` package).
     """
     import warnings
 
     if not isinstance(module, ReduNetModule):
         raise TypeError(f"module must be a ReduNetModule (from to_torch), got "
                         f"{type(module).__name__}")
-    graph = ExportGraph(module.with_conv("direct")).eval()
+    graph = ExportGraph(module).eval()
     dtype = next(module.parameters()).dtype
     example = torch.zeros([2] + module.input_shape, dtype=dtype)
     with warnings.catch_warnings():
@@ -581,6 +652,13 @@ def export_onnx(module, path, opset=ONNX_OPSET):
                           input_names=["x"], output_names=list(ONNX_OUTPUTS),
                           dynamic_axes={"x": {0: "batch"}, "features": {0: "batch"},
                                         "scores": {0: "batch"}, "labels": {0: "batch"}})
+    if not any_rank:
+        return
+    import onnx
+
+    model = onnx.load(str(path))
+    model.graph.input[0].type.tensor_type.ClearField("shape")  # any rank: Reshape decides
+    onnx.save(model, str(path))
 
 
 def _check_conv(conv):
@@ -599,7 +677,9 @@ def to_torch(net, dtype=torch.float32, kernel_size=None, conv="auto"):
     kernel_size : int or None
         Keep only the ``kernel_size`` (2D: square) central taps of each layer
         kernel; None keeps all (exact). Use :func:`kernel_energy_kept` to see
-        what a size keeps.
+        what a size keeps. The class subspaces (``classifier="subspace"``)
+        are kept whole: per frequency (:class:`SubspaceHead`), they cost
+        ``k r`` products per frequency and channel, not a convolution.
     conv : {"auto", "fft", "direct"}
         How the layers run (the module's parameters are the same): direct
         circular convolutions, or per-frequency products after ``rfftn``;
@@ -656,6 +736,6 @@ def to_torch(net, dtype=torch.float32, kernel_size=None, conv="auto"):
         classes = np.arange(len(classes))  # non-numeric labels: predict returns indices
     head = None
     if net.classifier == "subspace":
-        head = _subspace_head(net, dtype, kernel_size)
+        head = _subspace_head(net, dtype)
     return ReduNetModule(lifting, layers, np.asarray(classes), signal_shape,
                          "direct" if mode == "linear" else mode, parts["input_shape"], head)

@@ -113,22 +113,33 @@ def test_trace_and_script(case, conv):
 def test_onnx_outputs_and_input_shapes(case, tmp_path):
     from convredunet.export import export_onnx
 
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
     net, X = case
     module = net.to_torch(dtype=torch.float32)  # "auto": ONNX runs it as direct
+    strict = tmp_path / "strict.onnx"
+    export_onnx(module, strict, any_rank=False)
+    onnx.checker.check_model(onnx.load(str(strict)))
     path = tmp_path / "net.onnx"
     export_onnx(module, path)
-    onnx = pytest.importorskip("onnx")
-    onnx.checker.check_model(onnx.load(str(path)))
-    ort = pytest.importorskip("onnxruntime")
+    assert not onnx.load(str(path)).graph.input[0].type.tensor_type.HasField("shape")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["features", "scores", "labels"]
     x = X.astype(np.float32)
-    for xi in (x, x[:7]):
-        n = len(xi)
-        features, scores, labels = session.run(None, {"x": xi})
-        np.testing.assert_allclose(features, net.transform(X[:n]), rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(scores, net.predict_proba(X[:n]), atol=1e-4)
-        np.testing.assert_array_equal(labels, net.predict(X[:n]))
+    if net.classifier == "subspace":
+        expected_scores = -net.subspace_distances(X)
+    else:
+        expected_scores = net.predict_proba(X)
+    shapes = [x.shape, (len(x), -1)]  # as fitted, flattened, and one channel squeezed
+    if x.ndim > 2 and x.shape[1] == 1:
+        shapes.append((len(x),) + x.shape[2:])
+    for shape in shapes:
+        for n in (len(x), 7):
+            xi = x.reshape(shape)[:n]
+            features, scores, labels = session.run(None, {"x": xi})
+            np.testing.assert_allclose(features, net.transform(X[:n]), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(scores, expected_scores[:n], rtol=1e-4, atol=1e-4)
+            np.testing.assert_array_equal(labels, net.predict(X[:n]))
 
 
 def test_truncated_kernels():
