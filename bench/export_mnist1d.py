@@ -114,26 +114,34 @@ def changed_under_shifts(module, X):
     return changed
 
 
-def size_rows(net, X_train, y_train, X_test, y_test, sizes, epochs, repeats):
+def size_rows(net, X_fit, y_fit, validation, X_test, y_test, sizes, epochs, repeats,
+              default_sizes=()):
+    """Truncated and distilled module for each K (``epochs``; ``default_sizes`` with defaults)."""
     rows = []
     for k in sizes:
         module = net.to_torch(dtype=torch.float32, kernel_size=k).eval()
         truncated = accuracy(module, X_test, y_test)
-        kwargs = {} if epochs is None else {"epochs": epochs}
+        kwargs = {} if epochs is None or k in default_sizes else {"epochs": epochs}
         with harness.Timer() as training:
-            tuned = crn.fine_tune(module, X_train, y_train, teacher=net, **kwargs)
+            tuned = crn.fine_tune(module, X_fit, y_fit, teacher=net,
+                                  validation_data=validation, **kwargs)
         train_seconds = training.seconds
         seconds = _best_time(lambda: _predict(tuned, X_test, torch.float32), repeats)
         rows.append({"kernel_size": k, "energy_kept": kernel_energy_kept(net, k),
                      "truncated_accuracy": truncated,
                      "distilled_accuracy": accuracy(tuned, X_test, y_test),
+                     "epochs": len(tuned.fine_tune_history) - 1,
+                     "default_arguments": not kwargs,
                      "parameters": int(sum(p.numel() for p in tuned.parameters())),
+                     "layer_parameters": int(sum(p.numel() for p in tuned.layers.parameters())),
                      "ms_per_signal": 1e3 * seconds / len(X_test), "conv": tuned.conv,
                      "train_seconds": train_seconds,
                      "best_epoch": tuned.fine_tune_best_epoch,
+                     "changed_under_all_shifts": changed_under_shifts(tuned, X_test),
                      "history": tuned.fine_tune_history})
         print(f"K={k}: truncated {truncated:.4f}, distilled "
-              f"{rows[-1]['distilled_accuracy']:.4f}, {rows[-1]['parameters']} parameters, "
+              f"{rows[-1]['distilled_accuracy']:.4f} ({rows[-1]['epochs']} epochs, epoch "
+              f"{tuned.fine_tune_best_epoch} kept), {rows[-1]['parameters']} parameters, "
               f"{rows[-1]['ms_per_signal']:.3f} ms/signal ({train_seconds:.0f} s training)",
               flush=True)
     return rows
@@ -150,20 +158,19 @@ def _split(y, fraction=0.1, seed=0):
     return np.sort(np.concatenate(fit)), np.sort(np.concatenate(val))
 
 
-def label_finetune(name, estimator, X_train, y_train, X_test, y_test, epochs, shift_check):
-    fit, val = _split(y_train)
-    net = estimator.fit(X_train[fit], y_train[fit])
+def label_finetune(name, net, X_fit, y_fit, validation, X_test, y_test, epochs,
+                   shift_check):
+    """``fine_tune`` on labels from ``net`` (built on ``X_fit``), epoch chosen on ``validation``."""
     module = net.to_torch(dtype=torch.float32)
     before = accuracy(module, X_test, y_test)
     kwargs = {} if epochs is None else {"epochs": epochs}
     with harness.Timer() as training:
-        tuned = crn.fine_tune(module, X_train[fit], y_train[fit],
-                              validation_data=(X_train[val], y_train[val]), **kwargs)
+        tuned = crn.fine_tune(module, X_fit, y_fit, validation_data=validation, **kwargs)
     seconds = training.seconds
     result = {"network": name, "net_test_accuracy": float(net.score(X_test, y_test)),
               "before": before, "after": accuracy(tuned, X_test, y_test),
               "best_epoch": tuned.fine_tune_best_epoch, "seconds": seconds,
-              "n_fit": len(fit), "n_validation": len(val),
+              "n_fit": len(X_fit), "n_validation": len(validation[0]),
               "changed_under_all_shifts": changed_under_shifts(tuned, X_test[:shift_check]),
               "shifts_checked": int(np.prod(tuned.signal_shape)),
               "signals_shift_checked": min(shift_check, len(X_test)),
@@ -218,12 +225,22 @@ def markdown(result):
                   f"{'yes' if o['labels_equal_net_predict'] else 'NO'} "
                   f"({o['labels_differing']} differ); max |feature error| "
                   f"{o['max_abs_feature_error']:.1e} (float32).", ""]
+    if result.get("lr_sweep"):
+        lines += ["| fine_tune | lr | validation accuracy by epoch (0 = start) | best |",
+                  "|---|---:|---|---:|"]
+        lines += [f"| {'distill K=' + str(r['kernel_size']) if r['teacher'] else 'labels'} | "
+                  f"{r['lr']:g} | {' '.join(f'{a:.3f}' for a in r['validation_accuracy'])} | "
+                  f"{max(r['validation_accuracy']):.4f} |" for r in result["lr_sweep"]]
+        lines.append("")
     if result.get("sizes"):
-        lines += ["| K | kernel energy kept | truncated accuracy | distilled accuracy | "
-                  "parameters | ms per signal (conv) |", "|---:|---:|---:|---:|---:|---|"]
+        lines += ["| K | kernel energy kept | truncated accuracy | distilled accuracy "
+                  "(epochs) | parameters (layers) | ms per signal (conv) | changed by shifts |",
+                  "|---:|---:|---:|---:|---:|---|---:|"]
         lines += [f"| {r['kernel_size']} | {r['energy_kept']:.4f} | "
-                  f"{r['truncated_accuracy']:.4f} | {r['distilled_accuracy']:.4f} | "
-                  f"{r['parameters']} | {r['ms_per_signal']:.3f} ({r['conv']}) |"
+                  f"{r['truncated_accuracy']:.4f} | {r['distilled_accuracy']:.4f} "
+                  f"({r['epochs']}{', defaults' if r['default_arguments'] else ''}) | "
+                  f"{r['parameters']} ({r['layer_parameters']}) | "
+                  f"{r['ms_per_signal']:.3f} ({r['conv']}) | {r['changed_under_all_shifts']} |"
                   for r in result["sizes"]]
         lines.append("")
     for r in result.get("finetune", []):
@@ -237,45 +254,84 @@ def markdown(result):
     return "\n".join(lines) + "\n"
 
 
+def lr_sweep(net, X_fit, y_fit, validation, lrs, teacher_sizes, epochs):
+    """Validation accuracy per epoch of ``fine_tune`` for each ``lr`` (the test set unused).
+
+    On labels from ``net``, and distilling ``net`` into modules truncated to each of
+    ``teacher_sizes``: how ``fine_tune``'s default steps were chosen.
+    """
+    rows = []
+    for k in (None,) + tuple(teacher_sizes):
+        for lr in lrs:
+            module = net.to_torch(dtype=torch.float32, kernel_size=k)
+            kwargs = {} if epochs is None else {"epochs": epochs}
+            tuned = crn.fine_tune(module, X_fit, y_fit, validation_data=validation, lr=lr,
+                                  teacher=None if k is None else net, **kwargs)
+            curve = [h["validation_accuracy"] for h in tuned.fine_tune_history]
+            rows.append({"kernel_size": k, "teacher": k is not None, "lr": lr,
+                         "validation_accuracy": curve,
+                         "best_epoch": tuned.fine_tune_best_epoch})
+            print(f"lr sweep: K={k}, lr={lr}: validation {curve[0]:.4f} -> best "
+                  f"{max(curve):.4f} (epoch {tuned.fine_tune_best_epoch} of "
+                  f"{len(curve) - 1})", flush=True)
+    return rows
+
+
+def _describe(net):
+    return (f"{net.n_channels} ch, {len(net.layers_)} layer{'s' if len(net.layers_) > 1 else ''}"
+            f", {net.classifier}")
+
+
 def run(quick=False, out_dir=harness.RESULTS, threads=1, repeats=3, epochs=None,
-        distill_epochs=None, sizes=(3, 5, 7, 9, 15), skip=(), tag=""):
+        distill_epochs=None, sizes=(3, 5, 7, 9, 15), skip=(), tag="", default_sizes=(7,),
+        lrs=()):
     torch.set_num_threads(threads)
     crn.set_num_threads(threads)
     out_dir = harness.output_dir(out_dir)
     X_train, y_train, X_test, y_test = datasets.load_mnist1d()
+    small = {}
     if quick:
         X_train, y_train, X_test, y_test = X_train[:800], y_train[:800], X_test[:200], \
             y_test[:200]
-        epochs, distill_epochs, sizes, repeats = 1, 1, (7,), 1
+        epochs, distill_epochs, sizes, repeats, default_sizes = 1, 1, (7,), 1, ()
+        small = {"n_channels": 16}
     result = {"machine": harness.machine_info(), "threads": threads,
               "load_average": {"start": harness.load_average()},
               "quick": quick, "epochs": epochs, "distill_epochs": distill_epochs}
-    net = crn.ReduNet1D(random_state=0, n_layers=3 if quick else 12).fit(X_train, y_train)
+    # The network is built on 90 % of the training set; the other 10 % (stratified,
+    # seed 0) chooses fine_tune's epoch and temperature. The test set is only measured.
+    fit, val = _split(y_train)
+    X_fit, y_fit, validation = X_train[fit], y_train[fit], (X_train[val], y_train[val])
+    net = crn.ReduNet1D(random_state=0, **small).fit(X_fit, y_fit)
     result["own_test_accuracy"] = float(net.score(X_test, y_test))
-    print(f"MNIST-1D ReduNet1D: test accuracy {result['own_test_accuracy']:.4f}", flush=True)
+    result["network"] = repr(net)
+    print(f"MNIST-1D {net!r} on {len(fit)} signals: test accuracy "
+          f"{result['own_test_accuracy']:.4f}", flush=True)
+    if lrs:
+        result["lr_sweep"] = lr_sweep(net, X_fit, y_fit, validation, lrs, default_sizes,
+                                      epochs)
+    X2, y2 = datasets.load_mnist()
+    X2_train, y2_train, X2_test, y2_test = datasets.train_test_split_per_class(
+        X2, y2, 10, 50 if quick else 100, random_state=0)
     if "speed" not in skip:
-        rows = speed_rows("MNIST-1D (32 ch, 12 layers)", net, X_test, repeats, 100)
-        X2, y2 = datasets.load_mnist()
-        X2_train, y2_train, X2_test, y2_test = datasets.train_test_split_per_class(
-            X2, y2, 10, 20, random_state=0)
-        net2 = crn.ReduNet2D(n_channels=16, n_layers=3, random_state=0).fit(X2_train, y2_train)
-        rows += speed_rows("MNIST 28x28 (16 ch, 3 layers)", net2, X2_test[:200], repeats, 20)
+        rows = speed_rows(f"MNIST-1D ReduNet1D() ({_describe(net)})", net, X_test, repeats, 100)
+        net2 = crn.ReduNet2D(random_state=0, **small).fit(X2_train, y2_train)
+        rows += speed_rows(f"MNIST 28x28 ReduNet2D() ({_describe(net2)})", net2,
+                           X2_test[:200], repeats, 4)
         result["speed"] = rows
         result["onnx"] = onnx_check(net, X_test, out_dir)
     if "sizes" not in skip:
-        result["sizes"] = size_rows(net, X_train, y_train, X_test, y_test, sizes,
-                                    distill_epochs, repeats)
+        result["sizes"] = size_rows(net, X_fit, y_fit, validation, X_test, y_test, sizes,
+                                    distill_epochs, repeats, default_sizes)
     if "finetune" not in skip:
-        tuned = [label_finetune("MNIST-1D ReduNet1D()", crn.ReduNet1D(random_state=0),
-                                X_train, y_train, X_test, y_test, epochs, len(X_test))]
-        X2, y2 = datasets.load_mnist()
-        X2_train, y2_train, X2_test, y2_test = datasets.train_test_split_per_class(
-            X2, y2, 10, 50 if quick else 100, random_state=0)
+        tuned = [label_finetune("MNIST-1D ReduNet1D()", net, X_fit, y_fit, validation,
+                                X_test, y_test, epochs, len(X_test))]
+        fit2, val2 = _split(y2_train)
         shifted, _ = datasets.random_cyclic_shift(X2_test, 2, random_state=0)
+        net2 = crn.ReduNet2D(random_state=0, **small).fit(X2_train[fit2], y2_train[fit2])
         tuned.append(label_finetune(
-            "MNIST translation 2D (10/class)",
-            crn.ReduNet2D(n_channels=16, n_layers=3 if quick else 5, random_state=0),
-            X2_train, y2_train, shifted, y2_test, epochs, 20))
+            "MNIST translation ReduNet2D() (10/class)", net2, X2_train[fit2], y2_train[fit2],
+            (X2_train[val2], y2_train[val2]), shifted, y2_test, epochs, 20))
         result["finetune"] = tuned
         plot_curves(tuned, out_dir / (("export_finetune_quick" if quick
                                        else "export_finetune") + tag + ".png"))
@@ -296,6 +352,12 @@ def main(argv=None):
     parser.add_argument("--distill-epochs", type=int, default=None,
                         help="distillation epochs (default: fine_tune's)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[3, 5, 7, 9, 15])
+    parser.add_argument("--default-sizes", type=int, nargs="*", default=[7],
+                        help="sizes distilled with fine_tune's default arguments even when "
+                             "--distill-epochs is given")
+    parser.add_argument("--lr-sweep", type=float, nargs="*", default=[],
+                        help="first record fine_tune's validation curves for these steps "
+                             "(labels, and distillation at each --default-sizes)")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-sizes", action="store_true")
     parser.add_argument("--skip-finetune", action="store_true")
@@ -303,7 +365,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     skip = {name for name in ("speed", "sizes", "finetune") if getattr(args, f"skip_{name}")}
     run(args.quick, args.out, args.threads, args.repeats, args.epochs, args.distill_epochs,
-        tuple(args.sizes), skip, args.tag)
+        tuple(args.sizes), skip, args.tag, tuple(args.default_sizes), tuple(args.lr_sweep))
     return 0
 
 

@@ -427,8 +427,9 @@ def cmd_finetune(args):
             return float(np.mean(m.predict(x).numpy() == np.asarray(y_test)))
 
     before = test_accuracy(module)
+    epochs = {} if args.epochs is None else {"epochs": args.epochs}
     tuned = fine_tune(module, X_train, y_train, teacher=net if mode == "distill" else None,
-                      epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                      lr=args.lr, batch_size=args.batch_size, **epochs,
                       validation_fraction=args.validation_fraction, random_state=args.seed,
                       verbose=not args.quiet)
     after = test_accuracy(tuned)
@@ -436,7 +437,7 @@ def cmd_finetune(args):
         torch.jit.script(tuned).save(str(tmp))
     best = tuned.fine_tune_best_epoch
     record = tuned.fine_tune_history[best]
-    print(f"{mode}: kept epoch {best} of {args.epochs} (validation accuracy "
+    print(f"{mode}: kept epoch {best} of {len(tuned.fine_tune_history) - 1} (validation accuracy "
           f"{record['validation_accuracy']:.4f})")
     if before is not None:
         print(f"test accuracy (module's own prediction): {before:.4f} -> {after:.4f}")
@@ -520,7 +521,8 @@ def build_parser():
     finetune.add_argument("--mode", choices=("auto", "distill", "labels"), default="auto",
                           help="distill the closed-form network (default with --kernel-size) "
                                "or train on the labels only (default without)")
-    finetune.add_argument("--epochs", type=int, default=20)
+    finetune.add_argument("--epochs", type=int, default=None,
+                          help="passes over the training split (default: fine_tune's)")
     finetune.add_argument("--lr", type=float, default=None,
                           help="relative Adam step (default: fine_tune's, by mode)")
     finetune.add_argument("--batch-size", type=int, default=64)

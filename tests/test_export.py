@@ -212,3 +212,32 @@ def test_blocks_of_samples_give_the_same_result(case, conv):
         blocks = module(x), module.logits(x), module.predict(x)
     for a, b in zip(whole, blocks):
         torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(9,), (10,), (6, 4), (5, 7)])
+def test_real_dft_equals_the_module_spectrum(shape):
+    from convredunet.export import RealDFT
+
+    z = torch.from_numpy(np.random.default_rng(0).standard_normal((3, 2) + shape))
+    dims = list(range(2, 2 + len(shape)))
+    v = torch.view_as_real(torch.fft.rfftn(z, dim=dims, norm="ortho"))
+    expected = v.reshape(3, 2, -1, 2).permute(2, 3, 1, 0).reshape(-1, 4, 3)
+    np.testing.assert_allclose(RealDFT(shape, torch.float64)(z).numpy(), expected.numpy(),
+                               atol=1e-13)
+
+
+def test_subspace_head_is_trainable_and_invariant():
+    X, y = _signals(24, (1, 10), k=3)
+    net = crn.ReduNet1D(eps2=0.1, n_layers=1, n_channels=4, kernel_size=3,
+                        classifier="subspace", n_components=2).fit(X, y)
+    module = net.to_torch(dtype=torch.float64)
+    names = dict(module.named_parameters())
+    assert "head.bases" in names and names["head.bases"].shape == (3, 6, 4, 2, 2)
+    with torch.no_grad():
+        names["head.bases"].add_(0.3 * torch.randn_like(names["head.bases"]))
+        for conv in ("fft", "direct"):
+            m = module.with_conv(conv)
+            assert_shift_invariant(lambda a: m.predict(torch.from_numpy(a)).numpy(), X, ndim=1)
+            d = m.subspace_distances(torch.from_numpy(X))
+            np.testing.assert_allclose(d.numpy(), module.subspace_distances(
+                torch.from_numpy(X)).numpy(), atol=1e-12)
