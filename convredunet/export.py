@@ -55,6 +55,9 @@ AUTO_DIRECT_MAX_TAPS = 4
 # Bytes of layer responses per block of samples in predict/forward (see ReduNetModule._run).
 CHUNK_BYTES = 32 << 20
 MIN_CHUNK = 32
+# Inference without autograd keeps the layers' operators (the kernels' spectra as
+# real blocks) between calls when all of them take at most this much memory.
+OPS_CACHE_BYTES = 1 << 30
 
 
 def _network_parts(net):
@@ -191,8 +194,8 @@ class ReduNetLayer(nn.Module):
     signal_shape: List[int]
     kernel_shape: List[int]
     dims: List[int]
-    full_pads: List[int]
-    roll_shifts: List[int]
+    freq_first: List[int]
+    freq_dims: List[int]
 
     def __init__(self, kernels, gamma, eta, lmbda, signal_shape, mode, dtype):
         super().__init__()
@@ -214,13 +217,18 @@ class ReduNetLayer(nn.Module):
         self.kernel_shape: List[int] = kernel_shape
         nd = len(signal_shape)
         self.dims: List[int] = list(range(2, 2 + nd))
-        # Zero padding of the flipped weight up to the signal size, then a roll
-        # that puts tap r at cyclic offset r - (K-1)//2.
-        pads: List[int] = []
-        for k, n in zip(reversed(kernel_shape), reversed(signal_shape)):
-            pads += [0, n - k]
-        self.full_pads: List[int] = pads
-        self.roll_shifts: List[int] = [-((k - 1) // 2) for k in kernel_shape]
+        # The spectrum of the weight with its frequency axes first, so that it comes
+        # out as (F, rows, cols) without transposing a complex array.
+        self.freq_first: List[int] = [d for d in range(2, 2 + nd)] + [0, 1]
+        self.freq_dims: List[int] = list(range(nd))
+        # Tap r of a weight (the kernel flipped) sits at cyclic offset K//2 - r: its
+        # DFT is exp(-2 pi i p (K//2) / n) conj(rfftn(weight, s=S)) (real weights).
+        angle = np.zeros(1)
+        for axis, (n, k) in enumerate(zip(signal_shape, kernel_shape)):
+            m = n // 2 + 1 if axis == nd - 1 else n
+            angle = (angle[:, None] - 2 * np.pi * np.arange(m) * (k // 2) / n).reshape(-1)
+        self.register_buffer("phase", torch.as_tensor(
+            np.stack([np.cos(angle), np.sin(angle)], axis=-1), dtype=dtype))
         self.register_buffer("gamma", torch.as_tensor(np.asarray(gamma), dtype=dtype))
         self.register_buffer("freq_weights", torch.as_tensor(
             spectral.half_spectrum_weights(signal_shape), dtype=dtype))
@@ -228,27 +236,31 @@ class ReduNetLayer(nn.Module):
     def operators_hat(self) -> torch.Tensor:
         """The kernels' unnormalized DFT on the half spectrum, ``(F, (1+k) C, C)`` complex."""
         weight = self.conv.weight
-        kernel = torch.flip(weight, self.dims)
-        full = torch.roll(torch.nn.functional.pad(kernel, self.full_pads), self.roll_shifts,
-                          self.dims)
-        hat = torch.fft.rfftn(full, dim=self.dims)
-        return hat.reshape(weight.shape[0], weight.shape[1], -1).permute(2, 0, 1)
+        spectrum = torch.fft.rfftn(weight.permute(self.freq_first), s=self.signal_shape,
+                                   dim=self.freq_dims)
+        phase = torch.complex(self.phase[:, 0], self.phase[:, 1])
+        return (spectrum.reshape(-1, weight.shape[0], weight.shape[1]).conj()
+                * phase[:, None, None])
 
     def real_operators(self) -> torch.Tensor:
         """:meth:`operators_hat` as real ``(F, (1+k) 2C, 2C)`` block matrices.
 
         Block ``g`` (``E``, then each ``C^j``) maps ``[Re v; Im v]`` to
         ``[Re(A_g v); Im(A_g v)]`` with ``[[Re A_g, -Im A_g], [Im A_g, Re A_g]]``,
-        so one real batched product applies every operator.
+        so one real batched product applies every operator. Written block by
+        block into one array (stacking strided views is several times slower).
         """
         hat = self.operators_hat()
         f, r, c = hat.shape
         g = r // c
-        re = hat.real.reshape(f, g, c, c)
-        im = hat.imag.reshape(f, g, c, c)
-        top = torch.cat([re, -im], dim=3)
-        bottom = torch.cat([im, re], dim=3)
-        return torch.stack([top, bottom], dim=2).reshape(f, 2 * r, 2 * c)
+        re = hat.real.reshape(f, g, 1, c, 1, c)
+        im = hat.imag.reshape(f, g, 1, c, 1, c)
+        blocks = torch.empty((f, g, 2, c, 2, c), dtype=re.dtype, device=re.device)
+        blocks[:, :, 0:1, :, 0:1] = re
+        blocks[:, :, 0:1, :, 1:2] = -im
+        blocks[:, :, 1:2, :, 0:1] = im
+        blocks[:, :, 1:2, :, 1:2] = re
+        return blocks.reshape(f, 2 * r, 2 * c)
 
     def _logits(self, sq: torch.Tensor) -> torch.Tensor:
         return -self.lmbda * torch.sqrt(sq.clamp_min(0.0))
@@ -430,6 +442,7 @@ class ReduNetModule(nn.Module):
     signal_shape: List[int]
     dims: List[int]
     input_shape: List[int]
+    __jit_ignored_attributes__ = ["_ops_cache", "_ops_key"]
 
     def __init__(self, lifting, layers, classes, signal_shape, conv, input_shape=None,
                  head=None):
@@ -452,6 +465,13 @@ class ReduNetModule(nn.Module):
         self.chunk_size = max(MIN_CHUNK, CHUNK_BYTES // per_sample)
         self.use_subspace = head is not None
         self.head = head if head is not None else nn.Identity()
+        self._ops_cache = None
+        self._ops_key = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_ops_cache"] = state["_ops_key"] = None  # recomputed, never saved
+        return state
 
     def spectrum(self, z: torch.Tensor) -> torch.Tensor:
         """The unitary half spectrum of ``(b, C, *S)`` features as real ``(F, 2C, b)``.
@@ -482,9 +502,31 @@ class ReduNetModule(nn.Module):
         return torch.fft.irfftn(x_hat, s=self.signal_shape, dim=self.dims, norm="ortho")
 
     def _operators(self) -> List[torch.Tensor]:
+        if not torch.jit.is_scripting() and not torch.jit.is_tracing() \
+                and not torch.is_grad_enabled():
+            return self._cached_operators()
         ops: List[torch.Tensor] = []
         for layer in self.layers:
             ops.append(layer.operators())
+        return ops
+
+    @torch.jit.unused
+    def _cached_operators(self) -> List[torch.Tensor]:
+        """The layers' operators, kept while no parameter changes (``OPS_CACHE_BYTES``).
+
+        Without autograd the operators are a function of the parameters only;
+        building them (an FFT of every kernel and the real blocks) costs as
+        much as running a few hundred 28 x 28 digits. The key holds each
+        parameter's storage, version counter (bumped by every in-place
+        update: optimizer steps, ``load_state_dict``), dtype and device.
+        """
+        key = (self.conv,) + tuple((p.data_ptr(), p._version, p.dtype, p.device)
+                                   for p in self.parameters())
+        if self._ops_cache is not None and self._ops_key == key:
+            return self._ops_cache
+        ops = [layer.operators() for layer in self.layers]
+        if sum(o.numel() * o.element_size() for o in ops) <= OPS_CACHE_BYTES:
+            self._ops_cache, self._ops_key = ops, key
         return ops
 
     def _run_with(self, x: torch.Tensor, what: int, ops: List[torch.Tensor]) -> torch.Tensor:
@@ -570,6 +612,7 @@ class ReduNetModule(nn.Module):
             conv = choose_conv(self.layers[0].kernel_shape[0], self.signal_ndim)
         new = copy.deepcopy(self)
         new.conv, new.spectral = conv, conv == "fft"
+        new._ops_cache = new._ops_key = None
         for layer in new.layers:
             layer.mode, layer.spectral = conv, conv == "fft"
         return new

@@ -241,3 +241,32 @@ def test_subspace_head_is_trainable_and_invariant():
             d = m.subspace_distances(torch.from_numpy(X))
             np.testing.assert_allclose(d.numpy(), module.subspace_distances(
                 torch.from_numpy(X)).numpy(), atol=1e-12)
+
+
+def test_operator_cache_follows_the_parameters():
+    X, y = _signals(24, (1, 10), k=3)
+    net = crn.ReduNet1D(eps2=0.1, n_layers=2, n_channels=4, kernel_size=3).fit(X, y)
+    module = net.to_torch(dtype=torch.float64, conv="fft")
+    other = net.to_torch(dtype=torch.float64, conv="fft")
+    x = torch.from_numpy(X)
+
+    def uncached(m):
+        return m(x).detach()  # autograd on: operators rebuilt, never cached
+
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), uncached(module))
+        assert module._ops_cache is not None
+        module.layers[0].conv.weight.mul_(1.5)  # in place: the version counter moves
+        torch.testing.assert_close(module(x), uncached(module))
+    optimizer = torch.optim.SGD(module.parameters(), lr=1e-2)
+    (module(x) ** 3).sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), uncached(module))
+        module.load_state_dict(other.state_dict())
+        torch.testing.assert_close(module(x), other(x))
+    scripted = torch.jit.script(module)
+    torch.testing.assert_close(scripted(x), other(x))
+    import pickle
+
+    assert pickle.loads(pickle.dumps(module))._ops_cache is None
