@@ -18,7 +18,10 @@ Stages (each centred on the best validation point so far):
    fit is estimated within the budget, if it is another);
 4. ``wide``     one layer (the depth the earlier stages chose) at 128, 192 and 256
    channels, lifting seeds 0-2, scoring subspace ranks up to 128 (a wider lifting
-   costs more per layer; one layer is all the budget allows).
+   costs more per layer; one layer is all the budget allows); then, around the best
+   width within the budget, kernel size, lifting bias and eps2 again (seed 0; seeds
+   1 and 2 for a point that beats it); the lifting bias again around the new best;
+   and 384 channels at the best point (seeds 0-2, at any cost).
 
 The choice (:func:`choose`): the highest validation accuracy averaged over lifting
 seeds 0-2, among the choices whose fit on the 4000 training signals is estimated at
@@ -130,6 +133,30 @@ def stages(sweep):
     center = {**sweep.best(["lifting", "dynamics"]), "n_layers": 1}
     sweep.run("wide", [{**center, "n_channels": c, "random_state": s}
                        for c in (128, 192, 256) for s in (0, 1, 2)])
+    # the lifting again around the best width within the budget (seed 0), the seeds of
+    # any point that beats it, and one wider lifting (at any cost)
+    best = choose(sweep.records)["within_budget"]["params"]
+    center = {**BASE, **{k: v for k, v in best.items() if k in NET_KEYS}, "random_state": 0}
+    sweep.run("wide", _vary(center, kernel_size=[5, 9], lifting_bias=[0.5, 2.0], eps2=[1.0]))
+    score = protocol.best_choice(sweep.done[point_key(center)])[0]
+    for record in [r for r in sweep.records if r.get("stage") == "wide"
+                   and r["params"]["random_state"] == 0
+                   and protocol.best_choice(r)[0] > score]:
+        sweep.run("wide", _vary(record["params"], random_state=[1, 2]))
+    # the lifting bias once more around the new best (seed 0; seeds 1 and 2 if it beats
+    # it), then the wider lifting at the best point
+    best = choose(sweep.records)["within_budget"]["params"]
+    center = {**BASE, **{k: v for k, v in best.items() if k in NET_KEYS}, "random_state": 0}
+    score = protocol.best_choice(sweep.done[point_key(center)])[0]
+    sweep.run("wide", _vary(center, lifting_bias=[0.25, 0.75]))
+    for record in [r for r in sweep.records if r.get("stage") == "wide"
+                   and r["params"]["random_state"] == 0
+                   and r["params"]["lifting_bias"] in (0.25, 0.75)
+                   and protocol.best_choice(r)[0] > score]:
+        sweep.run("wide", _vary(record["params"], random_state=[1, 2]))
+    best = choose(sweep.records)["within_budget"]["params"]
+    center = {**BASE, **{k: v for k, v in best.items() if k in NET_KEYS}}
+    sweep.run("wide", [{**center, "n_channels": 384, "random_state": s} for s in (0, 1, 2)])
 
 
 def _estimated_full_fit_s(record, n_layers):
