@@ -556,8 +556,9 @@ class ReduNet1D(_ReduNet):
     0.5, ``eps2`` 0.1 or 1.0, ranks 32-64. 128 channels scored 0.933 (bias 1.0),
     192 channels 0.939; an ensemble of three 128-channel liftings 0.935; deeper
     networks lower (128 channels: 2 layers 0.930, 3 layers 0.925), and the
-    membership classifier 0.82-0.86. The test accuracy, measured once, is in
-    the README's accuracy table (``bench/accuracy.py``).
+    membership classifier 0.70-0.86 (0.70 with these defaults). The test
+    accuracy, measured once, is in the README's accuracy table
+    (``bench/accuracy.py``).
     """
 
     _signal_ndim = 1
