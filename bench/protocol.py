@@ -69,7 +69,7 @@ def layer_scores(make, X_fit, y_fit, X_val, y_val, ranks=RANKS, train=True, dept
             membership.append(float(np.mean(np.argmax(backend.asnumpy(pi), 1) == labels_val)))
     n_channels = feats_fit[0].shape[1]
     signal_shape = feats_fit[0].shape[2:]
-    ranks = [r for r in ranks if r <= n_channels]
+    ranks = [r for r in ranks if r < n_channels]  # r = C: every distance 0
     subspace = {r: [] for r in ranks}
     subspace_train = {r: [] for r in ranks} if train else None
     for depth, (zf, zv) in enumerate(zip(feats_fit, feats_val)):

@@ -15,7 +15,13 @@ Stages (each centred on the best validation point so far):
 2. ``dynamics`` eps2 at the best lifting (eta and the construction membership only
    matter for deeper networks, which the validation scores below show do not help);
 3. ``seeds``    the best point again with lifting seeds 1 and 2 (and the best one whose
-   fit is estimated within the budget, if it is another).
+   fit is estimated within the budget, if it is another);
+4. ``wide``     one layer (the depth the earlier stages chose) at 128, 192 and 256
+   channels, lifting seeds 0-2, scoring subspace ranks up to 128 (a wider lifting
+   costs more per layer; one layer is all the budget allows); then, around the best
+   width within the budget, kernel size, lifting bias and eps2 again (seed 0; seeds
+   1 and 2 for a point that beats it); the lifting bias again around the new best;
+   and 384 channels at the best point (seeds 0-2, at any cost).
 
 The choice (:func:`choose`): the highest validation accuracy averaged over lifting
 seeds 0-2, among the choices whose fit on the 4000 training signals is estimated at
@@ -45,8 +51,8 @@ import protocol
 
 DEFAULT_OUT = harness.RESULTS / "mnist1d_sweep.json"
 FIT_BUDGET_S = 60.0
-#: Subspace ranks scored (directions per frequency).
-RANKS = (4, 8, 16, 32)
+#: Subspace ranks scored (directions per frequency; those below the channels).
+RANKS = (4, 8, 16, 32, 48, 64, 96, 128)
 #: Scale from the 3200 fitting signals to the 4000 of the full training set.
 FULL_SCALE = 4000 / 3200
 
@@ -124,6 +130,33 @@ def stages(sweep):
     within = [r for r in ranked if _estimated_full_fit_s(r, 1) <= FIT_BUDGET_S]
     for record in {id(r): r for r in ranked[:1] + within[:1]}.values():
         sweep.run("seeds", _vary(record["params"], random_state=[1, 2]))
+    center = {**sweep.best(["lifting", "dynamics"]), "n_layers": 1}
+    sweep.run("wide", [{**center, "n_channels": c, "random_state": s}
+                       for c in (128, 192, 256) for s in (0, 1, 2)])
+    # the lifting again around the best width within the budget (seed 0), the seeds of
+    # any point that beats it, and one wider lifting (at any cost)
+    best = choose(sweep.records)["within_budget"]["params"]
+    center = {**BASE, **{k: v for k, v in best.items() if k in NET_KEYS}, "random_state": 0}
+    sweep.run("wide", _vary(center, kernel_size=[5, 9], lifting_bias=[0.5, 2.0], eps2=[1.0]))
+    score = protocol.best_choice(sweep.done[point_key(center)])[0]
+    for record in [r for r in sweep.records if r.get("stage") == "wide"
+                   and r["params"]["random_state"] == 0
+                   and protocol.best_choice(r)[0] > score]:
+        sweep.run("wide", _vary(record["params"], random_state=[1, 2]))
+    # the lifting bias once more around the new best (seed 0; seeds 1 and 2 if it beats
+    # it), then the wider lifting at the best point
+    best = choose(sweep.records)["within_budget"]["params"]
+    center = {**BASE, **{k: v for k, v in best.items() if k in NET_KEYS}, "random_state": 0}
+    score = protocol.best_choice(sweep.done[point_key(center)])[0]
+    sweep.run("wide", _vary(center, lifting_bias=[0.25, 0.75]))
+    for record in [r for r in sweep.records if r.get("stage") == "wide"
+                   and r["params"]["random_state"] == 0
+                   and r["params"]["lifting_bias"] in (0.25, 0.75)
+                   and protocol.best_choice(r)[0] > score]:
+        sweep.run("wide", _vary(record["params"], random_state=[1, 2]))
+    best = choose(sweep.records)["within_budget"]["params"]
+    center = {**BASE, **{k: v for k, v in best.items() if k in NET_KEYS}}
+    sweep.run("wide", [{**center, "n_channels": 384, "random_state": s} for s in (0, 1, 2)])
 
 
 def _estimated_full_fit_s(record, n_layers):
@@ -147,15 +180,22 @@ def choose(records, budget_s=FIT_BUDGET_S):
         groups.setdefault(json.dumps(params, sort_keys=True), []).append(r)
     rows = []
     for key, group in groups.items():
-        seeds = sorted(r["params"]["random_state"] for r in group)
-        if seeds[:3] != [0, 1, 2]:
+        if not {0, 1, 2} <= {r["params"]["random_state"] for r in group}:
             continue
-        per_seed = {r["params"]["random_state"]: {c[1:]: c[0] for c in protocol.choices(r)}
-                    for r in group if r["params"]["random_state"] in (0, 1, 2)}
+        # Records of one seed at different depths score the same shallow choices (a
+        # network of L layers is the first L layers of a deeper one): merge them.
+        per_seed = {0: {}, 1: {}, 2: {}}
+        for r in group:
+            if r["params"]["random_state"] in per_seed:
+                per_seed[r["params"]["random_state"]].update(
+                    {c[1:]: c[0] for c in protocol.choices(r)})
         for choice in per_seed[0]:
+            if not all(choice in per_seed[s] for s in (1, 2)):
+                continue
             accs = [per_seed[s][choice] for s in (0, 1, 2)]
             n_layers, classifier, n_components = choice
-            fit_s = max(_estimated_full_fit_s(r, n_layers) for r in group)
+            fit_s = max(_estimated_full_fit_s(r, n_layers) for r in group
+                        if r["params"]["n_layers"] >= n_layers)
             params = {**json.loads(key), "n_layers": n_layers, "classifier": classifier}
             if n_components is not None:
                 params["n_components"] = n_components

@@ -53,7 +53,7 @@ def test_clone_and_params():
     twin = clone(net)
     assert twin.get_params() == net.get_params()
     twin.set_params(n_channels=8)
-    assert twin.n_channels == 8 and net.n_channels == 128
+    assert twin.n_channels == 8 and net.n_channels == 256
 
 
 # --- invariance ----------------------------------------------------------------------
