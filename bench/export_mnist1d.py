@@ -1,27 +1,36 @@
 """PyTorch export: speed of each mode, compact kernels by distillation, fine-tuning.
 
+The MNIST-1D network is ``ReduNet1D(random_state=0)`` built on 90 % of the training
+set (stratified, seed 0); the other 10 % chooses ``fine_tune``'s epoch and
+temperature. The test set is only measured.
+
 1. Speed. ``predict`` of the exported module (``conv="fft"``, ``"direct"``,
    ``"auto"``; float32 and float64) against ``net.predict`` (numpy, float64),
-   on the MNIST-1D default network (1,000 test signals) and a small 2D
-   network (16 channels, 3 layers, 28 x 28 MNIST digits, 200 test digits),
-   same number of threads (``--threads``, default 1), best of ``--repeats``.
+   on that network (1,000 test signals) and on ``ReduNet2D(random_state=0)``
+   (10 digits per class, 200 test digits), same number of threads
+   (``--threads``, default 1), best of ``--repeats`` after a warm-up call.
    Slow cells (direct convolutions with full-size kernels) are timed on a
    subset and reported per signal. Each cell also checks that its predictions
-   equal ``net.predict``.
+   equal ``net.predict``. Then the ONNX file's labels (onnxruntime) against
+   ``net.predict`` on the 1,000 test signals.
 2. Compact kernels. For K in ``--sizes``: the truncated module (the K central
-   taps), then ``fine_tune(..., teacher=net)`` (distillation, default
-   arguments unless ``--distill-epochs``); test accuracy, parameters, ms per
-   signal (``conv="auto"``, float32).
-3. Fine-tuning on labels from ``ReduNet1D()``: the training set is split
-   (90 % / 10 %, stratified, seed 0); the network is built on the 90 % and
-   ``fine_tune`` chooses its epoch on the 10 % it never saw (the test set is
-   only evaluated). Test accuracy before and after, predictions changed under
-   all 40 cyclic shifts, and a figure of the training curves. The 2D MNIST
-   translation network (10 digits per class) is fine-tuned the same way.
+   taps of every layer kernel), then ``fine_tune(..., teacher=net)``
+   (distillation; ``--distill-epochs`` epochs, except the sizes in
+   ``--default-sizes``, distilled with the default arguments); test accuracy,
+   parameters, ms per signal (``conv="auto"``, float32), predictions changed
+   under all 40 cyclic shifts of the test set.
+3. Fine-tuning on labels from the same network, epoch and temperature chosen on
+   the 10 % it never saw: test accuracy before and after, predictions changed
+   under all 40 cyclic shifts, and a figure of the training curves. The 2D MNIST
+   translation network (``ReduNet2D()``, 10 digits per class: 9 build it, 1
+   validates) is fine-tuned the same way.
+``--lr-sweep LR ...`` first records the validation curves of ``fine_tune`` for each
+step (labels, and distillation at each ``--default-sizes``): how its default step
+was chosen.
 
 Usage: ``python bench/export_mnist1d.py [--quick] [--threads 1] [--out DIR]
-[--epochs N] [--distill-epochs N] [--sizes 3 5 7 9 15] [--skip-speed]
-[--skip-sizes] [--skip-finetune] [--tag SUFFIX]``
+[--epochs N] [--distill-epochs N] [--sizes 3 5 7 9 15] [--default-sizes 7]
+[--lr-sweep 1e-4 3e-4] [--skip-speed] [--skip-sizes] [--skip-finetune] [--tag SUFFIX]``
 
 The 2D network's invariance check runs every one of the 784 shifts on 20 test
 digits (each shift is a full prediction); MNIST-1D's on every test signal.
