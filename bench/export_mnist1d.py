@@ -43,6 +43,7 @@ import torch
 import convredunet as crn
 from convredunet import datasets
 from convredunet.export import kernel_energy_kept
+from convredunet.finetune import _split as finetune_split
 
 import harness  # bench/harness.py: this script's folder is first on sys.path
 
@@ -157,14 +158,8 @@ def size_rows(net, X_fit, y_fit, validation, X_test, y_test, sizes, epochs, repe
 
 
 def _split(y, fraction=0.1, seed=0):
-    rng = np.random.default_rng(seed)
-    fit, val = [], []
-    for j in np.unique(y):
-        members = rng.permutation(np.flatnonzero(y == j))
-        n_val = int(round(fraction * len(members)))
-        val.append(members[:n_val])
-        fit.append(members[n_val:])
-    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(val))
+    """Stratified (fit, validation) indices: the split ``fine_tune`` itself makes."""
+    return finetune_split(len(y), y, fraction, seed)
 
 
 def label_finetune(name, net, X_fit, y_fit, validation, X_test, y_test, epochs,
