@@ -67,6 +67,33 @@ def check_real(value, name, rule, predicate):
     return value
 
 
+def check_n_components(value, name="n_components"):
+    """An integer >= 1, ``"auto"`` or None (the same as ``"auto"``)."""
+    if value is None or (isinstance(value, str) and value == "auto"):
+        return value
+    return check_int(value, name, rule="an integer >= 1, 'auto' or None")
+
+
+def check_dilations(value, name="dilations"):
+    """None, ``"auto"`` or a non-empty sequence of distinct integers >= 1 (returned sorted)."""
+    rule = "None, 'auto' or a non-empty list of distinct integers >= 1"
+    if value is None or (isinstance(value, str) and value == "auto"):
+        return value
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{name} must be {rule}, got {value!r}")
+    items = list(value)
+    if not items:
+        raise ValueError(f"{name} must be {rule}, got an empty list")
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, numbers.Integral):
+            raise TypeError(f"{name} must be {rule}, got {value!r}")
+        if item < 1:
+            raise ValueError(f"{name} must be {rule}, got {value!r}")
+    if len(set(int(i) for i in items)) != len(items):
+        raise ValueError(f"{name} must be {rule}, got repeated values in {value!r}")
+    return sorted(int(i) for i in items)
+
+
 def check_random_state(random_state, name="random_state"):
     """None, a non-negative integer seed or a ``numpy.random.Generator``; returned as is."""
     if random_state is None or isinstance(random_state, np.random.Generator):
@@ -165,6 +192,28 @@ def _none_or(parse):
     return parse_text
 
 
+def _parse_dilations(text):
+    """Command-line dilations: ``auto``, ``none`` or comma-separated integers (``1,2,4``)."""
+    if text.lower() in ("auto", "none"):
+        return None if text.lower() == "none" else "auto"
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"dilations must be 'auto', 'none' or integers separated by commas "
+                         f"such as 1,2,4, got {text!r}") from None
+
+
+_parse_dilations.__name__ = "dilations"
+
+
+def _parse_components(text):
+    """Command-line n_components: ``auto`` or an integer."""
+    return "auto" if text.lower() in ("auto", "none") else int(text)
+
+
+_parse_components.__name__ = "int-or-auto"
+
+
 def _choice(name, choices):
     return lambda value: check_choice(value, name, choices)
 
@@ -181,6 +230,10 @@ PARAMETERS = {p.name: p for p in [
               _none_or(int), signals_only=True),
     Parameter("kernel_size", lambda v: check_int(v, "kernel_size"),
               "taps per axis of each lifting kernel (centred)", int, signals_only=True),
+    Parameter("dilations", check_dilations,
+              "spacings of the lifting kernels' taps, the channels split evenly among "
+              "them: auto (1, 2, 4, ... up to the signal), none (1) or a list such as 1,2,4",
+              _parse_dilations, signals_only=True),
     Parameter("nonlinearity", _choice("nonlinearity", NONLINEARITIES),
               "after the lifting convolution: relu, abs or none", _none_or(str),
               signals_only=True),
@@ -193,10 +246,10 @@ PARAMETERS = {p.name: p for p in [
     Parameter("classifier", _choice("classifier", CLASSIFIERS),
               "prediction rule: membership (argmax of the last layer's membership) or "
               "subspace (nearest class subspace of the training features, shift-invariant)"),
-    Parameter("n_components", lambda v: check_int(v, "n_components", allow_none=True),
-              "directions per frequency of each class subspace, at most the feature "
-              "channels - 1 (classifier subspace), or none for a quarter of them",
-              _none_or(int)),
+    Parameter("n_components", check_n_components,
+              "at most this many directions per frequency of each class subspace, and never "
+              "more than the class's data span (classifier subspace); auto: a quarter of the "
+              "feature channels", _parse_components),
     Parameter("random_state", check_random_state, "seed of the lifting kernels", int),
     Parameter("backend", _choice("backend", ("numpy", "torch")), "numpy or torch"),
     Parameter("device", check_device, "torch device, e.g. cpu or cuda (backend torch)",

@@ -381,10 +381,6 @@ def fit(estimator, X, y):
     if estimator._signal_ndim and X.ndim == estimator._signal_ndim + 1:
         sample_shape = (1,) + sample_shape
     signal_shape = sample_shape[1:] if estimator._signal_ndim else ()
-    if estimator._signal_ndim and params["n_channels"] is not None:
-        if any(params["kernel_size"] > n for n in signal_shape):
-            raise ValueError(f"kernel_size must be at most the signal size {signal_shape}, "
-                             f"got {params['kernel_size']}")
     network = Network(estimator._make_lifting(params, sample_shape), [], sample_shape,
                       workspace)
     itemsize = np.dtype(str(workspace.like.dtype)).itemsize
@@ -448,7 +444,12 @@ def _subspace_chunk(z, labels, k, batch_size):
 
 
 def _sum_grams(parts):
-    return [sum(grams[j] for grams in parts) for j in range(len(parts[0]))]
+    """Per-class sums over chunks; a class absent from every chunk of a part stays None."""
+    out = []
+    for j in range(len(parts[0])):
+        present = [grams[j] for grams in parts if grams[j] is not None]
+        out.append(sum(present[1:], present[0]) if present else None)
+    return out
 
 
 def _subspaces(Z, labels, k, n_components, batch_size):
@@ -459,8 +460,7 @@ def _subspaces(Z, labels, k, n_components, batch_size):
     parts = [dask.delayed(_subspace_chunk, pure=False)(z, lab, k, batch_size)
              for z, lab in zip(_blocks(Z), _blocks(labels))]
     (grams,) = dask.compute(_tree(parts, _sum_grams))
-    r = subspace.n_directions(n_components, Z.shape[1])
-    return subspace.bases_from_grams(grams, r)
+    return subspace.subspaces_from_grams(resolve("numpy").backend, grams, n_components)
 
 
 def _log_layer(index, record):

@@ -23,7 +23,8 @@ from ._validation import validate_params
 from .backend import resolve
 from . import distributed as dask_paths
 from .distributed import is_dask
-from .network import Layer, Lifting, Network, array_chunks, layer_progress
+from .network import (Layer, Lifting, Network, array_chunks, layer_progress,
+                      lifting_geometry)
 
 __all__ = ["ReduNet1D", "ReduNet2D", "ReduNetVector", "load"]
 
@@ -118,11 +119,6 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         workspace = params["workspace"]
         sample_shape = tuple(X.shape[1:])
         signal_shape = sample_shape[1:] if self._signal_ndim else ()
-        if self._signal_ndim and params["n_channels"] is not None:
-            if any(params["kernel_size"] > n for n in signal_shape):
-                raise ValueError(f"kernel_size must be at most the signal size "
-                                 f"{signal_shape}, got {params['kernel_size']}")
-
         _check_size(params, workspace, X.shape[0], sample_shape, len(classes))
         if params["classifier"] == "subspace":  # checked before any layer is built
             lifted = self._signal_ndim and params["n_channels"] is not None
@@ -181,11 +177,12 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
     def _make_lifting(self, params, sample_shape):
         if not self._signal_ndim or params["n_channels"] is None:
             return None
+        size, dilations = lifting_geometry(params["kernel_size"], params["dilations"],
+                                           params["n_channels"], sample_shape[1:])
         rng = np.random.default_rng(params["random_state"])
         c_in = sample_shape[0]
         extra = 0 if params["lifting_bias"] is None else 1
-        shape = (params["n_channels"], c_in + extra) + (params["kernel_size"],) * \
-            self._signal_ndim
+        shape = (params["n_channels"], c_in + extra) + (size,) * self._signal_ndim
         kernels = rng.standard_normal(shape)
         bias = None
         if extra:
@@ -193,7 +190,8 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
             # response is the constant lifting_bias * sum of its taps.
             taps = tuple(range(1, kernels.ndim - 1))
             bias = params["lifting_bias"] * kernels[:, c_in].sum(axis=taps)
-        return Lifting(kernels[:, :c_in], params["nonlinearity"], sample_shape[1:], bias)
+        return Lifting(kernels[:, :c_in], params["nonlinearity"], sample_shape[1:], bias,
+                       dilations)
 
     @staticmethod
     def _lift_all(network, workspace, X, batch_size):
@@ -506,7 +504,15 @@ class ReduNet1D(_ReduNet):
     n_channels : int or None
         Channels of the random lifting; None uses the input channels as they are.
     kernel_size : int
-        Taps of each lifting kernel (centred).
+        Taps of each lifting kernel (centred); a signal shorter than that gets
+        kernels of its own length.
+    dilations : None, "auto" or list of int
+        Spacing of the lifting kernels' taps, the lifted channels split evenly
+        among the values (smallest first): None, a single scale (1); ``"auto"``,
+        1, 2, 4, ... up to the largest dilation whose taps fit in the signal
+        once (``d (kernel_size - 1) < T``), so receptive fields cover short and
+        long structure; or the values to use. Dilated circular kernels are
+        circular convolutions, so invariance stays exact.
     nonlinearity : {"relu", "abs", None}
         Applied after the lifting convolution.
     lifting_bias : float or None
@@ -564,7 +570,8 @@ class ReduNet1D(_ReduNet):
     _signal_ndim = 1
 
     def __init__(self, n_layers=1, eps2=1.0, eta=0.5, lmbda=500.0, n_channels=256,
-                 kernel_size=7, nonlinearity="abs", lifting_bias=0.25, membership="estimated",
+                 kernel_size=7, dilations=None,
+                 nonlinearity="abs", lifting_bias=0.25, membership="estimated",
                  classifier="subspace", n_components=48, random_state=0, backend="numpy",
                  device=None, dtype="float64",
                  batch_size=None, verbose=False):
@@ -574,6 +581,7 @@ class ReduNet1D(_ReduNet):
         self.lmbda = lmbda
         self.n_channels = n_channels
         self.kernel_size = kernel_size
+        self.dilations = dilations
         self.nonlinearity = nonlinearity
         self.lifting_bias = lifting_bias
         self.membership = membership
@@ -612,7 +620,8 @@ class ReduNet2D(_ReduNet):
     _signal_ndim = 2
 
     def __init__(self, n_layers=1, eps2=10.0, eta=0.5, lmbda=500.0, n_channels=75,
-                 kernel_size=9, nonlinearity="relu", lifting_bias=None, membership="estimated",
+                 kernel_size=9, dilations=None,
+                 nonlinearity="relu", lifting_bias=None, membership="estimated",
                  classifier="subspace", n_components=4, random_state=0, backend="numpy",
                  device=None, dtype="float64",
                  batch_size=None, verbose=False):
@@ -622,6 +631,7 @@ class ReduNet2D(_ReduNet):
         self.lmbda = lmbda
         self.n_channels = n_channels
         self.kernel_size = kernel_size
+        self.dilations = dilations
         self.nonlinearity = nonlinearity
         self.lifting_bias = lifting_bias
         self.membership = membership

@@ -33,12 +33,14 @@ import numpy as np
 
 from ._validation import NONLINEARITIES, validate_params
 from .backend import workspace_of
-from .network import Network
+from .network import Network, lifting_geometry
 from .subspace import n_directions
 
 __all__ = ["save_network", "read_model", "atomic_path", "FORMAT_VERSION", "ModelFile"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Versions this module reads: 1 has no low-rank E, dilations or rank-correct bases.
+_READS = (1, 2)
 _MAGIC = "convredunet-model"
 # Signal dimension of each estimator, by name.
 _SIGNAL_NDIM = {"ReduNetVector": 0, "ReduNet1D": 1, "ReduNet2D": 2}
@@ -287,9 +289,9 @@ def _read(archive, estimators):
     if "format_version" not in archive or "meta" not in archive:
         raise bad("is not a convredunet model (no format_version/meta entries)")
     version = archive.read("format_version", "iu", shape=())
-    if int(version) != FORMAT_VERSION:
-        raise bad(f"has format version {version}; this convredunet reads version "
-                  f"{FORMAT_VERSION}")
+    if int(version) not in _READS:
+        raise bad(f"has format version {version}; this convredunet reads versions "
+                  f"{', '.join(map(str, _READS))}")
     try:
         meta = json.loads(str(archive.read("meta", "U", shape=())))
     except json.JSONDecodeError as exc:
@@ -338,11 +340,22 @@ def _read(archive, estimators):
             raise bad(f"meta nonlinearity {nonlinearity!r} does not match the parameter "
                       f"nonlinearity={params['nonlinearity']!r}")
         n_channels = params["n_channels"]
-        kernel_shape = (n_channels, input_shape[0]) + (params["kernel_size"],) * nd
-        if any(params["kernel_size"] > n for n in signal_shape):
-            raise bad(f"lifting kernels of {params['kernel_size']} taps are longer than the "
-                      f"signal {signal_shape}")
+        try:
+            size, dilations = lifting_geometry(params["kernel_size"], params["dilations"],
+                                               n_channels, signal_shape)
+        except ValueError as exc:
+            raise bad(f"has lifting parameters that do not fit its signals ({exc})") from None
+        kernel_shape = (n_channels, input_shape[0]) + (size,) * nd
         arrays["lifting/kernels"] = archive.read("lifting/kernels", "f", shape=kernel_shape)
+        if dilations is not None:
+            stored = archive.read("lifting/dilations", "iu", shape=(n_channels,))
+            if not np.array_equal(stored, dilations):
+                raise bad(f"entry 'lifting/dilations' does not match dilations="
+                          f"{params['dilations']!r} for {n_channels} channels")
+            arrays["lifting/dilations"] = stored.astype(np.int64)
+        elif "lifting/dilations" in archive:
+            raise bad("has an entry 'lifting/dilations' but its parameters give every "
+                      "channel dilation 1")
         if params["lifting_bias"] is not None:
             arrays["lifting/bias"] = archive.read("lifting/bias", "f", shape=(n_channels,))
         elif "lifting/bias" in archive:
@@ -369,8 +382,13 @@ def _read(archive, estimators):
         except ValueError as exc:
             raise bad(f"has classifier='subspace' parameters that do not fit its features "
                       f"({exc})") from None
+        shape, _ = archive.header("classifier/bases")
+        if len(shape) != 4 or shape[:3] != (k, n_freqs, n_channels) or \
+                not 1 <= shape[3] <= rank:
+            raise bad(f"entry 'classifier/bases' must have shape ({k}, {n_freqs}, "
+                      f"{n_channels}, r) with 1 <= r <= {rank}, got {shape}")
         extra["classifier/bases"] = archive.read("classifier/bases", "c" if nd else "f",
-                                                 shape=(k, n_freqs, n_channels, rank))
+                                                 shape=shape)
 
     workspace = workspace_of(np.zeros(0, dtype=params["dtype"]))
     network = Network.from_arrays(arrays, input_shape, nonlinearity if lifted else None,
@@ -395,13 +413,21 @@ def _read_layer(archive, prefix, k, n_channels, n_freqs, op_dtype):
     out[prefix + "dense_classes"] = dense.astype(np.int64)
     out[prefix + "lowrank_classes"] = lowrank.astype(np.int64)
     kinds = op_dtype.kind
-    stacked_shape = (n_freqs, (1 + len(dense)) * n_channels, n_channels)
-    stacked = archive.read(prefix + "stacked", kinds, shape=stacked_shape)
-    if stacked.dtype != op_dtype:
-        raise bad(f"entry '{prefix}stacked' must be {op_dtype} (the model's dtype), got "
-                  f"{stacked.dtype}")
-    out[prefix + "stacked"] = stacked
     g = len(lowrank)
+    e_lowrank = prefix + "E_M_inv" in archive
+    if e_lowrank and (len(dense) or not g):
+        raise bad(f"entry '{prefix}E_M_inv' (E in low-rank form) needs every class in "
+                  f"low-rank form, got dense classes {dense.tolist()}")
+    n_rows = len(dense) + (0 if e_lowrank else 1)
+    if n_rows:
+        stacked_shape = (n_freqs, n_rows * n_channels, n_channels)
+        stacked = archive.read(prefix + "stacked", kinds, shape=stacked_shape)
+        if stacked.dtype != op_dtype:
+            raise bad(f"entry '{prefix}stacked' must be {op_dtype} (the model's dtype), got "
+                      f"{stacked.dtype}")
+        out[prefix + "stacked"] = stacked
+    elif prefix + "stacked" in archive:
+        raise bad(f"has an entry '{prefix}stacked' but no operator of the layer is dense")
     alphas = archive.read(prefix + "alphas", "f", shape=(g,)) if (
         g or prefix + "alphas" in archive) else np.zeros(0)
     if (alphas <= 0).any():
@@ -418,6 +444,15 @@ def _read_layer(archive, prefix, k, n_channels, n_freqs, op_dtype):
             if value.dtype != op_dtype:
                 raise bad(f"entry '{prefix}{key}' must be {op_dtype}, got {value.dtype}")
             out[prefix + key] = value
+        if e_lowrank:
+            value = archive.read(prefix + "E_M_inv", kinds, shape=(n_freqs, g * width, g * width))
+            if value.dtype != op_dtype:
+                raise bad(f"entry '{prefix}E_M_inv' must be {op_dtype}, got {value.dtype}")
+            out[prefix + "E_M_inv"] = value
+            alpha = archive.read(prefix + "alpha_E", "f", shape=())
+            if not alpha > 0:
+                raise bad(f"entry '{prefix}alpha_E' must be positive, got {alpha}")
+            out[prefix + "alpha_E"] = alpha
     return out
 
 

@@ -67,6 +67,59 @@ def _nonlinearity(backend, name, z):
     raise ValueError(f"nonlinearity must be 'relu', 'abs' or None, got {name!r}")
 
 
+def lifting_geometry(kernel_size, dilations, n_channels, signal_shape):
+    """The lifting's taps per axis and each output channel's dilation, for a signal size.
+
+    The one place these rules live (the estimators' fit, the Dask fit and the
+    model files use it).
+
+    Parameters
+    ----------
+    kernel_size : int
+        Taps per axis asked for; a signal shorter than that gets kernels of its
+        own size (every offset once), so the defaults fit small inputs.
+    dilations : None, "auto" or sorted list of ints
+        None: 1 everywhere. ``"auto"``: 1, 2, 4, ... up to the largest ``d``
+        with ``d (K - 1) < min(signal_shape)`` (one dilation when ``K = 1``).
+    n_channels : int
+        Output channels, split into runs of equal dilation, as evenly as they
+        go (the first runs take one more channel), smallest dilation first.
+    signal_shape : tuple
+
+    Returns
+    -------
+    kernel_size : int
+    dilations : numpy int array (n_channels,) or None
+
+    Raises
+    ------
+    ValueError
+        When a listed dilation sends the taps around the signal more than once
+        (``d (K - 1) >= min(signal_shape)``), or there are more dilations than channels.
+    """
+    size = min(signal_shape)
+    k = min(int(kernel_size), size)
+    largest = (size - 1) // (k - 1) if k > 1 else 1
+    if dilations is None:
+        return k, None
+    if isinstance(dilations, str):  # "auto"
+        values = [2 ** i for i in range(int(math.log2(largest)) + 1)]
+    else:
+        values = list(dilations)
+        if max(values) > largest:
+            raise ValueError(f"dilations must be at most {largest} for kernels of {k} taps "
+                             f"on signals of size {tuple(signal_shape)} (d (kernel_size - 1) "
+                             f"< {size}: the taps fit in the signal once), got {values}")
+    if len(values) > n_channels:
+        raise ValueError(f"dilations must not outnumber the {n_channels} lifted channels "
+                         f"(n_channels), got {len(values)} dilations {values}")
+    if values == [1]:
+        return k, None
+    counts = [n_channels // len(values) + (i < n_channels % len(values))
+              for i in range(len(values))]
+    return k, np.repeat(np.asarray(values, dtype=np.int64), counts)
+
+
 class Lifting:
     """``z = normalize(sigma(K (*) x + b))``: random circular convolution, then ``sigma``.
 
@@ -74,29 +127,52 @@ class Lifting:
     ----------
     kernels : numpy array, shape (C, C_in, *kernel_shape)
         Tap ``r`` of a kernel axis of size ``K`` sits at offset
-        ``r - (K - 1) // 2`` (the kernel is centred), so
-        ``(K (*) x)_c[t] = sum_c' sum_r K[c, c', r] x_c'[t - (r - (K-1)//2)]``.
+        ``d (r - (K - 1) // 2)`` (the kernel is centred; ``d`` its channel's
+        dilation), so
+        ``(K (*) x)_c[t] = sum_c' sum_r K[c, c', r] x_c'[t - d_c (r - (K-1)//2)]``.
     nonlinearity : {"relu", "abs", None}
     signal_shape : tuple, ``(T,)`` or ``(H, W)``
     bias : numpy array (C,) or None
         Added to every position of each lifted channel before ``sigma``; a
         constant is unchanged by shifts, so equivariance is kept.
+    dilations : numpy int array (C,) or None
+        Spacing of each output channel's taps (the same on every axis), in
+        non-decreasing order; None: 1 for every channel. A dilated kernel is
+        still a circular convolution (with a sparse kernel of span
+        ``d (K - 1) + 1``), so invariance is exact.
     """
 
-    def __init__(self, kernels, nonlinearity, signal_shape, bias=None):
+    def __init__(self, kernels, nonlinearity, signal_shape, bias=None, dilations=None):
         self.kernels = np.asarray(kernels)
         self.nonlinearity = nonlinearity
         self.signal_shape = tuple(signal_shape)
         self.bias = None if bias is None else np.asarray(bias, dtype=np.float64)
+        self.dilations = None if dilations is None else np.asarray(dilations, dtype=np.int64)
         self._hat = {}
 
+    def groups(self):
+        """``(dilation, channel slice)`` per run of equal dilations, in channel order."""
+        c_out = self.kernels.shape[0]
+        if self.dilations is None:
+            return [(1, slice(0, c_out))]
+        starts = [0] + [i for i in range(1, c_out) if self.dilations[i] != self.dilations[i - 1]]
+        ends = starts[1:] + [c_out]
+        return [(int(self.dilations[a]), slice(a, b)) for a, b in zip(starts, ends)]
+
     def full_kernels(self):
-        """The kernels zero-padded to the signal size, ``(C, C_in, *signal_shape)``."""
+        """The kernels zero-padded to the signal size, ``(C, C_in, *signal_shape)``.
+
+        Taps that a dilation sends around the signal more than once add up.
+        """
         c_out, c_in = self.kernels.shape[:2]
         full = np.zeros((c_out, c_in) + self.signal_shape, dtype=self.kernels.dtype)
         offsets = [np.arange(k) - (k - 1) // 2 for k in self.kernels.shape[2:]]
-        index = np.ix_(*[o % n for o, n in zip(offsets, self.signal_shape)])
-        full[(slice(None), slice(None)) + index] = self.kernels
+        for dilation, channels in self.groups():
+            index = np.ix_(*[(dilation * o) % n for o, n in zip(offsets, self.signal_shape)])
+            if dilation == 1 or all(len(np.unique(i)) == len(i) for i in index):
+                full[(channels, slice(None)) + index] = self.kernels[channels]
+            else:
+                np.add.at(full, (channels, slice(None)) + index, self.kernels[channels])
         return full
 
     def kernel_hat(self, backend, like):
@@ -189,10 +265,12 @@ class Layer:
             m_inv = arrays["M_inv"]
         solution = spectral.LayerSolution(
             rates=rates, gamma=np.asarray(arrays["gamma"], dtype=np.float64),
-            stacked=arrays["stacked"],
+            stacked=arrays.get("stacked"),
             dense_classes=tuple(int(j) for j in arrays["dense_classes"]),
             lowrank_classes=lowrank, V=v, M_inv=m_inv,
-            alphas=np.asarray(arrays.get("alphas", np.zeros(0)), dtype=np.float64))
+            alphas=np.asarray(arrays.get("alphas", np.zeros(0)), dtype=np.float64),
+            E_M_inv=arrays.get("E_M_inv"),
+            alpha_E=float(arrays.get("alpha_E", 0.0)))
         return cls(backend, solution, eta, lmbda, signal_shape)
 
     def to_arrays(self, backend):
@@ -201,12 +279,16 @@ class Layer:
             "gamma": self.gamma,
             "dense_classes": np.asarray(self.dense_classes, dtype=np.int64),
             "lowrank_classes": np.asarray(self.lowrank_classes, dtype=np.int64),
-            "stacked": backend.asnumpy(self.stacked),
             "alphas": self.alphas,
         }
+        if self.stacked is not None:
+            out["stacked"] = backend.asnumpy(self.stacked)
         if self.lowrank_classes:
             out["V"] = backend.asnumpy(self.solution.lowrank_blocks(backend))
             out["M_inv"] = backend.asnumpy(self.M_inv)
+        if self.solution.e_lowrank:
+            out["E_M_inv"] = backend.asnumpy(self.solution.E_M_inv)
+            out["alpha_E"] = np.asarray(self.solution.alpha_E, dtype=np.float64)
         return out
 
     def to(self, source, workspace):
@@ -217,12 +299,14 @@ class Layer:
             (lambda x: None if x is None else backend.astype(source.asnumpy(x),
                                                               like=workspace.like))
         solution = dataclasses.replace(self.solution, stacked=convert(self.stacked),
-                                       V=convert(self.solution.V), M_inv=convert(self.M_inv))
+                                       V=convert(self.solution.V), M_inv=convert(self.M_inv),
+                                       E_M_inv=convert(self.solution.E_M_inv))
         return Layer(backend, solution, self.eta, self.lmbda, self.signal_shape)
 
     def _prepare(self, backend):
         self.n_classes = len(self.gamma)
-        self.n_channels = self.stacked.shape[-1]
+        self.n_channels = self.solution.n_channels
+        self.n_freqs = self.solution.n_freqs
         order = self.dense_classes + self.lowrank_classes
         self._order = np.argsort(order)  # class j sits at position _order[j]
         self._identity_order = list(order) == list(range(self.n_classes))
@@ -231,10 +315,11 @@ class Layer:
 
     def bytes_per_sample(self, itemsize):
         """Bytes of work arrays one sample takes inside :meth:`__call__` (real ``itemsize``)."""
-        f = self.stacked.shape[0]
         g, w = len(self.lowrank_classes), self.solution.width
-        rows = self.stacked.shape[1] + 3 * self.n_channels + 4 * g * w
-        return f * rows * 2 * itemsize
+        rows = 0 if self.stacked is None else self.stacked.shape[1]
+        extra = g * w if self.solution.e_lowrank else 0
+        rows += 3 * self.n_channels + 4 * g * w + 2 * extra
+        return self.n_freqs * rows * 2 * itemsize
 
     def constants(self, backend, like):
         """Small per-layer arrays on ``like``'s device and precision, made once.
@@ -279,14 +364,17 @@ class Layer:
 
         Notes
         -----
-        Dense classes: ``C^j v`` comes from the stacked product and its norm
-        is taken directly. Low-rank classes never form ``C^j v`` (that would
-        be a ``(F, k, C, b)`` array): with ``p = V^H v``, ``q = M^-1 p``,
-        ``C^j v = alpha (v - alpha V q)``, so
+        Dense operators: ``E v`` and ``C^j v`` come from the stacked product and
+        their norms are taken directly. Low-rank classes never form ``C^j v``
+        (that would be a ``(F, k, C, b)`` array): with ``p = V^H v``,
+        ``q = M^-1 p``, ``C^j v = alpha (v - alpha V q)``, so
         ``||C^j v||^2 = alpha^2 sum_p w_p (|v|^2 - 2 alpha Re p^H q + alpha^2 q^H (V^H V) q)``,
         where ``M q = p`` (``M = I + alpha V^H V``) turns the last two terms into
         ``- alpha (Re p^H q + |q|^2)``: no ``V^H V`` is stored or formed; and
-        ``sum_j g_j C^j v = (sum_j g_j alpha_j) v - V (alpha^2 g q)``.
+        ``sum_j g_j C^j v = (sum_j g_j alpha_j) v - V (alpha^2 g q)``. A low-rank
+        ``E`` shares ``p``: ``E v = alpha_E (v - alpha_E V q_E)``,
+        ``q_E = M_E^-1 p``, so the whole step takes one product with ``V^H``
+        and one with ``V``.
         """
         v = spectral.spectrum(backend, z, self.signal_shape)
         consts = self.constants(backend, v)
@@ -319,47 +407,66 @@ class Layer:
         v = v[fs]
         f, c, b = v.shape
         freq_weights = consts["weights"][fs]
-        w = self.stacked[fs] @ v
+        solution = self.solution
         kd = len(self.dense_classes)
-        state = {"u": w[:, :c]}
+        state = {}
         sq = []
-        if kd:
-            state["dense"] = backend.reshape(w[:, c:], (f, kd, c, b))
-            sq.append(backend.class_sq_norms(state["dense"], freq_weights))
+        if self.stacked is not None:
+            w = self.stacked[fs] @ v
+            rows = 0 if solution.e_lowrank else c
+            if not solution.e_lowrank:
+                state["u"] = w[:, :c]
+            if kd:
+                state["dense"] = backend.reshape(w[:, rows:], (f, kd, c, b))
+                sq.append(backend.class_sq_norms(state["dense"], freq_weights))
         if self.lowrank_classes:
             g, width = self.M_inv.shape[1], self.M_inv.shape[-1]
             alpha = consts["alphas"][0, :, 0]  # (g, 1)
             # V_j^H v for every class at once: one (g*w x C) product per frequency.
-            p = backend.reshape(backend.hmatmul(self.solution.V[fs], v), (f, g, width, b))
-            q = self.M_inv[fs] @ p  # (F, g, w, b)
+            p = backend.hmatmul(solution.V[fs], v)  # (F, g w, b)
+            q = self.M_inv[fs] @ backend.reshape(p, (f, g, width, b))  # (F, g, w, b)
             vv = backend.abs2(v).sum(1)  # (F, b)
-            pq = (p.conj() * q).real.sum(2)  # (F, g, b)
+            pq = (backend.reshape(p, (f, g, width, b)).conj() * q).real.sum(2)  # (F, g, b)
             qq = backend.abs2(q).sum(2)
             # M q = p with M = I + alpha V^H V, so alpha^2 q^H V^H V q = alpha (p^H q - |q|^2).
             inner = vv[:, None] - alpha * (pq + qq)
             sq.append(alpha * alpha * backend.einsum("f,fgb->gb", freq_weights, inner))
             state["q"] = q
+            if solution.e_lowrank:
+                state["q_E"] = solution.E_M_inv[fs] @ p  # (F, g w, b)
         return state, (sq[0] if len(sq) == 1 else backend.concat(sq, axis=0))
 
     def _step(self, backend, v, fs, state, weight, consts):
         """``v + eta (E v - sum_j weight_j C^j v)`` for the frequencies ``fs``."""
         v = v[fs]
         f, c, b = v.shape
+        solution = self.solution
         kd = len(self.dense_classes)
-        compress = None
+        # E v - sum_j weight_j C^j v = coef v + direct + V back.
+        direct = state.get("u")
+        coef = back = None
         if kd:
             dense = state["dense"]
             compress = backend.einsum("fkcb,kb->fcb", dense,
                                       backend.as_dtype_of(weight[:kd], dense))
+            direct = -compress if direct is None else direct - compress
         if self.lowrank_classes:
             g, width = self.M_inv.shape[1], self.M_inv.shape[-1]
             alpha = consts["alphas"][0, :, 0]
             gw = weight[kd:]  # (g, b)
-            scaled = state["q"] * (alpha * alpha * gw)[None, :, None, :]
-            lowrank = (v * (alpha * gw).sum(0)[None, None, :]
-                       - self.solution.V[fs] @ backend.reshape(scaled, (f, g * width, b)))
-            compress = lowrank if compress is None else compress + lowrank
-        return v + self.eta * (state["u"] - compress)
+            coef = -(alpha * gw).sum(0)  # (b,)
+            back = backend.reshape(state["q"] * (alpha * alpha * gw)[None, :, None, :],
+                                   (f, g * width, b))
+            if solution.e_lowrank:
+                coef = coef + solution.alpha_E
+                back = back - (solution.alpha_E ** 2) * state["q_E"]
+        out = v
+        if direct is not None:
+            out = out + self.eta * direct
+        if coef is not None:
+            out = out + v * (self.eta * coef)[None, None, :] + \
+                self.eta * (solution.V[fs] @ back)
+        return out
 
 
 def _frequency_slices(backend, v):
@@ -446,6 +553,8 @@ class Network:
             out["lifting/kernels"] = self.lifting.kernels
             if self.lifting.bias is not None:
                 out["lifting/bias"] = self.lifting.bias
+            if self.lifting.dilations is not None:
+                out["lifting/dilations"] = self.lifting.dilations
         backend = self.workspace.backend
         for index, layer in enumerate(self.layers):
             for key, value in layer.to_arrays(backend).items():
@@ -469,7 +578,7 @@ class Network:
         lifting = None
         if "lifting/kernels" in arrays:
             lifting = Lifting(arrays["lifting/kernels"], nonlinearity, input_shape[1:],
-                              arrays.get("lifting/bias"))
+                              arrays.get("lifting/bias"), arrays.get("lifting/dilations"))
         first = arrays.get("layer0/stacked")
         numpy_ws = workspace_of(first) if first is not None else resolve("numpy")
         layers = []

@@ -200,40 +200,63 @@ def regularized_inverse(backend, grams, alphas, inverse=True):
     return ops, logdets
 
 
-def woodbury_factors(backend, spectra, alphas, inverse=True):
-    """Woodbury factors of ``alpha (I + alpha V V^H)^-1`` for a list of spectra.
+def side_by_side(backend, spectra, width=None):
+    """Spectra ``(F, C, m_j)`` side by side, each padded with zero columns to ``width``.
+
+    Returns ``(F, C, g w)`` (``w`` = ``width`` or the widest ``m_j``), filled
+    group by group: one allocation, no stacked intermediate. Zero columns
+    change neither ``(I + alpha V V^H)^-1`` nor its log-determinant.
+    """
+    width = max(v.shape[-1] for v in spectra) if width is None else width
+    f, c = spectra[0].shape[:2]
+    out = backend.zeros((f, c, len(spectra) * width), like=spectra[0])
+    for i, v in enumerate(spectra):
+        n = min(width, v.shape[-1])
+        out[:, :, i * width:i * width + n] = v[..., :n]
+    return out
+
+
+def group_blocks(backend, v, n_groups):
+    """``(F, C, g w)`` as ``(F, g, C, w)``: a strided view, unit stride on the last axis."""
+    f, c, n = v.shape
+    return backend.permute(backend.reshape(v, (f, c, n_groups, n // n_groups)), (0, 2, 1, 3))
+
+
+def woodbury_factors(backend, v, n_groups, alphas, gram=None, inverse=True):
+    """Woodbury factors of ``alpha_j (I + alpha_j V_j V_j^H)^-1`` for groups side by side.
 
     With ``M = I_m + alpha V^H V`` (``m x m``), the Woodbury identity gives
     ``(I_C + alpha V V^H)^-1 = I_C - alpha V M^-1 V^H`` and
     ``logdet(I_C + alpha V V^H) = logdet M``: cheaper when ``m < C``.
-    Spectra of different widths are padded with zero columns, which change
-    neither result, so all groups are solved in one batch.
 
     Parameters
     ----------
-    spectra : list of g arrays, shape (F, C, m_j)
+    v : array (F, C, g w), the groups' spectra side by side (:func:`side_by_side`)
+    n_groups : int, ``g``
     alphas : sequence of g floats
+    gram : array (F, g w, g w) or None
+        ``V^H V`` when already computed (its diagonal blocks are the groups');
+        otherwise each group's block is formed on its own.
 
     Returns
     -------
-    v : array (g, F, C, width), the padded spectra
-    m_inv : array (g, F, width, width) or None, ``M^-1``
+    m_inv : array (F, g, w, w) or None, ``M_j^-1``
     logdets : array (g, F)
     """
-    width = max(v.shape[-1] for v in spectra)
-    padded = []
-    for v in spectra:
-        if v.shape[-1] < width:
-            zeros = backend.zeros(v.shape[:-1] + (width - v.shape[-1],), like=v)
-            v = backend.concat([v, zeros], axis=-1)
-        padded.append(v)
-    v = backend.stack(padded)  # (g, F, C, width)
-    scale = backend.astype(np.asarray(alphas).reshape(-1, 1, 1, 1), like=v.real)
-    small = backend.eye(width, like=v) + scale * (backend.H(v) @ v)
+    f, _, n = v.shape
+    w = n // n_groups
+    if gram is None:
+        blocks = group_blocks(backend, v, n_groups)
+        small = backend.hmatmul(blocks, blocks)  # (F, g, w, w)
+    else:
+        small = backend.stack([gram[:, i * w:(i + 1) * w, i * w:(i + 1) * w]
+                               for i in range(n_groups)], axis=1)
+    small = small * backend.astype(np.asarray(alphas).reshape(1, -1, 1, 1), like=small.real)
+    backend.add_to_diagonal(small, 1.0)
     if not inverse:
-        return v, None, backend.hpd_logdet(small)
+        return None, backend.permute(backend.hpd_logdet(small), (1, 0))
     m_inv, logdets = backend.hpd_inverse_logdet(small)
-    return v, m_inv, logdets
+    return m_inv, backend.permute(logdets, (1, 0))
 
 
 def woodbury_dense(backend, v, m_inv, alphas):
@@ -278,19 +301,22 @@ class RateReduction:
 class LayerSolution:
     """The engine's result for one set of features, in the layout a layer stores.
 
-    Each class operator is kept in exactly one form, decided once by
-    :func:`storage_plan`: dense, stacked under ``E`` so that one batched product
-    applies them all, or low rank as Woodbury factors
-    ``C^j = alpha_j (I - alpha_j V_j M_j^-1 V_j^H)``.
+    Each operator is kept in exactly one form, decided once by the solve:
+    dense, stacked so that one batched product applies them all, or low rank
+    as Woodbury factors ``C^j = alpha_j (I - alpha_j V_j M_j^-1 V_j^H)`` that
+    share one matrix of spectra ``V``. ``E`` is low rank too when every class
+    is and the whole set has fewer samples than channels:
+    ``E = alpha (I - alpha V M^-1 V^H)`` on all of ``V``'s columns.
 
     Attributes
     ----------
     rates : RateReduction
     gamma : numpy array (k,)
         Class proportions ``m_j / m``.
-    stacked : array (F, (1 + k_d) C, C), complex (real for vectors), or None
-        ``E`` on top of the dense classes' operators, in ``dense_classes`` order.
-        None when only the rates were asked for.
+    stacked : array (F, n C, C), complex (real for vectors), or None
+        The dense operators on top of each other: ``E`` (unless low rank),
+        then the dense classes' operators in ``dense_classes`` order. None
+        when only the rates were asked for, or when nothing is dense.
     dense_classes, lowrank_classes : tuple of int
         Which class sits where; together a permutation of ``0..k-1``.
     V : array (F, C, g w) or None
@@ -300,6 +326,10 @@ class LayerSolution:
         ``(I + alpha_j V_j^H V_j)^-1`` per low-rank class.
     alphas : numpy array (g,)
         ``alpha_j`` of the low-rank classes.
+    E_M_inv : array (F, g w, g w) or None
+        ``(I + alpha V^H V)^-1`` when ``E`` is low rank (None when it is dense).
+    alpha_E : float
+        ``alpha`` of ``E`` (used when ``E`` is low rank).
     """
 
     rates: RateReduction
@@ -310,6 +340,8 @@ class LayerSolution:
     V: object = None
     M_inv: object = None
     alphas: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    E_M_inv: object = None
+    alpha_E: float = 0.0
 
     @property
     def n_classes(self):
@@ -317,7 +349,16 @@ class LayerSolution:
 
     @property
     def n_channels(self):
-        return self.stacked.shape[-1]
+        return self.stacked.shape[-1] if self.stacked is not None else self.V.shape[1]
+
+    @property
+    def n_freqs(self):
+        return (self.stacked if self.stacked is not None else self.V).shape[0]
+
+    @property
+    def e_lowrank(self):
+        """Whether ``E`` is held as Woodbury factors on ``V``."""
+        return self.E_M_inv is not None
 
     @property
     def width(self):
@@ -326,25 +367,28 @@ class LayerSolution:
 
     def lowrank_blocks(self, backend):
         """``V`` as ``(F, g, C, w)`` (a contiguous copy: one class per block)."""
-        f, c, _ = self.V.shape
-        g, w = len(self.lowrank_classes), self.width
-        return backend.contiguous(backend.permute(backend.reshape(self.V, (f, c, g, w)),
-                                                  (0, 2, 1, 3)))
+        return backend.contiguous(group_blocks(backend, self.V, len(self.lowrank_classes)))
 
     def dense_operators(self, backend):
         """Dense ``E_hat`` ``(F, C, C)`` and ``C_hat`` ``(k, F, C, C)`` in class order."""
         c = self.n_channels
-        f = self.stacked.shape[0]
+        f = self.n_freqs
         parts = {}
+        rows = 0 if self.e_lowrank else c  # E's rows at the top of ``stacked``
         if self.dense_classes:
-            dense = backend.reshape(self.stacked[:, c:], (f, -1, c, c))
+            dense = backend.reshape(self.stacked[:, rows:], (f, -1, c, c))
             parts.update(zip(self.dense_classes, backend.permute(dense, (1, 0, 2, 3))))
         if self.lowrank_classes:
-            v = backend.permute(self.lowrank_blocks(backend), (1, 0, 2, 3))
+            g = len(self.lowrank_classes)
+            v = backend.permute(group_blocks(backend, self.V, g), (1, 0, 2, 3))
             m_inv = backend.permute(self.M_inv, (1, 0, 2, 3))
             parts.update(zip(self.lowrank_classes, woodbury_dense(backend, v, m_inv,
                                                                   self.alphas)))
-        e_hat = self.stacked[:, :c]
+        if self.e_lowrank:
+            e_hat = woodbury_dense(backend, self.V[None], self.E_M_inv[None],
+                                   [self.alpha_E])[0]
+        else:
+            e_hat = self.stacked[:, :c]
         return e_hat, backend.stack([parts[j] for j in range(self.n_classes)])
 
 
@@ -362,6 +406,15 @@ def stays_lowrank(n_samples, n_channels):
     sample, a dense operator ``C^2``: past that crossover the class is stored dense.
     """
     return 2 * n_channels * n_samples + 2 * n_samples ** 2 < n_channels ** 2
+
+
+def e_stays_lowrank(n_columns, n_channels):
+    """Whether ``E`` solved by Woodbury is kept low rank, every class being low rank.
+
+    The classes' low-rank products ``V^H v`` and ``V x`` already run; ``E``
+    adds one ``(g w) x (g w)`` product per frequency against ``C x C`` dense.
+    """
+    return n_columns < n_channels
 
 
 def gram_request(counts, n_channels, woodbury="auto"):
@@ -539,17 +592,32 @@ def _solve_grams(backend, grams, total_gram, kept, counts, sample_shape, eps2, w
         for i, g in enumerate(direct):
             dense[g] = out[i] if operators else None
             logdets[g] = det[i]
-    factors = {}
-    if small:
-        spectra = [backend.concat([kept[j] for j in range(k)], axis=2) if g == 0
-                   else kept[g - 1] for g in small]
-        v, m_inv, det = woodbury_factors(backend, spectra, [alphas[g] for g in small],
-                                         inverse=operators)
-        del spectra, kept  # the padded factors hold the spectra from here
-        for i, g in enumerate(small):
-            logdets[g] = det[i]
+    # Woodbury groups: the classes' spectra side by side, padded to one width
+    # (with E among them, every class is: m < C implies m_j < C).
+    members = [g - 1 for g in small if g > 0]
+    e_small = 0 in small
+    if e_small:
+        members = list(range(k))
+    v = m_inv = e_m_inv = None
+    if members:
+        v = side_by_side(backend, [kept[j] for j in members])
+        del kept  # V holds the spectra from here
+        gram = backend.hmatmul(v, v) if e_small else None  # (F, g w, g w)
+        m_inv, det = woodbury_factors(backend, v, len(members),
+                                      [alphas[j + 1] for j in members], gram,
+                                      inverse=operators)
+        for i, j in enumerate(members):
+            logdets[j + 1] = det[i]
+        if e_small:
+            n = gram.shape[-1]
+            big = gram * alphas[0]
+            backend.add_to_diagonal(big, 1.0)
+            del gram
             if operators:
-                factors[g] = (v[i], m_inv[i])
+                e_m_inv, logdets[0] = backend.hpd_inverse_logdet(big)
+            else:
+                logdets[0] = backend.hpd_logdet(big)
+            del big
     weights = backend.astype(half_spectrum_weights(signal_shape), like=logdets[0])
     rates = [backend.to_float((weights * logdets[g]).sum()) / (2 * t) for g in range(k + 1)]
     if not all(map(math.isfinite, rates)):
@@ -560,33 +628,47 @@ def _solve_grams(backend, grams, total_gram, kept, counts, sample_shape, eps2, w
     if not operators:
         return LayerSolution(rates=result, gamma=gamma)
 
-    # Storage: every group by Woodbury that is not worth keeping low rank
-    # (E always) is densified; the rest keep their factors.
-    lowrank = [j for j in range(k) if j + 1 in factors
-               and stays_lowrank(int(counts[j]), n_channels)]
-    for g in list(factors):
-        if g == 0 or g - 1 not in lowrank:
-            v, m_inv = factors.pop(g)
-            dense[g] = woodbury_dense(backend, v[None], m_inv[None], [alphas[g]])[0]
+    # Storage, decided once: a Woodbury class stays low rank when that is
+    # cheaper to apply (stays_lowrank); E stays low rank when every class does
+    # and V is narrower than the channels; everything else is densified.
+    lowrank = [j for j in members if stays_lowrank(int(counts[j]), n_channels)]
+    e_lowrank = e_small and len(lowrank) == k and e_stays_lowrank(v.shape[-1], n_channels)
+    if e_small and not e_lowrank:
+        dense[0] = woodbury_dense(backend, v[None], e_m_inv[None], [alphas[0]])[0]
+        e_m_inv = None
+    densified = [j for j in members if j not in lowrank]
+    if densified:
+        blocks = backend.permute(group_blocks(backend, v, len(members)), (1, 0, 2, 3))
+        m_blocks = backend.permute(m_inv, (1, 0, 2, 3))
+        index = [members.index(j) for j in densified]
+        for j, op in zip(densified, woodbury_dense(
+                backend, backend.stack([blocks[i] for i in index]),
+                backend.stack([m_blocks[i] for i in index]),
+                [alphas[j + 1] for j in densified])):
+            dense[j + 1] = op
     # Classes solved directly first, then densified ones: the order the
     # stacked rows follow (any order works; this one is fixed here, once).
-    dense_classes = ([g - 1 for g in direct if g > 0]
-                     + [g - 1 for g in small if g > 0 and g - 1 not in lowrank])
-    stacked = backend.stack([dense[0]] + [dense[j + 1] for j in dense_classes], axis=1)
-    f = stacked.shape[0]
-    stacked = backend.contiguous(backend.reshape(stacked, (f, -1, n_channels)))
+    dense_classes = [g - 1 for g in direct if g > 0] + densified
+    rows = ([] if e_lowrank else [dense[0]]) + [dense[j + 1] for j in dense_classes]
+    stacked = None
+    if rows:
+        stacked = backend.stack(rows, axis=1)
+        f = stacked.shape[0]
+        stacked = backend.contiguous(backend.reshape(stacked, (f, -1, n_channels)))
     dense.clear()
     V = M_inv = None
     if lowrank:
-        width = int(counts[lowrank].max())
-        # (F, C, g w): the layout one product per frequency needs, filled class
-        # by class (no intermediate copy of all factors).
-        V = backend.zeros((f, n_channels, len(lowrank) * width), like=factors[lowrank[0] + 1][0])
-        for i, j in enumerate(lowrank):
-            V[:, :, i * width:(i + 1) * width] = factors[j + 1][0][..., :width]
-        M_inv = backend.contiguous(backend.stack(
-            [factors[j + 1][1][..., :width, :width] for j in lowrank], axis=1))
-    for name, x in (("E and C^j", stacked), ("V", V), ("M^-1", M_inv)):
+        if len(lowrank) == len(members):
+            V, M_inv = v, backend.contiguous(m_inv)
+        else:  # only some classes stay low rank: their blocks, at their own width
+            width = int(counts[lowrank].max())
+            blocks = group_blocks(backend, v, len(members))
+            index = [members.index(j) for j in lowrank]
+            V = side_by_side(backend, [blocks[:, i] for i in index], width)
+            M_inv = backend.contiguous(backend.stack(
+                [m_inv[:, i, :width, :width] for i in index], axis=1))
+    del v, m_inv
+    for name, x in (("E and C^j", stacked), ("V", V), ("M^-1", M_inv), ("M^-1", e_m_inv)):
         if x is not None:
             _require_finite(backend, x, f"the operators ({name})", dtype,
                             f"eps2={eps2:g} is too small for this precision; use a larger "
@@ -594,4 +676,5 @@ def _solve_grams(backend, grams, total_gram, kept, counts, sample_shape, eps2, w
     return LayerSolution(rates=result, gamma=gamma, stacked=stacked,
                          dense_classes=tuple(dense_classes), lowrank_classes=tuple(lowrank),
                          V=V, M_inv=M_inv,
-                         alphas=np.asarray([alphas[j + 1] for j in lowrank], dtype=np.float64))
+                         alphas=np.asarray([alphas[j + 1] for j in lowrank], dtype=np.float64),
+                         E_M_inv=e_m_inv, alpha_E=float(alphas[0]))

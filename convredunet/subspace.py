@@ -9,9 +9,10 @@ subspace of its features *together with all their cyclic shifts*:
 * the second-moment matrix of a class and all its shifts is block circulant,
   so the DFT splits it into one ``C x C`` Hermitian matrix per frequency,
   ``S_j(p) = V_j(p) V_j(p)^H`` (the class Gram matrices the layers use);
-* the principal subspace keeps, at every frequency, the ``r`` leading
-  eigenvectors ``U_j(p)`` (``C x r``) of ``S_j(p)``: ``r`` dimensions per
-  frequency, i.e. ``r`` *cyclic families* of directions;
+* the principal subspace keeps, at every frequency, the leading left singular
+  vectors ``U_j(p)`` of the class spectra ``V_j(p)`` (``C x m_j``): at most
+  ``r`` of them (``n_components``), and never more than the class's data span
+  (its numerical rank, see below);
 * the squared distance of a sample ``z`` (unitary half spectrum ``v(p)``) to
   the subspace of class ``j`` is
 
@@ -19,31 +20,48 @@ subspace of its features *together with all their cyclic shifts*:
 
   with ``w_p`` the half-spectrum weights (SPEC.md).
 
+Rank. A class of ``m_j`` samples spans at most ``m_j`` directions per
+frequency. A direction is kept when its energy (eigenvalue of ``S_j(p)``)
+exceeds :data:`RANK_RTOL` times the class's largest eigenvalue over all
+frequencies, so the null space of a small class never enters the distances;
+the stored bases carry zero columns where a class or frequency has fewer
+directions. When ``m_j <= C`` the directions come from the thin factorization
+of the class spectra (the ``m_j x m_j`` Gram ``V_j^H V_j``: ``U = V_j W s^-1/2``),
+otherwise from the ``C x C`` matrix ``S_j(p)``.
+
 Why it is exactly invariant: shifting ``z`` by ``s`` multiplies ``v(p)`` by the
 unit-modulus number ``exp(-2 pi i p s / T)`` and changes nothing else, so
 ``||U_j(p)^H v(p)||`` and ``||z||`` are unchanged at every frequency. The
 network's features are shift-equivariant, so the distances of a shifted
 input equal those of the input, and so does the predicted class.
 """
+import math
+
 import numpy as np
 
 from . import spectral
 from ._threads import thread_limits
 
-__all__ = ["class_subspaces", "subspace_distances", "n_directions"]
+__all__ = ["class_subspaces", "subspace_distances", "prepare_bases", "subspaces_from_grams",
+           "n_directions", "AUTO_FRACTION", "RANK_RTOL"]
 
-#: ``n_components=None`` keeps this fraction of the feature channels (at least 1): the
-#: ratio chosen on MNIST-1D validation (32 of 128 channels, ``bench/sweep_mnist1d.py``).
+#: ``n_components="auto"`` allows this fraction of the feature channels (at least 1) per
+#: frequency, and never more than a class's data span (see :func:`n_directions`).
 AUTO_FRACTION = 0.25
+
+#: A direction belongs to a class's span when its eigenvalue exceeds this fraction of the
+#: class's largest one (over all frequencies), per working precision.
+RANK_RTOL = {"float64": 1e-10, "float32": 1e-5}
 
 
 def n_directions(n_components, n_channels):
-    """Directions per frequency of each class subspace: ``r``.
+    """At most this many directions per frequency and class: ``r``.
 
-    ``None`` gives ``max(1, n_channels // 4)``; an integer is clipped to
-    ``n_channels - 1``: with ``r >= C`` directions the subspace would be the
-    whole space at every frequency, every distance zero, and the classifier
-    would mean nothing.
+    ``"auto"`` (or None) gives ``max(1, floor(n_channels * AUTO_FRACTION))``;
+    an integer is clipped to ``n_channels - 1``: with ``r >= C`` directions the
+    subspace would be the whole space at every frequency, every distance zero,
+    and the classifier would mean nothing. A class keeps fewer directions
+    where its data span fewer (its numerical rank at that frequency).
 
     Raises
     ------
@@ -54,77 +72,164 @@ def n_directions(n_components, n_channels):
         raise ValueError(f"classifier='subspace' needs features of at least 2 channels, got "
                          f"{n_channels}; lift the input (n_channels=...) or use "
                          "classifier='membership'")
-    if n_components is None:
+    if n_components is None or n_components == "auto":
         return max(1, int(n_channels * AUTO_FRACTION))
     return min(int(n_components), n_channels - 1)
 
 
 def class_subspaces(backend, Z, labels, n_classes, n_components, batch_size=None):
-    """Per-class, per-frequency principal directions of features ``Z``.
+    """Per-class, per-frequency principal directions of features ``Z``, rank-correct.
 
     Parameters
     ----------
     backend : the working arrays' backend
     Z : working array, shape (m, C, *signal_shape) or (m, d)
     labels : numpy int array (m,), classes ``0..n_classes-1``
-    n_components : int or None
-        Directions kept per frequency and class, fewer than ``C``
-        (:func:`n_directions`; None: a quarter of the channels).
+    n_components : int, "auto" or None
+        At most this many directions per frequency and class (:func:`n_directions`).
     batch_size : int or None
-        Samples per chunk when the Gram matrices are accumulated.
+        Samples per chunk when the spectra are gathered.
 
     Returns
     -------
     bases : numpy array (n_classes, F, C, r), complex for signals, real for vectors
-        ``bases[j, p]`` holds the ``r = n_directions(n_components, C)`` leading
-        eigenvectors of ``V_j(p) V_j(p)^H`` as columns, the largest first.
+        ``bases[j, p]`` holds class ``j``'s orthonormal directions at frequency
+        ``p`` as columns, the largest first, then zero columns: ``r`` is the
+        largest number of directions any class keeps at any frequency.
     """
     with thread_limits():  # batched small products: one BLAS thread (see _threads)
-        return _class_subspaces(backend, Z, labels, n_classes, n_components, batch_size)
+        n_channels = spectral.signal_layout(tuple(Z.shape[1:]))[0]
+        r = n_directions(n_components, n_channels)
+        counts = np.bincount(labels, minlength=n_classes)
+        thin = [j for j in range(n_classes) if counts[j] <= n_channels]
+        thick = [j for j in range(n_classes) if counts[j] > n_channels]
+        grams, _, kept = spectral.class_grams(backend, Z, labels, n_classes, batch_size,
+                                              keep=thin, grams_of=thick, total=False)
+        rtol = RANK_RTOL[backend.real_dtype_name(Z)]
+        parts = {}
+        if thin:
+            parts.update(zip(thin, _thin_bases(backend, [kept.pop(j) for j in thin], r,
+                                               rtol)))
+        if thick:
+            parts.update(zip(thick, bases_from_grams(backend, [grams.pop(j) for j in thick],
+                                                     r, rtol)))
+        return _stack_bases(backend, [parts[j] for j in range(n_classes)])
 
 
-def _class_subspaces(backend, Z, labels, n_classes, n_components, batch_size):
-    n_channels = spectral.signal_layout(tuple(Z.shape[1:]))[0]
-    grams = class_grams(backend, Z, labels, n_classes, batch_size)
-    return bases_from_grams(grams, n_directions(n_components, n_channels))
+def _padded(backend, spectra):
+    """Spectra ``(F, C, m_j)`` side by side as ``(g, F, C, w)``, zero columns to width ``w``."""
+    f, c = spectra[0].shape[:2]
+    width = max(v.shape[-1] for v in spectra)
+    out = backend.zeros((len(spectra), f, c, width), like=spectra[0])
+    for i, v in enumerate(spectra):
+        out[i, :, :, :v.shape[-1]] = v
+    return out
+
+
+def _keep_mask(backend, values, r, rtol):
+    """Which of the descending eigenvalues ``(g, F, n)`` to keep: the first ``r`` above the floor.
+
+    The floor is ``rtol`` times each group's largest eigenvalue (over all frequencies).
+    """
+    g, _, n = values.shape
+    top = backend.max_abs_rows(backend.reshape(values[:, :, 0], (g, -1)))  # (g,)
+    floor = backend.reshape(top, (g, 1, 1)) * rtol
+    keep = values > floor
+    if n > r:
+        keep[:, :, r:] = False
+    return keep
+
+
+def _thin_bases(backend, spectra, r, rtol):
+    """Directions of classes with ``m_j <= C``: from the ``m_j x m_j`` Gram of their spectra.
+
+    ``V = U s^1/2 W^H`` (thin SVD) gives ``U = V W s^-1/2`` from the
+    eigenpairs ``(s, W)`` of ``V^H V``. Zero columns (padding) have zero
+    eigenvalues and are never kept.
+    """
+    v = _padded(backend, spectra)  # (g, F, C, w)
+    values, vectors = backend.eigh(backend.hmatmul(v, v))  # ascending
+    values = backend.flip(values, -1)
+    vectors = backend.flip(vectors, -1)
+    n = min(r, values.shape[-1])
+    values, vectors = values[..., :n], vectors[..., :n]
+    keep = _keep_mask(backend, values, r, rtol)
+    inv_sqrt = backend.where(keep, 1.0 / backend.sqrt(backend.maximum(values, 1e-300)), 0.0)
+    bases = v @ (vectors * backend.as_dtype_of(inv_sqrt[:, :, None, :], vectors))
+    return list(bases)
+
+
+def bases_from_grams(backend, grams, r, rtol):
+    """Directions from per-class ``C x C`` matrices ``S_j(p)`` (``(F, C, C)`` each).
+
+    Returns a list of ``(F, C, n)`` arrays (``n <= r``), directions beyond the
+    class's numerical rank set to zero. The Dask path sums ``S_j`` over the
+    workers' chunks (:func:`class_grams`), then calls this.
+    """
+    stack = backend.stack(list(grams))  # (g, F, C, C)
+    values, vectors = backend.eigh(stack)
+    n = min(r, values.shape[-1])
+    values = backend.flip(values, -1)[..., :n]
+    vectors = backend.flip(vectors, -1)[..., :n]
+    keep = _keep_mask(backend, values, r, rtol)
+    return list(vectors * backend.as_dtype_of(keep[:, :, None, :], vectors))
+
+
+def subspaces_from_grams(backend, grams, n_components):
+    """:func:`class_subspaces` from summed per-class ``C x C`` matrices (the Dask path).
+
+    ``grams``: one ``(F, C, C)`` array per class, in the working precision.
+    """
+    r = n_directions(n_components, grams[0].shape[-1])
+    rtol = RANK_RTOL[backend.real_dtype_name(grams[0])]
+    return _stack_bases(backend, bases_from_grams(backend, grams, r, rtol))
+
+
+def _stack_bases(backend, parts):
+    """Per-class bases ``(F, C, n_j)`` as one numpy array ``(k, F, C, r)``.
+
+    ``r`` is the largest number of non-zero columns of any class at any
+    frequency; the others are dropped (they are zero everywhere).
+    """
+    used = 1
+    for part in parts:
+        nonzero = backend.asnumpy(backend.abs2(part).sum(axis=1) > 0)  # (F, n)
+        if nonzero.any():
+            used = max(used, int(np.flatnonzero(nonzero.any(axis=0)).max()) + 1)
+    out = np.zeros((len(parts),) + tuple(parts[0].shape[:2]) + (used,),
+                   dtype=np.dtype(str(backend.asnumpy(parts[0][:0]).dtype)))
+    for j, part in enumerate(parts):
+        width = min(used, part.shape[-1])
+        out[j, :, :, :width] = backend.asnumpy(part[..., :width])
+    return out
 
 
 def class_grams(backend, Z, labels, n_classes, batch_size=None):
-    """Per-class, per-frequency Gram matrices ``V_j(p) V_j(p)^H`` of ``Z`` (numpy).
+    """Per-class, per-frequency Gram matrices ``V_j(p) V_j(p)^H`` of ``Z``.
 
-    A list of ``n_classes`` arrays ``(F, C, C)`` (0.0 for a class absent from
-    ``Z``): partial sums over chunks of samples add up (the Dask path sums them
-    over the workers' chunks, then calls :func:`bases_from_grams`).
+    A list of ``n_classes`` backend arrays ``(F, C, C)`` (None for a class
+    absent from ``Z``): partial sums over chunks of samples add up (the Dask
+    path sums them over the workers' chunks, then calls :func:`bases_from_grams`).
     """
-    n_channels, signal_shape, _ = spectral.signal_layout(tuple(Z.shape[1:]))
-    n_freqs = len(spectral.half_spectrum_weights(signal_shape))
-    if batch_size is None:
-        batch_size = spectral.default_batch_size(n_channels, n_freqs, backend.itemsize(Z))
-    grams = [0.0] * n_classes
-    for start in range(0, Z.shape[0], batch_size):
-        v = backend.asnumpy(spectral.spectrum(backend, Z[start:start + batch_size],
-                                              signal_shape))  # (F, C, b)
-        chunk = labels[start:start + batch_size]
-        for j in np.unique(chunk):
-            part = np.ascontiguousarray(v[:, :, chunk == j])
-            # Contiguous operands: numpy's matmul runs BLAS only on unit-stride axes.
-            grams[j] = grams[j] + part @ np.ascontiguousarray(np.conj(part).transpose(0, 2, 1))
-    return grams
+    grams, _, _ = spectral.class_grams(backend, Z, labels, n_classes, batch_size,
+                                       total=False)
+    return [grams.get(j) for j in range(n_classes)]
 
 
-def bases_from_grams(grams, r):
-    """The ``r`` leading eigenvectors per frequency of each class's Gram matrices.
+def prepare_bases(backend, bases, like):
+    """``bases`` ``(k, F, C, r)`` as the one operand of :func:`subspace_distances`.
 
-    Returns ``(n_classes, F, C, r)``, the largest first.
+    Returns ``U^H`` of every class stacked, ``(F, k r, C)``, contiguous, in
+    ``like``'s backend, precision and device (complex for signals).
     """
-    bases = []
-    for gram in grams:
-        _, vectors = np.linalg.eigh(gram)  # (F, C, C), ascending eigenvalues
-        bases.append(vectors[:, :, ::-1][:, :, :r])
-    return np.ascontiguousarray(np.stack(bases))
+    k, f, c, r = bases.shape
+    stacked = np.ascontiguousarray(np.conj(np.transpose(bases, (1, 0, 3, 2))).reshape(
+        f, k * r, c))
+    return backend.contiguous(backend.as_dtype_of(backend.from_numpy(stacked, like=like),
+                                                  like))
 
 
-def subspace_distances(backend, z, bases, signal_shape):
+def subspace_distances(backend, z, bases, signal_shape, prepared=None):
     """Squared distances of features to every class subspace, shape ``(b, k)``.
 
     Parameters
@@ -132,21 +237,23 @@ def subspace_distances(backend, z, bases, signal_shape):
     z : working array (b, C, *signal_shape) or (b, d)
     bases : numpy array (k, F, C, r), from :func:`class_subspaces`
     signal_shape : tuple, ``()`` for vectors
+    prepared : array or None
+        :func:`prepare_bases` of ``bases`` for ``z``'s working arrays (made
+        here when None).
+
+    Returns
+    -------
+    numpy array (b, k)
     """
     with thread_limits():  # batched small products: one BLAS thread (see _threads)
-        return _subspace_distances(backend, z, bases, signal_shape)
-
-
-def _subspace_distances(backend, z, bases, signal_shape):
-    v = backend.asnumpy(spectral.spectrum(backend, z, tuple(signal_shape)))  # (F, C, b)
-    weights = spectral.half_spectrum_weights(tuple(signal_shape))
-    v = np.ascontiguousarray(v)
-    total = weights @ (v.real ** 2 + v.imag ** 2).sum(1)
-    captured = np.empty((bases.shape[0], v.shape[-1]))
-    for j, basis in enumerate(bases):
-        # Contiguous (F, r, C) operand: numpy's matmul runs BLAS only on unit-stride axes.
-        basis_h = np.ascontiguousarray(np.conj(np.swapaxes(basis, -1, -2)), dtype=v.dtype)
-        coeffs = basis_h @ v  # (F, r, b)
-        captured[j] = weights @ (coeffs.real ** 2 + coeffs.imag ** 2).sum(1) \
-            if np.iscomplexobj(coeffs) else weights @ (coeffs ** 2).sum(1)
-    return np.maximum(total[None, :] - captured, 0.0).T
+        signal_shape = tuple(signal_shape)
+        v = spectral.spectrum(backend, z, signal_shape)  # (F, C, b)
+        k, f, c, r = bases.shape
+        if prepared is None:
+            prepared = prepare_bases(backend, bases, v)
+        coeffs = prepared @ v  # (F, k r, b)
+        weights = backend.astype(spectral.half_spectrum_weights(signal_shape), like=v.real)
+        total = backend.einsum("f,fb->b", weights, backend.abs2(v).sum(1))
+        captured = backend.einsum("f,fkb->kb", weights,
+                                  backend.reshape(backend.abs2(coeffs), (f, k, r, -1)).sum(2))
+        return backend.asnumpy(backend.maximum(total[None, :] - captured, 0.0)).T

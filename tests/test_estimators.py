@@ -235,7 +235,7 @@ def test_damaged_model_files(fitted, tmp_path):
     newer = tmp_path / "newer.npz"
     np.savez(newer, **{**arrays, "format_version": np.array(99)})
     with pytest.raises(ValueError, match="newer.npz' has format version 99; this convredunet "
-                                         "reads version 1"):
+                                         "reads versions 1, 2"):
         crn.load(newer)
     lacking = tmp_path / "lacking.npz"
     np.savez(lacking, **{k: v for k, v in arrays.items() if k != "layer1/stacked"})
@@ -288,7 +288,10 @@ def test_bad_input_to_fit_and_predict(fitted):
     (dict(n_layers=0), ValueError, "n_layers must be an integer >= 1, got 0"),
     (dict(n_layers=2.5), TypeError, "n_layers must be an integer >= 1, got 2.5"),
     (dict(n_channels=0), ValueError, "n_channels must be an integer >= 1 or None, got 0"),
-    (dict(kernel_size=11), ValueError, r"kernel_size must be at most the signal size \(10,\)"),
+    (dict(dilations=[1, 9], kernel_size=3), ValueError,
+     r"dilations must be at most 4 for kernels of 3 taps on signals of size \(10,\)"),
+    (dict(dilations=[0]), ValueError, "dilations must be None, 'auto' or a non-empty list"),
+    (dict(dilations="x"), TypeError, "dilations must be None, 'auto' or a non-empty list"),
     (dict(nonlinearity="tanh"), ValueError,
      "nonlinearity must be one of 'relu', 'abs', None, got 'tanh'"),
     (dict(membership="oracle"), ValueError,

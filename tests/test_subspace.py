@@ -134,9 +134,9 @@ def test_model_selection_grid_search_and_cross_val_score():
 @pytest.mark.parametrize("params, error, match", [
     (dict(classifier="nearest"), ValueError,
      "classifier must be one of 'membership', 'subspace', got 'nearest'"),
-    (dict(n_components=0), ValueError, "n_components must be an integer >= 1 or None, got 0"),
+    (dict(n_components=0), ValueError, "n_components must be an integer >= 1, 'auto' or None, got 0"),
     (dict(n_components=1.5), TypeError,
-     "n_components must be an integer >= 1 or None, got 1.5"),
+     "n_components must be an integer >= 1, 'auto' or None, got 1.5"),
     (dict(n_channels=None), ValueError,
      "classifier='subspace' needs features of at least 2 channels, got 1"),
 ])

@@ -254,6 +254,12 @@ class NumpyBackend:
     def sqrt(self, x):
         return np.sqrt(x)
 
+    def flip(self, x, axis):
+        return np.flip(x, axis=axis)
+
+    def where(self, condition, x, y):
+        return np.where(condition, x, y)
+
     def maximum(self, x, value):
         return np.maximum(x, value)
 
@@ -334,6 +340,10 @@ class NumpyBackend:
         by the batch of samples, not by the stored operator) are conjugated.
         """
         return np.conj(np.matmul(np.swapaxes(a, -1, -2), np.conj(b)))
+
+    def eigh(self, a):
+        """Eigenvalues (ascending, real) and eigenvectors of Hermitian matrices ``(..., n, n)``."""
+        return np.linalg.eigh(a)
 
     def hpd_logdet(self, a):
         """log det of HPD matrices ``a`` (``(..., n, n)``), by Cholesky."""

@@ -171,6 +171,12 @@ class TorchBackend:
     def sqrt(self, x):
         return torch.sqrt(x)
 
+    def flip(self, x, axis):
+        return torch.flip(x, dims=(axis,))
+
+    def where(self, condition, x, y):
+        return torch.where(condition, x, y)
+
     def maximum(self, x, value):
         return torch.clamp(x, min=value)
 
@@ -222,6 +228,10 @@ class TorchBackend:
     def hmatmul(self, a, b):
         """``a^H @ b`` (batched); the conjugate transpose stays a lazy view."""
         return _H(a) @ b
+
+    def eigh(self, a):
+        """Eigenvalues (ascending, real) and eigenvectors of Hermitian matrices ``(..., n, n)``."""
+        return torch.linalg.eigh(a)
 
     def hpd_logdet(self, a):
         return _logdet_from_cholesky(_cholesky(a))
