@@ -129,20 +129,28 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         history = []
         backend = workspace.backend
         k = len(classes)
+        # Samples in class order: every class is a run of columns of the spectra.
+        order = np.argsort(labels, kind="stable")
+        labels = labels[order]
+        counts = np.bincount(labels, minlength=k)
         with thread_limits():
-            Z = self._lift_all(network, workspace, X, params["batch_size"])
+            V = _lift_spectra(network, X, order, params["batch_size"])
+            feature_shape = network.feature_shape
             progress = layer_progress(params["n_layers"], params["verbose"], type(self).__name__)
             try:
                 for index in range(params["n_layers"]):
-                    solution = spectral.solve_layer(backend, Z, labels, k, params["eps2"],
-                                                    batch_size=params["batch_size"])
+                    solution = spectral.solve_spectra(backend, V, counts, feature_shape,
+                                                      params["eps2"], params["batch_size"])
                     layer = Layer(backend, solution, params["eta"], params["lmbda"],
                                   signal_shape)
                     network.layers.append(layer)
-                    Z, pi = _apply_in_chunks(
-                        backend, layer, Z,
+                    V, pi = _apply_spectra(
+                        backend, layer, V,
                         labels if params["membership"] == "label" else None,
-                        network.chunk_size(params["batch_size"], backend.itemsize(Z)))
+                        network.chunk_size(params["batch_size"], backend.itemsize(workspace.like),
+                                           budget=math.prod(V.shape) * backend.itemsize(V)),
+                        counts)
+                    layer.solution = spectral.without_gram(layer.solution)
                     accuracy = float(np.mean(backend.asnumpy(backend.argmax(pi, 1))
                                              == labels))
                     record = {"layer": index, "delta_R": solution.rates.delta,
@@ -160,12 +168,14 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
                 progress.close()
             bases = None
             if params["classifier"] == "subspace":
-                bases = subspace.class_subspaces(backend, Z, labels, k, params["n_components"],
-                                                 params["batch_size"])
+                bases = subspace.class_subspaces(backend, V, labels, k, params["n_components"],
+                                                 params["batch_size"],
+                                                 sample_shape=feature_shape)
         self._set_fitted(network, classes, history, bases)
         return self
 
     def _set_fitted(self, network, classes, history, subspaces=None):
+        self._cache_ = _Cache()
         self.network_ = network
         self.subspaces_ = subspaces
         self.classes_ = classes
@@ -240,17 +250,20 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
                 f"{what[self._signal_ndim]}; its operators are built for one signal size")
         return X
 
-    def _chunks(self, X):
-        """Yield ``(start, z, pi)`` per chunk of validated ``X``, as working arrays."""
+    def _chunks(self, X, spectra=False):
+        """Yield ``(start, z, pi)`` per chunk of validated ``X``, as working arrays.
+
+        With ``spectra``, ``z`` is the features' half spectrum ``(F, C, b)``.
+        """
         workspace = self._workspace()
         network = self._network(workspace)
         size = network.chunk_size(self.batch_size, workspace.backend.itemsize(workspace.like))
         with thread_limits():
             start = 0
-            for z, pi in network.stream(network.working(x)
-                                        for x in array_chunks(X, size)):
+            for z, pi in network.stream((network.working(x) for x in array_chunks(X, size)),
+                                        spectra=spectra):
                 yield start, z, pi
-                start += z.shape[0]
+                start += z.shape[-1] if spectra else z.shape[0]
 
     def _forward(self, X, name="X", features=True, distances=False):
         """Features after the last layer (None unless ``features``) and the membership.
@@ -263,18 +276,37 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         if distances:
             self._check_subspaces()
         workspace = self._workspace()
+        backend = workspace.backend
         Z, pis = None, []
-        for start, z, pi in self._chunks(X):
+        for start, z, pi in self._chunks(X, spectra=not features):
             if features:
                 if Z is None:
                     Z = workspace.user_empty((X.shape[0],) + tuple(z.shape[1:]), X)
                 Z[start:start + z.shape[0]] = workspace.to_user(z, X)
             if distances:
-                pis.append(subspace.subspace_distances(workspace.backend, z, self.subspaces_,
-                                                       self.signal_shape_))
+                v = z if not features else spectral.spectrum(backend, z, self.signal_shape_)
+                pis.append(subspace.spectrum_distances(
+                    backend, v, self._prepared_bases(workspace), self.signal_shape_,
+                    len(self.classes_)))
             else:
-                pis.append(workspace.backend.asnumpy(pi))
+                pis.append(backend.asnumpy(pi))
         return Z, np.concatenate(pis)
+
+    def _prepared_bases(self, workspace):
+        """:func:`subspace.prepare_bases` of ``subspaces_`` in ``workspace``, made once.
+
+        Kept in the fitted ``_cache_`` (emptied by pickling and refits).
+        """
+        cache = self.__dict__.get("_cache_")
+        if cache is None:  # an estimator fitted by an older version, or unpickled
+            cache = self.__dict__["_cache_"] = _Cache()
+        key = ("bases", id(self.subspaces_)) + workspace.key
+        if key not in cache:
+            like = workspace.backend.astype_complex(np.zeros(0), like=workspace.like) \
+                if self.signal_shape_ else workspace.like
+            cache.clear()
+            cache[key] = subspace.prepare_bases(workspace.backend, self.subspaces_, like)
+        return cache[key]
 
     def _check_subspaces(self):
         if getattr(self, "subspaces_", None) is None:
@@ -422,6 +454,13 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         return tags
 
 
+class _Cache(dict):
+    """Arrays derived from fitted attributes for inference; never pickled (rebuilt on use)."""
+
+    def __reduce__(self):
+        return (_Cache, ())
+
+
 def _check_size(params, workspace, n_samples, sample_shape, n_classes):
     """Refuse, before any work, a network whose features or one layer cannot fit in memory.
 
@@ -448,6 +487,49 @@ def _check_size(params, workspace, n_samples, sample_shape, n_classes):
             f"of features, {operators / 2 ** 30:.1f} GiB of operators per layer), more than "
             f"the {total / 2 ** 30:.1f} GiB of memory of {backend.device(like)}; use fewer "
             "channels or samples, or float32")
+
+
+def _lift_spectra(network, X, order, batch_size):
+    """The half spectra ``(F, C, m)`` of the lifted features of ``X[order]``, chunk by chunk."""
+    backend = network.workspace.backend
+    itemsize = backend.itemsize(network.workspace.like)
+    size = network.chunk_size(batch_size, itemsize)
+    V = None
+    for start in range(0, len(order), size):
+        v = network.lift_spectrum(*network.working(X[order[start:start + size]]))
+        if V is None:
+            V = backend.zeros(tuple(v.shape[:2]) + (len(order),), like=v)
+        V[:, :, start:start + v.shape[-1]] = v
+    return V
+
+
+def _apply_spectra(backend, layer, V, labels, size, counts):
+    """``layer`` over every chunk of columns of the training spectra ``V`` ``(F, C, m)``.
+
+    Returns the next spectra (one new array, filled chunk by chunk) and the
+    membership ``(m, k)``. When the solve kept ``V^H V`` (``solution.gram``),
+    the training samples' products ``V^H v`` are its columns.
+    """
+    gram = layer.solution.gram
+    columns = None
+    if gram is not None:
+        columns = spectral.training_columns(counts, layer.solution.width)
+        if np.array_equal(columns, np.arange(len(columns))):
+            columns = None  # every class of one width: chunks are runs of columns
+    def known(s, e):
+        if gram is None:
+            return None
+        return gram[:, :, s:e] if columns is None else backend.take_columns(gram, columns[s:e])
+    if V.shape[-1] <= size:
+        return layer.apply_spectrum(backend, V, labels, known(0, V.shape[-1]))
+    out, pis = backend.zeros(V.shape, like=V), []
+    for s in range(0, V.shape[-1], size):
+        v, pi = layer.apply_spectrum(backend, V[:, :, s:s + size],
+                                     None if labels is None else labels[s:s + size],
+                                     known(s, s + size))
+        out[:, :, s:s + v.shape[-1]] = v
+        pis.append(pi)
+    return out, backend.concat(pis)
 
 
 def _apply_in_chunks(backend, layer, Z, labels, size):

@@ -39,6 +39,32 @@ def normalize(backend, z):
     return backend.reshape(flat / backend.reshape(norms, (b, 1)), tuple(z.shape))
 
 
+def normalize_spectrum(backend, v, weights, inplace=False):
+    """Scale every sample of a half spectrum ``v`` ``(F, C, b)`` to unit norm (Parseval).
+
+    ``||z||^2 = sum_p w_p ||v(p)||^2`` with the half-spectrum ``weights``
+    ``(F,)``. Squares are summed as they are when every sample's largest real
+    or imaginary part lies within ``2^-400 .. 2^400``; otherwise, as in
+    :func:`normalize`, each sample is first scaled by the power of two that
+    brings that part into ``[0.5, 1)``, so squares neither overflow nor
+    underflow. All-zero samples stay zero. ``inplace``: ``v`` is a work array
+    the result may overwrite.
+    """
+    peak = backend.max_abs_columns(v)  # (b,)
+    safe = backend.to_float(backend.maximum(peak, 0.0).max()) < 2.0 ** 400 and \
+        backend.to_float(backend.where(peak > 0, peak, 1.0).min()) > 2.0 ** -400
+    if not safe:
+        scale = backend.as_dtype_of(backend.pow2_scale(peak), v)[None, None, :]
+        v = v * scale
+        inplace = True
+    sq = backend.einsum("f,fb->b", weights, backend.channel_sq_norms(v))
+    factor = backend.as_dtype_of(1.0 / backend.maximum(backend.sqrt(sq), _TINY), v)
+    if inplace:
+        v *= factor[None, None, :]
+        return v
+    return v * factor[None, None, :]
+
+
 def rescale_samples(x, limit=None):
     """Each sample of ``x`` (numpy or torch, ``(b, ...)``) times a power of two.
 
@@ -58,12 +84,13 @@ def rescale_samples(x, limit=None):
 
 
 def _nonlinearity(backend, name, z):
+    """``sigma(z)`` in place (``z`` is a fresh work array)."""
     if name is None:
         return z
     if name == "relu":
-        return backend.maximum(z, 0.0)
+        return backend.relu_(z)
     if name == "abs":
-        return abs(z)
+        return backend.abs_(z)
     raise ValueError(f"nonlinearity must be 'relu', 'abs' or None, got {name!r}")
 
 
@@ -204,6 +231,10 @@ class Lifting:
         ``sigma(K (*) x + b)`` bit for bit (the scaling is exact), while
         inputs of any finite scale neither overflow nor underflow.
         """
+        return normalize(backend, self.response(backend, x, scale))
+
+    def response(self, backend, x, scale=None):
+        """``sigma(K (*) x + b)`` before normalization, ``(b, C, *S)``: see :meth:`__call__`."""
         b = x.shape[0]
         lead = (b,) + (1,) * (x.ndim - 1)
         if scale is None:
@@ -213,9 +244,18 @@ class Lifting:
                                       self.signal_shape)
         if self.bias is not None:
             shape = (1, -1) + (1,) * len(self.signal_shape)
-            z = z + backend.reshape(backend.astype(self.bias, like=z), shape) * \
+            z += backend.reshape(backend.astype(self.bias, like=z), shape) * \
                 backend.reshape(scale, lead)
-        return normalize(backend, _nonlinearity(backend, self.nonlinearity, z))
+        return _nonlinearity(backend, self.nonlinearity, z)
+
+    def spectrum(self, backend, x, scale=None):
+        """The unitary half spectra ``(F, C, b)`` of :meth:`__call__`'s features.
+
+        Normalized in the frequency domain (Parseval), one FFT after ``sigma``.
+        """
+        v = spectral.spectrum(backend, self.response(backend, x, scale), self.signal_shape)
+        weights = backend.astype(spectral.half_spectrum_weights(self.signal_shape), like=v.real)
+        return normalize_spectrum(backend, v, weights, inplace=True)
 
 
 class Layer:
@@ -376,11 +416,22 @@ class Layer:
         ``q_E = M_E^-1 p``, so the whole step takes one product with ``V^H``
         and one with ``V``.
         """
-        v = spectral.spectrum(backend, z, self.signal_shape)
+        v, pi = self.apply_spectrum(backend, spectral.spectrum(backend, z, self.signal_shape),
+                                    labels)
+        return spectral.inverse_spectrum(backend, v, self.signal_shape), pi
+
+    def apply_spectrum(self, backend, v, labels=None, vh_v=None):
+        """:meth:`__call__` in the frequency domain: ``(F, C, b)`` half spectra in and out.
+
+        The output is normalized by Parseval (:func:`normalize_spectrum`); the
+        features never go back to the signal domain. ``vh_v``: ``V^H v``
+        ``(F, g w, b)`` when already known (the fit's training samples, from
+        the solve's Gram matrix), so that product is not formed again.
+        """
         consts = self.constants(backend, v)
         slices = _frequency_slices(backend, v)
         # Phase 1, per frequency: responses and each frequency's share of ||C^j z||^2.
-        parts = _map(lambda fs: self._responses(backend, v, fs, consts), slices)
+        parts = _map(lambda fs: self._responses(backend, v, fs, consts, vh_v), slices)
         sq = parts[0][1]
         for _, more in parts[1:]:
             sq = sq + more
@@ -399,10 +450,9 @@ class Layer:
         steps = _map(lambda item: self._step(backend, v, item[0], item[1][0], weight, consts),
                      list(zip(slices, parts)))
         step = steps[0] if len(steps) == 1 else backend.concat(steps, axis=0)
-        z_next = spectral.inverse_spectrum(backend, step, self.signal_shape)
-        return normalize(backend, z_next), pi
+        return normalize_spectrum(backend, step, consts["weights"], inplace=True), pi
 
-    def _responses(self, backend, v, fs, consts):
+    def _responses(self, backend, v, fs, consts, vh_v=None):
         """Products for the frequencies ``fs``; returns (state, partial squared norms (k, b))."""
         v = v[fs]
         f, c, b = v.shape
@@ -423,9 +473,9 @@ class Layer:
             g, width = self.M_inv.shape[1], self.M_inv.shape[-1]
             alpha = consts["alphas"][0, :, 0]  # (g, 1)
             # V_j^H v for every class at once: one (g*w x C) product per frequency.
-            p = backend.hmatmul(solution.V[fs], v)  # (F, g w, b)
+            p = backend.hmatmul(solution.V[fs], v) if vh_v is None else vh_v[fs]  # (F, g w, b)
             q = self.M_inv[fs] @ backend.reshape(p, (f, g, width, b))  # (F, g, w, b)
-            vv = backend.abs2(v).sum(1)  # (F, b)
+            vv = backend.channel_sq_norms(v)  # (F, b)
             pq = (backend.reshape(p, (f, g, width, b)).conj() * q).real.sum(2)  # (F, g, b)
             qq = backend.abs2(q).sum(2)
             # M q = p with M = I + alpha V^H V, so alpha^2 q^H V^H V q = alpha (p^H q - |q|^2).
@@ -591,15 +641,34 @@ class Network:
         return cls(lifting, layers, input_shape, numpy_ws).to(workspace)
 
     # --- forward pass ----------------------------------------------------------------
-    def chunk_size(self, batch_size=None, itemsize=8):
-        """Samples per chunk: ``batch_size``, or what fits the memory budget."""
+    def operator_bytes(self):
+        """Bytes of every layer's stored operators."""
+        backend = self.workspace.backend
+        total = 0
+        for layer in self.layers:
+            solution = layer.solution
+            for x in (solution.stacked, solution.V, solution.M_inv, solution.E_M_inv):
+                if x is not None:
+                    total += math.prod(x.shape) * backend.itemsize(x)
+        return total
+
+    def chunk_size(self, batch_size=None, itemsize=8, budget=None):
+        """Samples per chunk: ``batch_size``, or what fits the memory budget.
+
+        The budget is :data:`convredunet.spectral.CHUNK_BYTES`, or the bytes of
+        the layers' operators when they are larger: every chunk reads the
+        operators once, so chunks whose work arrays are far smaller than the
+        operators would spend their time reading them (``budget`` raises it
+        further, e.g. to the size of features already held).
+        """
         if batch_size is not None:
             return batch_size
         per_sample = [layer.bytes_per_sample(itemsize) for layer in self.layers]
         if self.lifting is not None:
             per_sample.append(self.lifting.bytes_per_sample(itemsize))
         per_sample.append(2 * math.prod(self.input_shape) * itemsize)
-        return spectral.samples_per_chunk(max(per_sample))
+        budget = max(spectral.CHUNK_BYTES, self.operator_bytes(), budget or 0)
+        return max(1, int(budget // max(per_sample)))
 
     def working(self, x):
         """A chunk of the user's samples in :attr:`workspace`, scaled: ``(x * scale, scale)``.
@@ -624,6 +693,26 @@ class Network:
             return normalize(backend, x)
         return self.lifting(backend, x, scale)
 
+    def lift_spectrum(self, x, scale=None):
+        """The unitary half spectra ``(F, C, b)`` of :meth:`lift`'s features."""
+        if self.lifting is None:
+            return spectral.spectrum(self.workspace.backend, self.lift(x, scale),
+                                     self.signal_shape)
+        return self.lifting.spectrum(self.workspace.backend, x, scale)
+
+    def forward_spectrum(self, x, scale=None, n_layers=None):
+        """:meth:`forward` with the features as half spectra ``(F, C, b)``.
+
+        The layers run in the frequency domain from the lifting's one FFT on:
+        what the classifiers need (the membership, the subspace distances)
+        without an inverse FFT.
+        """
+        backend = self.workspace.backend
+        v, pi = self.lift_spectrum(x, scale), None
+        for layer in self.layers[:n_layers]:
+            v, pi = layer.apply_spectrum(backend, v)
+        return v, pi
+
     def forward(self, x, scale=None, n_layers=None):
         """Features after the layers and the last layer's membership, for one chunk.
 
@@ -640,21 +729,23 @@ class Network:
         z : working array (b, *feature_shape)
         pi : working array (b, k), or None when no layer ran
         """
-        backend = self.workspace.backend
-        z, pi = self.lift(x, scale), None
-        for layer in self.layers[:n_layers]:
-            z, pi = layer(backend, z)
-        return z, pi
+        if not self.layers[:n_layers]:
+            return self.lift(x, scale), None
+        v, pi = self.forward_spectrum(x, scale, n_layers)
+        return spectral.inverse_spectrum(self.workspace.backend, v, self.signal_shape), pi
 
-    def stream(self, chunks):
+    def stream(self, chunks, spectra=False):
         """``forward`` over every chunk of a source: yields ``(z, pi)`` per chunk.
 
         ``chunks`` yields working arrays ``(b, *input_shape)``, or pairs
         ``(x, scale)`` (see :func:`rescale_samples`), e.g. from
         :func:`array_chunks`; only one chunk's work arrays exist at a time.
+        With ``spectra``, ``z`` is the half spectrum ``(F, C, b)``
+        (:meth:`forward_spectrum`).
         """
+        run = self.forward_spectrum if spectra else self.forward
         for chunk in chunks:
-            yield self.forward(*chunk) if isinstance(chunk, tuple) else self.forward(chunk)
+            yield run(*chunk) if isinstance(chunk, tuple) else run(chunk)
 
 
 def layer_progress(total, verbose, name):

@@ -104,12 +104,13 @@ def default_batch_size(n_channels, n_freqs, itemsize):
 
 
 def class_grams(backend, Z, labels, n_classes, batch_size=None, keep=(), grams_of=None,
-                total=True):
+                total=True, sample_shape=None):
     """Per-class and total per-frequency Gram matrices ``V_j(p) V_j(p)^H``.
 
     Parameters
     ----------
-    Z : array, shape (m, C, *S) or (m, d)
+    Z : array, shape (m, C, *S) or (m, d); or the spectra themselves,
+        ``(F, C, m)``, when ``sample_shape`` is given
     labels : numpy int array, shape (m,)
     keep : classes whose spectra ``V_j`` ``(F, C, m_j)`` are returned too.
     grams_of : classes whose Gram matrices are returned (default: all).
@@ -120,8 +121,12 @@ def class_grams(backend, Z, labels, n_classes, batch_size=None, keep=(), grams_o
     grams : dict class -> array (F, C, C)
     total_gram : array (F, C, C) or None
     kept : dict class -> array (F, C, m_j)
+        A view of ``Z`` when ``Z`` holds spectra whose class is a contiguous run.
     """
-    n_channels, signal_shape, _ = signal_layout(tuple(Z.shape[1:]))
+    spectra = sample_shape is not None
+    if not spectra:
+        sample_shape = tuple(Z.shape[1:])
+    n_channels, signal_shape, _ = signal_layout(tuple(sample_shape))
     n_freqs = len(half_spectrum_weights(signal_shape))
     if batch_size is None:
         batch_size = default_batch_size(n_channels, n_freqs, backend.itemsize(Z))
@@ -131,10 +136,22 @@ def class_grams(backend, Z, labels, n_classes, batch_size=None, keep=(), grams_o
     # Gram matrix, and each class is a contiguous run of columns of the chunk.
     order = np.argsort(labels, kind="stable")
     sorted_labels = labels[order]
+    in_order = bool(np.all(np.diff(order) == 1))
+    if spectra and in_order:
+        # Each kept class is one run of columns: a view, never copied.
+        bounds = np.searchsorted(sorted_labels, np.arange(n_classes + 1))
+        views = {j: Z[:, :, bounds[j]:bounds[j + 1]] for j in keep}
+        keep = set()
     grams, pieces, total_gram = {}, {j: [] for j in keep}, None
     for start in range(0, len(order), batch_size):
         stop = min(start + batch_size, len(order))
-        v = spectrum(backend, backend.take(Z, order[start:stop]), signal_shape)
+        if not total and not keep and not (grams_of & set(sorted_labels[start:stop].tolist())):
+            continue
+        if spectra:
+            v = Z[:, :, start:stop] if in_order else backend.take_columns(
+                Z, order[start:stop])
+        else:
+            v = spectrum(backend, backend.take(Z, order[start:stop]), signal_shape)
         if total:
             product = v @ backend.H(v)
             total_gram = product if total_gram is None else total_gram + product
@@ -151,6 +168,8 @@ def class_grams(backend, Z, labels, n_classes, batch_size=None, keep=(), grams_o
             if j in keep:
                 pieces[j].append(part)
     kept = {j: backend.contiguous(backend.concat(p, axis=2)) for j, p in pieces.items()}
+    if spectra and in_order:
+        kept.update(views)
     return grams, total_gram, kept
 
 
@@ -330,6 +349,10 @@ class LayerSolution:
         ``(I + alpha V^H V)^-1`` when ``E`` is low rank (None when it is dense).
     alpha_E : float
         ``alpha`` of ``E`` (used when ``E`` is low rank).
+    gram : array (F, g w, g w) or None
+        ``V^H V``, when the solve formed it and ``V`` holds every training
+        sample (E low rank): the products ``V^H v`` of the training samples,
+        which the fit reuses once (:func:`without_gram` drops it).
     """
 
     rates: RateReduction
@@ -342,6 +365,7 @@ class LayerSolution:
     alphas: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     E_M_inv: object = None
     alpha_E: float = 0.0
+    gram: object = dataclasses.field(default=None, repr=False)
 
     @property
     def n_classes(self):
@@ -390,6 +414,16 @@ class LayerSolution:
         else:
             e_hat = self.stacked[:, :c]
         return e_hat, backend.stack([parts[j] for j in range(self.n_classes)])
+
+
+def without_gram(solution):
+    """``solution`` without its transient ``gram`` (what a layer keeps)."""
+    return solution if solution.gram is None else dataclasses.replace(solution, gram=None)
+
+
+def training_columns(counts, width):
+    """Where each training sample (classes in runs) sits among ``V``'s padded columns."""
+    return np.concatenate([j * width + np.arange(n) for j, n in enumerate(counts)])
 
 
 def uses_woodbury(woodbury, n_samples, n_channels):
@@ -479,6 +513,36 @@ def solve_layer(backend, Z, labels, k, eps2, batch_size=None, woodbury="auto",
                        woodbury, operators)
 
 
+def solve_spectra(backend, V, counts, sample_shape, eps2, batch_size=None, woodbury="auto"):
+    """:func:`solve_layer` for unit-norm features given by their spectra, classes in runs.
+
+    What a network's fit calls: its features never leave the frequency domain.
+
+    Parameters
+    ----------
+    V : array (F, C, m), the unitary half spectra of unit-norm features, the
+        samples of class 0 first, then class 1, ... (each class a run of columns)
+    counts : sequence of k ints, samples per class (every class present)
+    sample_shape : tuple, one sample's shape ``(C, *S)`` or ``(d,)``
+    eps2, batch_size, woodbury : as in :func:`solve_layer`
+
+    Returns
+    -------
+    LayerSolution
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    labels = np.repeat(np.arange(len(counts)), counts)
+    # Unit-norm samples: every Gram entry is at most m (the peak that gives that bound).
+    check_scale(1 / math.sqrt(math.prod(sample_shape)), counts, tuple(sample_shape), eps2,
+                backend.real_dtype_name(V))
+    keep, grams_of, total = gram_request(counts, V.shape[1], woodbury)
+    grams, total_gram, kept = class_grams(backend, V, labels, len(counts), batch_size,
+                                          keep=set(keep), grams_of=grams_of, total=total,
+                                          sample_shape=sample_shape)
+    return solve_grams(backend, grams, total_gram, kept, counts, tuple(sample_shape), eps2,
+                       woodbury, spectra=V)
+
+
 # What to do about features whose Gram matrices or rates overflow.
 SCALE_HINT = ("the rates depend on the scale of the features, so rescale them (e.g. "
               "each sample to unit norm) or use float64")
@@ -528,7 +592,7 @@ def _require_finite(backend, x, what, dtype, hint):
 
 
 def solve_grams(backend, grams, total_gram, kept, counts, sample_shape, eps2,
-                woodbury="auto", operators=True):
+                woodbury="auto", operators=True, spectra=None):
     """Rates and (optionally) operators from the sums :func:`gram_request` asks for.
 
     Parameters
@@ -540,6 +604,9 @@ def solve_grams(backend, grams, total_gram, kept, counts, sample_shape, eps2,
     sample_shape : tuple, one sample's shape ``(C, *S)`` or ``(d,)``
     eps2 : float
     woodbury, operators : as in :func:`solve_layer`
+    spectra : array (F, C, m) or None
+        Every sample's spectrum, classes in runs (:func:`solve_spectra`):
+        used as the Woodbury factors as it is when the classes are of one size.
 
     Returns
     -------
@@ -558,7 +625,7 @@ def solve_grams(backend, grams, total_gram, kept, counts, sample_shape, eps2,
     dtype = backend.real_dtype_name(any_sum)
     try:
         return _solve_grams(backend, grams, total_gram, kept, counts, sample_shape, eps2,
-                            woodbury, operators, dtype)
+                            woodbury, operators, dtype, spectra)
     except np.linalg.LinAlgError:
         raise ValueError(
             f"the regularized Gram matrices I + alpha V V^H are not numerically positive "
@@ -568,7 +635,7 @@ def solve_grams(backend, grams, total_gram, kept, counts, sample_shape, eps2,
 
 
 def _solve_grams(backend, grams, total_gram, kept, counts, sample_shape, eps2, woodbury,
-                 operators, dtype):
+                 operators, dtype, spectra=None):
     scale_hint = SCALE_HINT
     counts = np.asarray(counts, dtype=np.int64)
     k = len(counts)
@@ -598,21 +665,22 @@ def _solve_grams(backend, grams, total_gram, kept, counts, sample_shape, eps2, w
     e_small = 0 in small
     if e_small:
         members = list(range(k))
-    v = m_inv = e_m_inv = None
+    v = m_inv = e_m_inv = gram = None
     if members:
-        v = side_by_side(backend, [kept[j] for j in members])
+        if spectra is not None and members == list(range(k)) and len(set(counts)) == 1:
+            v = spectra  # already side by side, every class of one width
+        else:
+            v = side_by_side(backend, [kept[j] for j in members])
         del kept  # V holds the spectra from here
-        gram = backend.hmatmul(v, v) if e_small else None  # (F, g w, g w)
+        gram = backend.gram(v) if e_small else None  # (F, g w, g w)
         m_inv, det = woodbury_factors(backend, v, len(members),
                                       [alphas[j + 1] for j in members], gram,
                                       inverse=operators)
         for i, j in enumerate(members):
             logdets[j + 1] = det[i]
         if e_small:
-            n = gram.shape[-1]
             big = gram * alphas[0]
             backend.add_to_diagonal(big, 1.0)
-            del gram
             if operators:
                 e_m_inv, logdets[0] = backend.hpd_inverse_logdet(big)
             else:
@@ -677,4 +745,5 @@ def _solve_grams(backend, grams, total_gram, kept, counts, sample_shape, eps2, w
                          dense_classes=tuple(dense_classes), lowrank_classes=tuple(lowrank),
                          V=V, M_inv=M_inv,
                          alphas=np.asarray([alphas[j + 1] for j in lowrank], dtype=np.float64),
-                         E_M_inv=e_m_inv, alpha_E=float(alphas[0]))
+                         E_M_inv=e_m_inv, alpha_E=float(alphas[0]),
+                         gram=gram if e_lowrank else None)

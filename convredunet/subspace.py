@@ -77,7 +77,8 @@ def n_directions(n_components, n_channels):
     return min(int(n_components), n_channels - 1)
 
 
-def class_subspaces(backend, Z, labels, n_classes, n_components, batch_size=None):
+def class_subspaces(backend, Z, labels, n_classes, n_components, batch_size=None,
+                    sample_shape=None):
     """Per-class, per-frequency principal directions of features ``Z``, rank-correct.
 
     Parameters
@@ -89,6 +90,9 @@ def class_subspaces(backend, Z, labels, n_classes, n_components, batch_size=None
         At most this many directions per frequency and class (:func:`n_directions`).
     batch_size : int or None
         Samples per chunk when the spectra are gathered.
+    sample_shape : tuple or None
+        Given when ``Z`` holds the features' half spectra ``(F, C, m)``
+        (classes in runs of columns) rather than the features.
 
     Returns
     -------
@@ -98,18 +102,26 @@ def class_subspaces(backend, Z, labels, n_classes, n_components, batch_size=None
         largest number of directions any class keeps at any frequency.
     """
     with thread_limits():  # batched small products: one BLAS thread (see _threads)
-        n_channels = spectral.signal_layout(tuple(Z.shape[1:]))[0]
+        shape = tuple(Z.shape[1:]) if sample_shape is None else tuple(sample_shape)
+        n_channels = spectral.signal_layout(shape)[0]
         r = n_directions(n_components, n_channels)
         counts = np.bincount(labels, minlength=n_classes)
         thin = [j for j in range(n_classes) if counts[j] <= n_channels]
         thick = [j for j in range(n_classes) if counts[j] > n_channels]
         grams, _, kept = spectral.class_grams(backend, Z, labels, n_classes, batch_size,
-                                              keep=thin, grams_of=thick, total=False)
+                                              keep=thin, grams_of=thick, total=False,
+                                              sample_shape=sample_shape)
         rtol = RANK_RTOL[backend.real_dtype_name(Z)]
         parts = {}
         if thin:
-            parts.update(zip(thin, _thin_bases(backend, [kept.pop(j) for j in thin], r,
-                                               rtol)))
+            if sample_shape is not None and len(thin) == n_classes and \
+                    len(set(counts)) == 1 and bool(np.all(np.diff(labels) >= 0)):
+                # Spectra of classes of one size in runs: the blocks are views of Z.
+                blocks = spectral.group_blocks(backend, Z, n_classes)  # (F, k, C, w)
+            else:
+                blocks = backend.permute(_padded(backend, [kept.pop(j) for j in thin]),
+                                         (1, 0, 2, 3))
+            parts.update(zip(thin, _thin_bases(backend, blocks, r, rtol)))
         if thick:
             parts.update(zip(thick, bases_from_grams(backend, [grams.pop(j) for j in thick],
                                                      r, rtol)))
@@ -117,7 +129,7 @@ def class_subspaces(backend, Z, labels, n_classes, n_components, batch_size=None
 
 
 def _padded(backend, spectra):
-    """Spectra ``(F, C, m_j)`` side by side as ``(g, F, C, w)``, zero columns to width ``w``."""
+    """Spectra ``(F, C, m_j)`` as one array ``(g, F, C, w)``, zero columns to width ``w``."""
     f, c = spectra[0].shape[:2]
     width = max(v.shape[-1] for v in spectra)
     out = backend.zeros((len(spectra), f, c, width), like=spectra[0])
@@ -140,23 +152,25 @@ def _keep_mask(backend, values, r, rtol):
     return keep
 
 
-def _thin_bases(backend, spectra, r, rtol):
+def _thin_bases(backend, blocks, r, rtol):
     """Directions of classes with ``m_j <= C``: from the ``m_j x m_j`` Gram of their spectra.
 
-    ``V = U s^1/2 W^H`` (thin SVD) gives ``U = V W s^-1/2`` from the
-    eigenpairs ``(s, W)`` of ``V^H V``. Zero columns (padding) have zero
-    eigenvalues and are never kept.
+    ``blocks``: the classes' spectra ``(F, g, C, w)`` (zero columns pad the
+    narrower ones). ``V = U s^1/2 W^H`` (thin SVD) gives ``U = V W s^-1/2``
+    from the eigenpairs ``(s, W)`` of ``V^H V``. Zero columns have zero
+    eigenvalues and are never kept. Returns a list of ``(F, C, n)`` arrays.
     """
-    v = _padded(backend, spectra)  # (g, F, C, w)
-    values, vectors = backend.eigh(backend.hmatmul(v, v))  # ascending
-    values = backend.flip(values, -1)
+    values, vectors = backend.eigh(backend.gram(blocks))  # (F, g, w), ascending
+    values = backend.permute(backend.flip(values, -1), (1, 0, 2))  # (g, F, w)
     vectors = backend.flip(vectors, -1)
     n = min(r, values.shape[-1])
     values, vectors = values[..., :n], vectors[..., :n]
     keep = _keep_mask(backend, values, r, rtol)
     inv_sqrt = backend.where(keep, 1.0 / backend.sqrt(backend.maximum(values, 1e-300)), 0.0)
-    bases = v @ (vectors * backend.as_dtype_of(inv_sqrt[:, :, None, :], vectors))
-    return list(bases)
+    scaled = vectors * backend.as_dtype_of(backend.permute(inv_sqrt, (1, 0, 2))[:, :, None, :],
+                                           vectors)
+    bases = blocks @ scaled  # (F, g, C, n)
+    return [bases[:, i] for i in range(bases.shape[1])]
 
 
 def bases_from_grams(backend, grams, r, rtol):
@@ -246,14 +260,22 @@ def subspace_distances(backend, z, bases, signal_shape, prepared=None):
     numpy array (b, k)
     """
     with thread_limits():  # batched small products: one BLAS thread (see _threads)
-        signal_shape = tuple(signal_shape)
-        v = spectral.spectrum(backend, z, signal_shape)  # (F, C, b)
-        k, f, c, r = bases.shape
+        v = spectral.spectrum(backend, z, tuple(signal_shape))  # (F, C, b)
         if prepared is None:
             prepared = prepare_bases(backend, bases, v)
-        coeffs = prepared @ v  # (F, k r, b)
-        weights = backend.astype(spectral.half_spectrum_weights(signal_shape), like=v.real)
-        total = backend.einsum("f,fb->b", weights, backend.abs2(v).sum(1))
-        captured = backend.einsum("f,fkb->kb", weights,
-                                  backend.reshape(backend.abs2(coeffs), (f, k, r, -1)).sum(2))
-        return backend.asnumpy(backend.maximum(total[None, :] - captured, 0.0)).T
+        return spectrum_distances(backend, v, prepared, signal_shape, bases.shape[0])
+
+
+def spectrum_distances(backend, v, prepared, signal_shape, n_classes):
+    """:func:`subspace_distances` from the features' half spectra ``v`` ``(F, C, b)``.
+
+    ``prepared``: :func:`prepare_bases` of the bases, ``(F, k r, C)``.
+    Returns a numpy array ``(b, k)``.
+    """
+    f, b = v.shape[0], v.shape[-1]
+    coeffs = prepared @ v  # (F, k r, b)
+    weights = backend.astype(spectral.half_spectrum_weights(tuple(signal_shape)), like=v.real)
+    total = backend.einsum("f,fb->b", weights, backend.abs2(v).sum(1))
+    captured = backend.einsum("f,fkb->kb", weights, backend.reshape(
+        backend.abs2(coeffs), (f, n_classes, -1, b)).sum(2))
+    return backend.asnumpy(backend.maximum(total[None, :] - captured, 0.0)).T

@@ -17,16 +17,17 @@ The primitives every backend provides (tested against numpy, one by one, in
     arrays: ``asnumpy``, ``from_numpy``, ``device``, ``eye``, ``zeros``,
     ``astype``, ``astype_complex``, ``as_dtype_of``, ``complex_dtype``,
     ``real_dtype``, ``itemsize``, ``concat``, ``stack``, ``permute``, ``reshape``,
-    ``take``, ``contiguous``, ``to_float``, ``all_finite``, ``finite_mask``,
+    ``take``, ``take_columns``, ``contiguous``, ``to_float``, ``all_finite``, ``finite_mask``,
     ``real_dtype_name``, ``template``, ``real_template``, ``memory_bytes``,
     ``as_real_input`` (a user's array checked and converted);
     elementwise and reductions: ``abs2``, ``sqrt``, ``maximum``, ``flip``, ``where``, ``softmax``, ``softmin``,
-    ``max_abs_rows``, ``pow2_scale`` (exact power-of-two rescaling), ``max_exponent``,
-    ``argmax``, ``einsum``, ``class_sq_norms``, ``add_to_diagonal`` (in place);
+    ``max_abs_rows``, ``max_abs_columns``, ``pow2_scale`` (exact power-of-two rescaling), ``max_exponent``,
+    ``argmax``, ``einsum``, ``class_sq_norms``, ``channel_sq_norms``, ``abs_``/``relu_``
+    (in place), ``add_to_diagonal`` (in place);
     FFT: ``rfft(x, ndim)`` / ``irfft(x_hat, shape, unitary)``, unitary real
     FFTs over the last axes;
     linear algebra: ``H`` (conjugate transpose of the last two axes), ``hmatmul``
-    (``a^H @ b`` without copying ``a``), ``eigh`` (batched Hermitian eigenproblems),
+    (``a^H @ b`` without copying ``a``), ``gram`` (``a^H a``, Hermitian), ``eigh`` (batched Hermitian eigenproblems),
     ``hpd_inverse_logdet`` / ``hpd_logdet`` (batched Hermitian positive
     definite inverse and log-determinant through Cholesky factors; a matrix
     that is not HPD raises ``numpy.linalg.LinAlgError``);

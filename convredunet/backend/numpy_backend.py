@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.blas
 import scipy.fft
 
 from .. import _threads
@@ -233,6 +234,10 @@ class NumpyBackend:
     def take(self, x, indices):
         return x[indices]
 
+    def take_columns(self, x, indices):
+        """``x[..., indices]``: samples of a spectrum ``(F, C, m)``."""
+        return x[..., indices]
+
     def itemsize(self, x):
         return x.dtype.itemsize
 
@@ -245,6 +250,24 @@ class NumpyBackend:
     def abs2(self, x):
         """``|x|^2`` elementwise, real."""
         return x.real ** 2 + x.imag ** 2 if np.iscomplexobj(x) else x * x
+
+    def channel_sq_norms(self, x):
+        """``sum_c |x[f, c, b]|^2`` of ``(F, C, b)``, shape ``(F, b)``, real."""
+        if not np.iscomplexobj(x):
+            return np.einsum("fcb,fcb->fb", x, x)
+        if x.strides[-1] != x.itemsize:
+            x = np.ascontiguousarray(x)
+        r = x.view(x.real.dtype)  # (F, C, 2b): re, im interleaved
+        s = np.einsum("fcb,fcb->fb", r, r)
+        return s[:, 0::2] + s[:, 1::2]
+
+    def abs_(self, x):
+        """``|x|`` in place (returns ``x``)."""
+        return np.abs(x, out=x)
+
+    def relu_(self, x):
+        """``max(x, 0)`` in place (returns ``x``)."""
+        return np.maximum(x, 0, out=x)
 
     def softmax(self, x, axis):
         shifted = x - x.max(axis=axis, keepdims=True)
@@ -265,6 +288,14 @@ class NumpyBackend:
 
     def argmax(self, x, axis):
         return np.argmax(x, axis=axis)
+
+    def max_abs_columns(self, x):
+        """``max |Re|, |Im|`` over all axes but the last, shape ``(b,)`` (a spectrum's samples)."""
+        x = np.asarray(x)
+        if np.iscomplexobj(x):
+            return np.maximum(np.abs(x.real).max(axis=tuple(range(x.ndim - 1))),
+                              np.abs(x.imag).max(axis=tuple(range(x.ndim - 1))))
+        return np.abs(x).max(axis=tuple(range(x.ndim - 1)))
 
     def max_abs_rows(self, x):
         """``max_i |x[b, i]|`` of a 2D array, shape ``(b,)`` (0 for an all-zero row)."""
@@ -340,6 +371,30 @@ class NumpyBackend:
         by the batch of samples, not by the stored operator) are conjugated.
         """
         return np.conj(np.matmul(np.swapaxes(a, -1, -2), np.conj(b)))
+
+    def gram(self, a):
+        """``a^H a`` of a batch ``(..., n, w)``: Hermitian ``(..., w, w)``.
+
+        One BLAS rank-k update (``zherk``/``dsyrk``) per matrix: half the
+        products of a general ``a^H @ a``, then the other triangle mirrored.
+        """
+        lead, (n, w) = a.shape[:-2], a.shape[-2:]
+        flat = np.reshape(a, (-1, n, w))
+        complex_ = np.iscomplexobj(a)
+        out = np.empty((flat.shape[0], w, w), dtype=a.dtype)
+        if flat.shape[0] and n and w:
+            herk = scipy.linalg.blas.get_blas_funcs("herk" if complex_ else "syrk", (flat,))
+            trans = 2 if complex_ else 1  # A^H A (A^T A): the upper triangle is filled
+            for i in range(flat.shape[0]):
+                out[i] = herk(1.0, flat[i], trans=trans)
+        else:
+            out[...] = 0
+            return np.reshape(out, lead + (w, w))
+        # The strict lower triangles are zero (scipy starts from c = 0): add the mirror,
+        # which doubles the diagonal, then halve it.
+        out += np.conj(np.swapaxes(out, -1, -2)) if complex_ else np.swapaxes(out, -1, -2)
+        np.einsum("...ii->...i", out)[...] *= 0.5
+        return np.reshape(out, lead + (w, w))
 
     def eigh(self, a):
         """Eigenvalues (ascending, real) and eigenvectors of Hermitian matrices ``(..., n, n)``."""

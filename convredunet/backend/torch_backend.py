@@ -152,6 +152,10 @@ class TorchBackend:
     def take(self, x, indices):
         return x[torch.as_tensor(indices, device=x.device)]
 
+    def take_columns(self, x, indices):
+        """``x[..., indices]``: samples of a spectrum ``(F, C, m)``."""
+        return x[..., torch.as_tensor(indices, device=x.device)]
+
     def itemsize(self, x):
         return x.element_size()
 
@@ -164,6 +168,19 @@ class TorchBackend:
     def abs2(self, x):
         """``|x|^2`` elementwise, real."""
         return x.real ** 2 + x.imag ** 2 if x.is_complex() else x * x
+
+    def channel_sq_norms(self, x):
+        """``sum_c |x[f, c, b]|^2`` of ``(F, C, b)``, shape ``(F, b)``, real."""
+        r = torch.view_as_real(x) if x.is_complex() else x.unsqueeze(-1)
+        return torch.einsum("fcbr,fcbr->fb", r, r)
+
+    def abs_(self, x):
+        """``|x|`` in place (returns ``x``)."""
+        return x.abs_()
+
+    def relu_(self, x):
+        """``max(x, 0)`` in place (returns ``x``)."""
+        return x.clamp_(min=0)
 
     def softmax(self, x, axis):
         return torch.softmax(x, dim=axis)
@@ -182,6 +199,11 @@ class TorchBackend:
 
     def argmax(self, x, axis):
         return torch.argmax(x, dim=axis)
+
+    def max_abs_columns(self, x):
+        """``max |Re|, |Im|`` over all axes but the last, shape ``(b,)`` (a spectrum's samples)."""
+        r = torch.view_as_real(x) if x.is_complex() else x.unsqueeze(-1)
+        return r.abs().amax(dim=-1).reshape(-1, x.shape[-1]).amax(dim=0)
 
     def max_abs_rows(self, x):
         """``max_i |x[b, i]|`` of a 2D tensor, shape ``(b,)``."""
@@ -228,6 +250,10 @@ class TorchBackend:
     def hmatmul(self, a, b):
         """``a^H @ b`` (batched); the conjugate transpose stays a lazy view."""
         return _H(a) @ b
+
+    def gram(self, a):
+        """``a^H a`` of a batch ``(..., n, w)``: Hermitian ``(..., w, w)``."""
+        return _H(a) @ a
 
     def eigh(self, a):
         """Eigenvalues (ascending, real) and eigenvectors of Hermitian matrices ``(..., n, n)``."""
