@@ -491,15 +491,20 @@ def _check_size(params, workspace, n_samples, sample_shape, n_classes):
 
 def _lift_spectra(network, X, order, batch_size):
     """The half spectra ``(F, C, m)`` of the lifted features of ``X[order]``, chunk by chunk."""
-    backend = network.workspace.backend
-    itemsize = backend.itemsize(network.workspace.like)
-    size = network.chunk_size(batch_size, itemsize)
-    V = None
+    workspace = network.workspace
+    backend = workspace.backend
+    itemsize = backend.itemsize(workspace.like)
+    n_channels, _, freq_shape = spectral.signal_layout(network.feature_shape)
+    shape = (max(1, math.prod(freq_shape)), n_channels, len(order))
+    like = backend.astype_complex(np.zeros(0), like=workspace.like) if freq_shape else \
+        workspace.like
+    V = backend.zeros(shape, like=like)
+    # Chunks as large as the spectra being filled: they are held anyway.
+    size = network.chunk_size(batch_size, itemsize, budget=math.prod(shape) * 2 * itemsize)
     for start in range(0, len(order), size):
-        v = network.lift_spectrum(*network.working(X[order[start:start + size]]))
-        if V is None:
-            V = backend.zeros(tuple(v.shape[:2]) + (len(order),), like=v)
-        V[:, :, start:start + v.shape[-1]] = v
+        stop = min(start + size, len(order))
+        network.lift_spectrum(*network.working(X[order[start:stop]]),
+                              out=V[:, :, start:stop])
     return V
 
 
@@ -520,8 +525,14 @@ def _apply_spectra(backend, layer, V, labels, size, counts):
         if gram is None:
             return None
         return gram[:, :, s:e] if columns is None else backend.take_columns(gram, columns[s:e])
+    if gram is not None:
+        # Every product is then of m x m blocks or one with V: one chunk, the
+        # work arrays of the spectra's size at most.
+        m = V.shape[-1]
+        place = np.arange(m) if columns is None else columns
+        return layer.apply_spectrum(backend, V, labels, known(0, m), place)
     if V.shape[-1] <= size:
-        return layer.apply_spectrum(backend, V, labels, known(0, V.shape[-1]))
+        return layer.apply_spectrum(backend, V, labels)
     out, pis = backend.zeros(V.shape, like=V), []
     for s in range(0, V.shape[-1], size):
         v, pi = layer.apply_spectrum(backend, V[:, :, s:s + size],

@@ -44,19 +44,23 @@ def normalize_spectrum(backend, v, weights, inplace=False):
 
     ``||z||^2 = sum_p w_p ||v(p)||^2`` with the half-spectrum ``weights``
     ``(F,)``. Squares are summed as they are when every sample's largest real
-    or imaginary part lies within ``2^-400 .. 2^400``; otherwise, as in
+    or imaginary part lies within a quarter of the precision's exponent range
+    (``2^-256 .. 2^256`` in float64, ``2^-32 .. 2^32`` in float32); otherwise, as in
     :func:`normalize`, each sample is first scaled by the power of two that
     brings that part into ``[0.5, 1)``, so squares neither overflow nor
     underflow. All-zero samples stay zero. ``inplace``: ``v`` is a work array
     the result may overwrite.
     """
     peak = backend.max_abs_columns(v)  # (b,)
-    safe = backend.to_float(backend.maximum(peak, 0.0).max()) < 2.0 ** 400 and \
-        backend.to_float(backend.where(peak > 0, peak, 1.0).min()) > 2.0 ** -400
+    bound = 2.0 ** (backend.max_exponent(peak) // 4)
+    safe = backend.to_float(peak.max()) < bound and \
+        backend.to_float(backend.where(peak > 0, peak, 1.0).min()) > 1 / bound
     if not safe:
         scale = backend.as_dtype_of(backend.pow2_scale(peak), v)[None, None, :]
-        v = v * scale
-        inplace = True
+        if inplace:
+            v *= scale
+        else:
+            v, inplace = v * scale, True
     sq = backend.einsum("f,fb->b", weights, backend.channel_sq_norms(v))
     factor = backend.as_dtype_of(1.0 / backend.maximum(backend.sqrt(sq), _TINY), v)
     if inplace:
@@ -248,12 +252,14 @@ class Lifting:
                 backend.reshape(scale, lead)
         return _nonlinearity(backend, self.nonlinearity, z)
 
-    def spectrum(self, backend, x, scale=None):
+    def spectrum(self, backend, x, scale=None, out=None):
         """The unitary half spectra ``(F, C, b)`` of :meth:`__call__`'s features.
 
-        Normalized in the frequency domain (Parseval), one FFT after ``sigma``.
+        Normalized in the frequency domain (Parseval), one FFT after ``sigma``;
+        written into ``out`` when given.
         """
-        v = spectral.spectrum(backend, self.response(backend, x, scale), self.signal_shape)
+        v = spectral.spectrum(backend, self.response(backend, x, scale), self.signal_shape,
+                              out)
         weights = backend.astype(spectral.half_spectrum_weights(self.signal_shape), like=v.real)
         return normalize_spectrum(backend, v, weights, inplace=True)
 
@@ -420,13 +426,16 @@ class Layer:
                                     labels)
         return spectral.inverse_spectrum(backend, v, self.signal_shape), pi
 
-    def apply_spectrum(self, backend, v, labels=None, vh_v=None):
+    def apply_spectrum(self, backend, v, labels=None, vh_v=None, columns=None):
         """:meth:`__call__` in the frequency domain: ``(F, C, b)`` half spectra in and out.
 
         The output is normalized by Parseval (:func:`normalize_spectrum`); the
         features never go back to the signal domain. ``vh_v``: ``V^H v``
         ``(F, g w, b)`` when already known (the fit's training samples, from
         the solve's Gram matrix), so that product is not formed again.
+        ``columns``: with ``vh_v``, where each sample of ``v`` sits among
+        ``V``'s columns (``v`` is those columns): the whole step is then one
+        product with ``V``.
         """
         consts = self.constants(backend, v)
         slices = _frequency_slices(backend, v)
@@ -447,7 +456,8 @@ class Layer:
         if not self._identity_order:
             weight = weight[consts["sorted"]]  # rows in dense-then-low-rank order
         # Phase 2, per frequency: the step z + eta (E z - sum_j gamma_j pi_j C^j z).
-        steps = _map(lambda item: self._step(backend, v, item[0], item[1][0], weight, consts),
+        steps = _map(lambda item: self._step(backend, v, item[0], item[1][0], weight, consts,
+                                             columns),
                      list(zip(slices, parts)))
         step = steps[0] if len(steps) == 1 else backend.concat(steps, axis=0)
         return normalize_spectrum(backend, step, consts["weights"], inplace=True), pi
@@ -486,8 +496,12 @@ class Layer:
                 state["q_E"] = solution.E_M_inv[fs] @ p  # (F, g w, b)
         return state, (sq[0] if len(sq) == 1 else backend.concat(sq, axis=0))
 
-    def _step(self, backend, v, fs, state, weight, consts):
-        """``v + eta (E v - sum_j weight_j C^j v)`` for the frequencies ``fs``."""
+    def _step(self, backend, v, fs, state, weight, consts, columns=None):
+        """``v + eta (E v - sum_j weight_j C^j v)`` for the frequencies ``fs``.
+
+        ``columns``: ``v`` is ``V[:, :, columns]``, so ``v`` itself is ``V``
+        times a selection and the step is ``V`` times one small matrix.
+        """
         v = v[fs]
         f, c, b = v.shape
         solution = self.solution
@@ -510,12 +524,21 @@ class Layer:
             if solution.e_lowrank:
                 coef = coef + solution.alpha_E
                 back = back - (solution.alpha_E ** 2) * state["q_E"]
-        out = v
+        if coef is None:
+            return v + self.eta * direct
+        if columns is not None and direct is None:
+            back = back * self.eta
+            diagonal = 1.0 + self.eta * coef
+            index = backend.from_numpy(np.arange(b), like=coef)
+            back[:, backend.from_numpy(np.asarray(columns), like=coef), index] += \
+                backend.as_dtype_of(diagonal, back)[None, :]
+            return solution.V[fs] @ back
+        # Work arrays of the batch's size: the product, then in-place updates.
+        out = solution.V[fs] @ back
+        out *= self.eta
+        out += v * (1.0 + self.eta * coef)[None, None, :]
         if direct is not None:
-            out = out + self.eta * direct
-        if coef is not None:
-            out = out + v * (self.eta * coef)[None, None, :] + \
-                self.eta * (solution.V[fs] @ back)
+            out += self.eta * direct
         return out
 
 
@@ -693,12 +716,12 @@ class Network:
             return normalize(backend, x)
         return self.lifting(backend, x, scale)
 
-    def lift_spectrum(self, x, scale=None):
-        """The unitary half spectra ``(F, C, b)`` of :meth:`lift`'s features."""
+    def lift_spectrum(self, x, scale=None, out=None):
+        """The unitary half spectra ``(F, C, b)`` of :meth:`lift`'s features (into ``out``)."""
         if self.lifting is None:
             return spectral.spectrum(self.workspace.backend, self.lift(x, scale),
-                                     self.signal_shape)
-        return self.lifting.spectrum(self.workspace.backend, x, scale)
+                                     self.signal_shape, out)
+        return self.lifting.spectrum(self.workspace.backend, x, scale, out)
 
     def forward_spectrum(self, x, scale=None, n_layers=None):
         """:meth:`forward` with the features as half spectra ``(F, C, b)``.

@@ -55,15 +55,24 @@ def half_spectrum_weights(signal_shape):
     return np.tile(w, rows)
 
 
-def spectrum(backend, x, signal_shape):
-    """Unitary half spectrum of samples ``x`` ``(b, C, *S)``, as ``(F, C, b)``."""
+def spectrum(backend, x, signal_shape, out=None):
+    """Unitary half spectrum of samples ``x`` ``(b, C, *S)``, as ``(F, C, b)``.
+
+    ``out``: an array ``(F, C, b)`` (a slice of a larger one, say) to write
+    the result into; it is returned.
+    """
     # Contiguous, so that batched products on it run as BLAS calls (numpy's
     # matmul falls back to a slow loop when neither inner axis has unit stride).
     if not signal_shape:  # vectors: (b, d) -> (1, d, b)
-        return backend.contiguous(backend.permute(x, (1, 0))[None])
-    x_hat = backend.rfft(x, len(signal_shape))
-    b, c = x.shape[:2]
-    return backend.contiguous(backend.permute(backend.reshape(x_hat, (b, c, -1)), (2, 1, 0)))
+        v = backend.permute(x, (1, 0))[None]
+    else:
+        x_hat = backend.rfft(x, len(signal_shape))
+        b, c = x.shape[:2]
+        v = backend.permute(backend.reshape(x_hat, (b, c, -1)), (2, 1, 0))
+    if out is None:
+        return backend.contiguous(v)
+    out[...] = v
+    return out
 
 
 def inverse_spectrum(backend, v_hat, signal_shape):

@@ -493,7 +493,7 @@ def test_failed_refit_keeps_the_previous_fit(data, monkeypatch, error):
     net = _small(n_layers=3).fit(X, y)
     want = net.predict_proba(X)
     calls = []
-    real = spectral.solve_layer
+    real = spectral.solve_spectra
 
     def flaky(*args, **kwargs):
         calls.append(1)
@@ -501,7 +501,7 @@ def test_failed_refit_keeps_the_previous_fit(data, monkeypatch, error):
             raise error
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(spectral, "solve_layer", flaky)
+    monkeypatch.setattr(spectral, "solve_spectra", flaky)
     with pytest.raises(type(error)):
         net.fit(X[::-1], y[::-1])
     assert len(net.layers_) == 3 and len(net.history_) == 3
@@ -510,7 +510,7 @@ def test_failed_refit_keeps_the_previous_fit(data, monkeypatch, error):
 
 def test_failed_first_fit_leaves_the_estimator_unfitted(data, monkeypatch):
     X, y = data
-    monkeypatch.setattr(spectral, "solve_layer",
+    monkeypatch.setattr(spectral, "solve_spectra",
                         lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     net = _small()
     with pytest.raises(KeyboardInterrupt):
