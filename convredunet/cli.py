@@ -5,23 +5,23 @@ source checkout, not in the installed package.
 
 Bad input prints one line (``convredunet: error: ...``) and exits with status
 2; outputs are written to temporary names and renamed when complete, so an
-error or Ctrl-C leaves no partial files and never touches existing ones.
+error or Ctrl-C leaves no partial files and never touches existing ones. A new
+output gets the umask's mode (``0644`` under umask 022); ``--force`` keeps the
+replaced file's (or folder's) mode.
 """
 import argparse
 import contextlib
 import datetime
 import json
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import io
+from ._files import atomic_dir, atomic_path
 
 __all__ = ["main"]
 
@@ -147,33 +147,14 @@ def _check_new(path, force, what="output"):
     return path
 
 
-# A fresh, uniquely named temporary file beside the target, renamed when complete
-# and removed on any error, Ctrl-C or SIGTERM (see convredunet.io.atomic_path).
-_atomic_file = io.atomic_path
+# A fresh, uniquely named temporary file (or folder) beside the target, renamed when
+# complete and removed on any error, Ctrl-C or SIGTERM; new outputs get the umask's
+# mode, a replaced one keeps its own (see convredunet._files).
+_atomic_file = atomic_path
 
 
-@contextlib.contextmanager
 def _atomic_dir(path, force):
-    """Yield a fresh temporary folder beside ``path``; move it there only on success.
-
-    The folder is created exclusively (``tempfile.mkdtemp``), so no existing
-    path is ever used or removed, except ``path`` itself with ``force``.
-    """
-    path = Path(path)
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name[:32]}.", suffix=".partial",
-                                    dir=path.parent))
-    except OSError as exc:
-        raise CLIError(f"cannot write output folder '{path}': {exc.strerror or exc}") \
-            from None
-    try:
-        yield tmp
-        if path.exists() and force:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        tmp.rename(path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    return atomic_dir(path, replace=force)
 
 
 # --- reports ----------------------------------------------------------------------------------
