@@ -192,8 +192,7 @@ def _gentle_steps(module, x, step):
     layer by layer on the module's own features.
     """
     with torch.no_grad():
-        z = module._enter(module.lifting(x if x.dim() == module.signal_ndim + 2
-                                         else x.unsqueeze(1)))
+        z = module._enter(module.lift(module.check_input(x)))
         for layer in module.layers:
             layer.eta = float(step / max(_update_ratio(layer, z), 1e-30))
             z, _ = layer(z)
