@@ -293,15 +293,21 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         last layer and of all their cyclic shifts: ``n_components`` leading
         directions per frequency (:mod:`convredunet.subspace`). Every cyclic
         shift of a sample has the same distances, exactly up to rounding.
+        A Dask array gives a lazy Dask array.
         """
+        if is_dask(X):
+            return dask_paths.subspace_distances(self, X)
         return self._forward(X, features=False, distances=True)[1]
 
     def layer_features(self, X):
         """Features entering every layer and after the last: a list of ``n_layers + 1`` arrays.
 
         Holds every sample at every layer in memory: meant for analysis and
-        figures on moderate sets (use :meth:`transform` for large ones).
+        figures on moderate sets (use :meth:`transform` for large ones). A Dask
+        array gives lazy Dask arrays (one task per chunk computes every layer).
         """
+        if is_dask(X):
+            return dask_paths.layer_features(self, X)
         X = self._check_input(X)
         workspace = self._workspace()
         network = self._network(workspace)
@@ -327,9 +333,14 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         Returns
         -------
         list of ``n_layers + 1`` :class:`convredunet.RateReduction`
+
+        A Dask ``X`` is streamed: one pass over its chunks sums every layer's
+        Gram matrices on the workers; nothing but those sums reaches the client.
         """
         from .operators import rate_reduction
 
+        if is_dask(X):
+            return dask_paths.rate_history(self, X, y)
         self._check_fitted()
         y = np.asarray(y)
         unknown = np.setdiff1d(np.unique(y), self.classes_)
