@@ -67,6 +67,12 @@ def _check_positive_float(value, name):
     return check_real(value, name, "a positive finite number", lambda v: v > 0)
 
 
+def _check_lr(value):
+    # A relative step: a weight moves by about lr times its tensor's rms per step.
+    return check_real(value, "lr", "a number in (0, 1] (a relative step)",
+                      lambda v: 0 < v <= 1)
+
+
 def _check_seed(value, name="random_state"):
     rule = "a non-negative integer seed below 2**63"
     seed = check_int(value, name, minimum=0, rule=rule)
@@ -306,7 +312,7 @@ def fine_tune(module, X, y, *, teacher=None, epochs=10, lr=None, batch_size=64,
         trains on the labels only.
     epochs : int
         Passes over the training split (default 10).
-    lr : float or None
+    lr : float in (0, 1] or None
         Relative Adam step: a weight moves by about ``lr`` times its tensor's
         initial rms per step (module docstring); the temperature's step is
         ``lr`` on its logarithm. None: 1e-4, chosen on MNIST-1D validation
@@ -371,7 +377,7 @@ def fine_tune(module, X, y, *, teacher=None, epochs=10, lr=None, batch_size=64,
                         f"{type(module).__name__}")
     epochs = _check_positive_int(epochs, "epochs")
     batch_size = _check_positive_int(batch_size, "batch_size")
-    lr = 1e-4 if lr is None else _check_positive_float(lr, "lr")
+    lr = 1e-4 if lr is None else _check_lr(lr)
     validation_fraction = check_real(validation_fraction, "validation_fraction",
                                      "a number in [0, 1)", lambda v: 0 <= v < 1)
     label_weight = check_real(label_weight, "label_weight", "a number in [0, 1]",
@@ -494,7 +500,7 @@ def fine_tune(module, X, y, *, teacher=None, epochs=10, lr=None, batch_size=64,
                     loss = label_weight * loss + (1 - label_weight) * kl
                 if not bool(torch.isfinite(loss)):
                     raise ValueError(
-                        f"fine_tune stopped: the training loss is {float(loss)} at epoch "
+                        f"fine_tune stopped: the training loss is {float(loss.detach())} at epoch "
                         f"{epoch}, batch {s // batch_size + 1}; the steps are too large for "
                         f"these weights (lower lr, now {lr:g}) or the scores overflow "
                         f"{str(dtype).replace('torch.', '')}. The module passed in is "

@@ -83,7 +83,7 @@ def test_one_channel_signals_without_channel_axis(toy):
 
 @pytest.mark.parametrize("kwargs, error, match", [
     ({"epochs": 0}, ValueError, "epochs must be a positive integer, got 0"),
-    ({"lr": -1.0}, ValueError, "lr must be a positive finite number, got -1.0"),
+    ({"lr": -1.0}, ValueError, r"lr must be a number in \(0, 1\] \(a relative step\), got -1.0"),
     ({"batch_size": 2.5}, TypeError, "batch_size must be a positive integer, got 2.5"),
     ({"validation_fraction": 1.0}, ValueError,
      r"validation_fraction must be a number in \[0, 1\), got 1.0"),
