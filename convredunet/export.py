@@ -24,6 +24,13 @@ kernels as the weight of an ordinary ``nn.Conv1d`` / ``nn.Conv2d`` (behind an
 Both modes hold the same parameters (the same ``state_dict``), so a module
 fine-tuned in one mode runs in the other: :meth:`ReduNetModule.with_conv`.
 
+What is refused. A module (eager or TorchScript, either mode) refuses any
+input but ``(b, C_in, *S)`` or, for one input channel, ``(b, *S)``, another
+dtype, and NaN or infinity (:meth:`ReduNetModule.check_input`); an ONNX file
+accepts those shapes and the flattened ``(b, prod(input_shape))``, and fails
+at run time on any other (:func:`export_onnx`). Both prescale each sample by
+the library's power of two, so extreme finite inputs keep the library's numbers.
+
 Kernel layout. A kernel with ``K`` taps per axis puts tap ``r`` at offset
 ``r - (K - 1) // 2`` (centred), as the lifting does. PyTorch convolutions are
 cross-correlations, so the weight is the kernel flipped, and circular padding
