@@ -433,7 +433,7 @@ def _column(y, name="y"):
 
 
 def _check_memory(params, workspace, chunks, sample_shape, n_classes):
-    """The in-process size check (:func:`convredunet.estimators._check_size`), for Dask.
+    """The in-process size check (:func:`convredunet._memory.check_size`), for Dask.
 
     What one process must hold: one layer's operators (the client solves
     them, every worker receives them) and the features of a block of samples
@@ -442,10 +442,10 @@ def _check_memory(params, workspace, chunks, sample_shape, n_classes):
     The training set as a whole is spread over the workers (and spilled by
     them to disk), so it is not held by one process.
     """
-    from .estimators import _check_size
+    from ._memory import check_size
 
     block = max(chunks)
-    _check_size(params, workspace, block, sample_shape, n_classes)
+    check_size(params, workspace, block, sample_shape, n_classes)
     client = current_client()
     if client is None:
         return
@@ -455,22 +455,8 @@ def _check_memory(params, workspace, chunks, sample_shape, n_classes):
     if not limits:
         return
     address = min(limits, key=limits.get)
-    itemsize = np.dtype(str(workspace.like.dtype)).itemsize
-    n_channels = sample_shape[0]
-    if len(sample_shape) > 1 and params.get("n_channels") is not None:
-        n_channels = params["n_channels"]
-    signal = sample_shape[1:]
-    n_freqs = math.prod(signal[:-1]) * (signal[-1] // 2 + 1) if signal else 1
-    features = 2 * block * n_channels * max(1, math.prod(signal)) * itemsize
-    operators = (1 + n_classes) * n_freqs * n_channels ** 2 * 2 * itemsize
-    if features + operators > limits[address]:
-        raise ValueError(
-            f"n_channels={n_channels} with blocks of {block} samples of shape {sample_shape} "
-            f"needs about {(features + operators) / 2 ** 30:.1f} GiB per worker "
-            f"({operators / 2 ** 30:.1f} GiB of operators per layer, "
-            f"{features / 2 ** 30:.1f} GiB of a block's features), more than the "
-            f"{limits[address] / 2 ** 30:.1f} GiB memory limit of worker {address}; use fewer "
-            "channels, smaller chunks or float32")
+    check_size(params, workspace, block, sample_shape, n_classes, total=limits[address],
+               where=f"memory limit of worker {address} (per block of samples)")
 
 
 def _fit(estimator, X, y):

@@ -16,7 +16,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d
 
 from . import io, spectral, subspace
-from ._memory import release_memory
+from ._memory import check_size as _check_size, release_memory
 from ._threads import thread_limits
 from ._inputs import check_features
 from ._validation import validate_params
@@ -433,34 +433,6 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
-
-
-def _check_size(params, workspace, n_samples, sample_shape, n_classes):
-    """Refuse, before any work, a network whose features or one layer cannot fit in memory.
-
-    The features of the training set are held twice while a layer is
-    applied, and one layer's operators (``E`` and at most every ``C^j``
-    dense) are held on top of that.
-    """
-    backend, like = workspace.backend, workspace.like
-    total = backend.memory_bytes(like)
-    if total is None:
-        return
-    itemsize = backend.itemsize(like)
-    n_channels = sample_shape[0]
-    if len(sample_shape) > 1 and params.get("n_channels") is not None:
-        n_channels = params["n_channels"]
-    signal = sample_shape[1:]
-    n_freqs = math.prod(signal[:-1]) * (signal[-1] // 2 + 1) if signal else 1
-    features = 2 * n_samples * n_channels * max(1, math.prod(signal)) * itemsize
-    operators = (1 + n_classes) * n_freqs * n_channels ** 2 * 2 * itemsize
-    if features + operators > total:
-        raise ValueError(
-            f"n_channels={n_channels} with {n_samples} samples of shape {sample_shape} needs "
-            f"about {(features + operators) / 2 ** 30:.1f} GiB ({features / 2 ** 30:.1f} GiB "
-            f"of features, {operators / 2 ** 30:.1f} GiB of operators per layer), more than "
-            f"the {total / 2 ** 30:.1f} GiB of memory of {backend.device(like)}; use fewer "
-            "channels or samples, or float32")
 
 
 def _apply_in_chunks(backend, layer, Z, labels, size):

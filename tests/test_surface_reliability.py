@@ -492,6 +492,16 @@ def test_dask_memory_refusal_comes_before_any_work(data):
         assert sum(ran) >= 120
 
 
+def test_dask_fit_refuses_a_layer_beyond_a_worker_memory_limit(client, data):
+    X, y = data
+    # One layer of 4000 channels: about 9 GiB of operators, beyond the workers' 4 GiB.
+    with pytest.raises(ValueError, match=r"n_channels=4000 .* GiB of operators per layer\), "
+                                         r"more than the .* GiB (memory limit of worker "
+                                         r"tcp://|of memory of cpu)"):
+        crn.ReduNet1D(n_layers=1, n_channels=4000, kernel_size=3).fit(
+            da.from_array(X, chunks=30), y)
+
+
 def _cluster_state(c):
     return (sum(c.run(lambda dask_worker: len(dask_worker.data)).values()), len(c.futures))
 
