@@ -957,7 +957,8 @@ def export_onnx(module, path, opset=ONNX_OPSET, any_rank=True):
     opset : int
         From :data:`ONNX_MIN_OPSET` to :data:`ONNX_MAX_OPSET`.
     any_rank : bool
-        Leave the input's shape undeclared (needs the ``onnx`` package).
+        Leave the input's shape undeclared. (Either way the ``onnx`` package
+        is needed: the graph is edited after export.)
 
     Raises
     ------
@@ -974,6 +975,11 @@ def export_onnx(module, path, opset=ONNX_OPSET, any_rank=True):
         raise TypeError(f"module must be a ReduNetModule (from to_torch), got "
                         f"{type(module).__name__}")
     opset = _check_opset(opset)
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError("export_onnx needs the onnx package (pip install onnx): it checks "
+                          "and names the graph's input check") from None
     dtype = next(module.parameters()).dtype
     if dtype != torch.float32:
         raise ValueError(f"export_onnx needs a float32 module: onnxruntime implements no "
@@ -991,8 +997,6 @@ def export_onnx(module, path, opset=ONNX_OPSET, any_rank=True):
                               input_names=["x"], output_names=list(ONNX_OUTPUTS),
                               dynamic_axes={"x": axes, "features": {0: "batch"},
                                             "scores": {0: "batch"}, "labels": {0: "batch"}})
-        import onnx
-
         model = onnx.load(str(tmp))
         # The input check's Gather (ExportGraph.checked) reads the flattened x: named
         # after the rule, so that onnxruntime's error for a wrong shape states it.
