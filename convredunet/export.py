@@ -715,7 +715,9 @@ class ReduNetModule(nn.Module):
         dtype, device) holding the same numbers: an exact comparison, so edits
         that bump no version counter (through ``.data``, or by another tensor
         sharing the storage) are seen too. The comparison reads the weights
-        twice, far less than rebuilding (see ``bench/export_mnist1d.py``).
+        and their copy once per call: on one thread, for a 128-channel MNIST-1D
+        network in float32, 1000 signals took 0.98-1.10 s before and
+        1.02-1.14 s after; one signal 32 ms and 37 ms.
         """
         weights = [layer.conv.weight for layer in self.layers]
         key = (self.conv,) + tuple((w.data_ptr(), w.dtype, w.device, tuple(w.shape))

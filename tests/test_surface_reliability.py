@@ -535,7 +535,7 @@ def test_failed_dask_fits_leave_nothing_on_the_cluster(client, data, monkeypatch
         broken = da.from_array(X, chunks=30).map_blocks(fail, dtype=X.dtype)
         with pytest.raises(RuntimeError, match="sensor 2 is unplugged") as info:
             _net(n_layers=2).fit(broken, da.from_array(y, chunks=30))
-        errors.append(info.value)  # kept, as a user's session keeps sys.last_value
+        errors.append(info.value)  # kept, as an interactive Python keeps sys.last_value
     real_solve = dask_paths._solve
     calls = []
 
@@ -586,13 +586,16 @@ def test_dask_rate_reduction_missing_class_names_the_class(client, data):
 
 
 def test_dask_refuses_float16_and_accepts_column_labels_as_in_memory(client, data):
+    from sklearn.exceptions import DataConversionWarning
+
     X, y = data
     with pytest.raises(TypeError, match="X must be a float32 or float64 array, got dtype float16"):
         _net().fit(X.astype(np.float16), y)
     with pytest.raises(TypeError, match="X must be a float32 or float64 array, got dtype float16"):
         _net().fit(da.from_array(X.astype(np.float16), chunks=30), y)
-    reference = _net().fit(X, y[:, None])
-    with pytest.warns(Warning, match="column-vector y"):
+    with pytest.warns(DataConversionWarning, match="column-vector y"):
+        reference = _net().fit(X, y[:, None])
+    with pytest.warns(DataConversionWarning, match="column-vector y"):
         model = _net().fit(da.from_array(X, chunks=30), da.from_array(y[:, None], chunks=30))
     assert model.history_[0]["R"] == pytest.approx(reference.history_[0]["R"], rel=1e-12)
 
