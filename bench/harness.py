@@ -194,15 +194,16 @@ def output_dir(path=RESULTS):
 
 
 def _replace_when_done(path, write):
-    """Call ``write(tmp)`` then rename ``tmp`` to ``path``; no partial file is ever left."""
+    """Call ``write(tmp)`` then rename ``tmp`` to ``path``; no partial file is ever left.
+
+    The library's own writer (``convredunet._files.atomic_path``): a unique
+    temporary name, the umask's mode for a new file.
+    """
+    from convredunet._files import atomic_path
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
+    with atomic_path(path) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

@@ -5,23 +5,23 @@ source checkout, not in the installed package.
 
 Bad input prints one line (``convredunet: error: ...``) and exits with status
 2; outputs are written to temporary names and renamed when complete, so an
-error or Ctrl-C leaves no partial files and never touches existing ones.
+error or Ctrl-C leaves no partial files and never touches existing ones. A new
+output gets the umask's mode (``0644`` under umask 022); ``--force`` keeps the
+replaced file's (or folder's) mode.
 """
 import argparse
 import contextlib
 import datetime
 import json
-import shutil
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import io
+from ._files import atomic_dir, atomic_path
 
 __all__ = ["main"]
 
@@ -147,33 +147,14 @@ def _check_new(path, force, what="output"):
     return path
 
 
-# A fresh, uniquely named temporary file beside the target, renamed when complete
-# and removed on any error, Ctrl-C or SIGTERM (see convredunet.io.atomic_path).
-_atomic_file = io.atomic_path
+# A fresh, uniquely named temporary file (or folder) beside the target, renamed when
+# complete and removed on any error, Ctrl-C or SIGTERM; new outputs get the umask's
+# mode, a replaced one keeps its own (see convredunet._files).
+_atomic_file = atomic_path
 
 
-@contextlib.contextmanager
 def _atomic_dir(path, force):
-    """Yield a fresh temporary folder beside ``path``; move it there only on success.
-
-    The folder is created exclusively (``tempfile.mkdtemp``), so no existing
-    path is ever used or removed, except ``path`` itself with ``force``.
-    """
-    path = Path(path)
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name[:32]}.", suffix=".partial",
-                                    dir=path.parent))
-    except OSError as exc:
-        raise CLIError(f"cannot write output folder '{path}': {exc.strerror or exc}") \
-            from None
-    try:
-        yield tmp
-        if path.exists() and force:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        tmp.rename(path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    return atomic_dir(path, replace=force)
 
 
 # --- reports ----------------------------------------------------------------------------------
@@ -307,14 +288,36 @@ def cmd_demo(args):
     return 0 if export_same and report["changed_by_any_shift"] == 0 else 1
 
 
+def _itemsize(params):
+    return 4 if params["dtype"] == "float32" else 8
+
+
 def cmd_fit(args):
     from . import _dask_cli
+    from ._validation import validate_params
 
     out = _check_new(args.out, args.force)
-    with _dask_cli.session(args) as dist:  # --scheduler: the arrays go to a Dask cluster
-        X_train, y_train, X_test, y_test, kind = dist.load(load_data, args, args.model)
+    # Everything that can be refused is refused before a cluster starts or data are made.
+    plan = _dask_cli.plan(args)
+    if plan.n_generated is None:
+        X_train, y_train, X_test, y_test, kind = load_data(
+            args.data, args.model, args.n_train_per_class, args.n_test_per_class, args.seed)
         _check_test_data(args.data, X_train, X_test, y_test)
-        net = make_estimator(kind, args)
+    else:
+        kind = args.model or "1d"
+    net = make_estimator(kind, args)
+    params = validate_params(net.get_params())
+    cluster_bytes = None
+    if plan.scheduler is not None:
+        if params["backend"] != "numpy":
+            raise CLIError(f"--backend {params['backend']} is not available with --scheduler: "
+                           "the Dask workers run the numpy backend; use --backend numpy")
+        channels = params.get("n_channels") or 1
+        cluster_bytes = _dask_cli.fit_bytes(plan.n_generated or 0, channels, _itemsize(params))
+        _dask_cli.check_local_cluster_bytes(plan, cluster_bytes)
+    with _dask_cli.session(args, plan, cluster_bytes) as dist:
+        if plan.n_generated is not None:  # made on the workers
+            X_train, y_train, X_test, y_test = dist.generate(args.seed)
         t0 = time.perf_counter()
         net.fit(dist.array(X_train), dist.array(y_train))
         seconds = time.perf_counter() - t0
@@ -347,9 +350,26 @@ def cmd_evaluate(args):
 
     from . import _dask_cli
 
-    with _dask_cli.session(args) as dist:  # --scheduler: the network's passes on the cluster
-        net = dist.wrap(load(args.model_file))
-        X_train, y_train, X_test, y_test, _ = dist.load(load_data, args)
+    plan = _dask_cli.plan(args)
+    model = load(args.model_file)
+    if plan.n_generated is None:
+        X_train, y_train, X_test, y_test, _ = load_data(
+            args.data, None, args.n_train_per_class, args.n_test_per_class, args.seed)
+    if plan.scheduler is not None:
+        if model.backend != "numpy":
+            raise CLIError(f"model '{args.model_file}' has backend={model.backend!r}, which "
+                           "cannot run on a Dask cluster (its workers run numpy)")
+        itemsize = 4 if model.dtype == "float32" else 8
+        channels = model.network_.n_channels
+        # The signals and their features come back here (for the reference classifiers).
+        _dask_cli.check_client_bytes(plan, _dask_cli.evaluate_bytes(
+            plan.n_generated or 0, channels, itemsize), "evaluate")
+        _dask_cli.check_local_cluster_bytes(plan, _dask_cli.fit_bytes(
+            plan.n_generated or 0, 0, itemsize))
+    with _dask_cli.session(args, plan) as dist:  # --scheduler: the network's passes on the cluster
+        net = dist.wrap(model)
+        if plan.n_generated is not None:
+            X_train, y_train, X_test, y_test = dist.generate(args.seed)
         X_train, y_train, X_test, y_test = (dist.compute(a) for a in
                                             (X_train, y_train, X_test, y_test))
         if X_test is None:
@@ -385,6 +405,9 @@ def cmd_export(args):
     from .estimators import load
 
     out = _check_new(args.out, args.force)
+    if args.format == "onnx" and args.dtype != "float32":
+        raise CLIError(f"--format onnx needs --dtype float32: onnxruntime implements no "
+                       f"{args.dtype} Conv, so the file could not run")
     net = load(args.model_file)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     module = net.to_torch(dtype=dtype, kernel_size=args.kernel_size, conv=args.conv).eval()
@@ -501,7 +524,9 @@ def build_parser():
     export.add_argument("model_file")
     export.add_argument("--format", choices=("torchscript", "onnx", "state_dict"),
                         default="torchscript")
-    export.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    export.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                        help="float32 (default) or float64; ONNX files are float32 only "
+                             "(onnxruntime has no float64 Conv)")
     export.add_argument("--kernel-size", type=int, default=None,
                         help="keep only the central taps of each layer kernel")
     export.add_argument("--conv", choices=("auto", "fft", "direct"), default="auto",

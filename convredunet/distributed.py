@@ -62,7 +62,8 @@ from ._validation import check_batch_size, check_choice, check_eps2
 from .backend import resolve
 from .network import Network, layer_progress
 
-__all__ = ["is_dask", "fit", "forward", "predict", "score", "solve"]
+__all__ = ["is_dask", "fit", "forward", "predict", "score", "solve", "layer_features",
+           "subspace_distances", "rate_history"]
 
 #: Partial sums combined per task in the tree reduction of the Gram matrices.
 FAN_IN = 8
@@ -137,14 +138,21 @@ def _check_dask_X(X, name, ndims):
     if X.shape[0] == 0 or any(s == 0 for s in X.shape[1:]):
         raise ValueError(f"{name} is empty: found a Dask array of shape {X.shape} while a "
                          "minimum of 1 sample and 1 feature is required.")
-    kind = np.dtype(X.dtype).kind
-    if kind == "c":
+    dtype = np.dtype(X.dtype)
+    if dtype.kind == "c":
         raise ValueError(f"Complex data not supported: {name} must be real, got complex "
                          f"dtype {X.dtype}")
-    if kind not in "fbiu":
+    if dtype.kind == "f" and dtype not in (np.float32, np.float64):
+        # As in memory (the numpy backend's as_real_input).
+        raise TypeError(f"{name} must be a float32 or float64 array, got dtype {dtype}")
+    if dtype.kind not in "fbiu":
         raise TypeError(f"{name} must hold real numbers, got dtype {X.dtype}")
     if any(len(c) > 1 for c in X.chunks[1:]):
         X = X.rechunk({axis: -1 for axis in range(1, X.ndim)})
+    if 0 in X.chunks[0]:
+        # Empty blocks (boolean indexing leaves them) carry nothing; without them
+        # every per-block result lines up with the labels' blocks.
+        X = X.rechunk({0: tuple(c for c in X.chunks[0] if c)})
     return X
 
 
@@ -210,6 +218,8 @@ def encode_labels(y, chunks, check_classes):
     if is_dask(y):
         if y.ndim != 1:
             raise ValueError(f"y must be a 1D array of labels, got shape {y.shape}")
+        if any(isinstance(c, float) and math.isnan(c) for c in y.chunks[0]):
+            raise ValueError("y has unknown chunk sizes; call y.compute_chunk_sizes() first")
         if y.shape[0] != n:
             raise ValueError(f"y must have one label per sample: X has {n} samples, y has "
                              f"{y.shape[0]}")
@@ -282,13 +292,18 @@ def _solve(Z, labels, counts, eps2, batch_size, woodbury, operators, check=None)
         None if check is None else (check, start))
         for z, lab, start in zip(_blocks(Z), _blocks(labels), starts)]
     (sums,) = dask.compute(_tree(parts))
+    return _finish(sums, counts, tuple(Z.shape[1:]), eps2, str(Z.dtype), woodbury, operators)
+
+
+def _finish(sums, counts, sample_shape, eps2, dtype, woodbury, operators):
+    """The client's part of a solve: the engine's solve of summed per-chunk results."""
     backend = resolve("numpy").backend
     kept = {j: np.ascontiguousarray(np.concatenate(p, axis=2)) for j, p in sums["kept"].items()}
     # The in-process solve's overflow check, from the largest |entry| of every chunk.
-    spectral.check_scale(sums["peak"], counts, tuple(Z.shape[1:]), eps2, str(Z.dtype))
+    spectral.check_scale(sums["peak"], counts, sample_shape, eps2, dtype)
     with thread_limits():
         return spectral.solve_grams(backend, sums["grams"], sums["total"], kept, counts,
-                                    tuple(Z.shape[1:]), eps2, woodbury, operators)
+                                    sample_shape, eps2, woodbury, operators)
 
 
 # --- rate_reduction / construct_operators ---------------------------------------------------
@@ -310,18 +325,25 @@ def solve(Z, y, eps2, domain, batch_size, woodbury, operators):
                          "array is solved with domain='spectral'")
     batch_size = check_batch_size(batch_size)
 
+    n_samples = Z.shape[0]
+
     def check(values, n):
-        labels, k = check_labels(values, n, name="y")
+        if n == n_samples:  # numpy y: the in-process check itself
+            labels, k = check_labels(values, n, name="y")
+            return np.arange(k), labels
+        # Dask y: its distinct values, checked as in process for n_samples labels.
+        values = np.asarray(values)
+        if values.dtype.kind in "iuf" and len(values) and np.all(np.isfinite(values)) \
+                and values.max() >= n_samples:
+            raise ValueError(f"y has label {values.max()}, but with every class 0..k-1 "
+                             f"present the largest label of {n_samples} samples is at most "
+                             f"{n_samples - 1}")
+        labels, k = check_labels(values, len(values), name="y", n_classes=(
+            int(values.max()) + 1 if values.dtype.kind in "iuf" and len(values)
+            and np.all(np.isfinite(values)) and np.all(values >= 0) else None))
         return np.arange(k), labels
 
-    if is_dask(y):
-        _, labels, counts = encode_labels(y, Z.chunks[0], check)
-        if np.any(counts == 0):
-            empty = int(np.flatnonzero(counts == 0)[0])
-            raise ValueError(f"class {empty} has no samples; y must use labels "
-                             f"0..{len(counts) - 1} with every class present")
-    else:
-        _, labels, counts = encode_labels(y, Z.chunks[0], check)
+    _, labels, counts = encode_labels(y, Z.chunks[0], check)
     Z = Z.astype(dtype)
     solution = _solve(Z, labels, counts, eps2, batch_size, woodbury, operators, check="Z")
     return solution, Z, len(counts), eps2
@@ -334,12 +356,11 @@ def _lift_chunk(x, network, size, start):
     x = _real(x, "X", start)
     if network.signal_shape and x.ndim == len(network.input_shape):
         x = x[:, None]
-    out = None
+    out = np.empty((x.shape[0],) + tuple(network.feature_shape),
+                   dtype=np.dtype(str(network.workspace.like.dtype)))
     with thread_limits():
         for s in range(0, x.shape[0], size):
             z = network.lift(*network.working(x[s:s + size]))
-            if out is None:
-                out = np.empty((x.shape[0],) + z.shape[1:], dtype=z.dtype)
             out[s:s + z.shape[0]] = z
     return out
 
@@ -360,7 +381,85 @@ def _apply_chunk(z, labels, layer, use_labels, size):
 
 
 def fit(estimator, X, y):
-    """``estimator.fit(X, y)`` for a Dask array ``X`` (see the module notes)."""
+    """``estimator.fit(X, y)`` for a Dask array ``X`` (see the module notes).
+
+    All or nothing, as in process; and a failed fit (a worker's error, a
+    refusal, Ctrl-C) leaves nothing on the cluster: the persisted input,
+    labels and features and the scattered layers are held only by this
+    call's frames, which are cleared before the error propagates (an
+    exception's traceback would otherwise keep them, and their futures,
+    alive on the client and the workers for as long as the exception is kept).
+    """
+    try:
+        return _fit(estimator, X, y)
+    except BaseException as exc:
+        _release_frames(exc)
+        raise
+
+
+def _release_frames(exc):
+    """Drop the local variables of the finished frames ``exc`` (and its causes) went through.
+
+    The Dask futures they held are then released: their keys are forgotten
+    by the client and their data dropped by the workers. The traceback
+    itself (file, line, function) is kept for the message.
+    """
+    import traceback
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
+    import gc
+
+    gc.collect()
+
+
+def _column(y, name="y"):
+    """``y`` of shape ``(n, 1)`` as ``(n,)``, with scikit-learn's warning (as in memory)."""
+    if y is not None and not is_dask(y) and not hasattr(y, "detach"):
+        y = np.asarray(y)
+    if y is not None and y.ndim == 2 and y.shape[1] == 1:
+        import warnings
+
+        from sklearn.exceptions import DataConversionWarning
+
+        warnings.warn("A column-vector y was passed when a 1d array was expected. Please "
+                      "change the shape of y to (n_samples, ), for example using ravel().",
+                      DataConversionWarning, stacklevel=3)
+        return y[:, 0]
+    return y
+
+
+def _check_memory(params, workspace, chunks, sample_shape, n_classes):
+    """The in-process size check (:func:`convredunet._memory.check_size`), for Dask.
+
+    What one process must hold: one layer's operators (the client solves
+    them, every worker receives them) and the features of a block of samples
+    (twice while a layer is applied); checked against this machine's memory
+    and, with a ``distributed.Client``, the smallest worker memory limit.
+    The training set as a whole is spread over the workers (and spilled by
+    them to disk), so it is not held by one process.
+    """
+    from ._memory import check_size
+
+    block = max(chunks)
+    check_size(params, workspace, block, sample_shape, n_classes)
+    client = current_client()
+    if client is None:
+        return
+    limits = {address: info.get("memory_limit") or 0
+              for address, info in client.scheduler_info()["workers"].items()}
+    limits = {address: limit for address, limit in limits.items() if limit > 0}
+    if not limits:
+        return
+    address = min(limits, key=limits.get)
+    check_size(params, workspace, block, sample_shape, n_classes, total=limits[address],
+               where=f"memory limit of worker {address} (per block of samples)")
+
+
+def _fit(estimator, X, y):
     from .network import Layer
 
     dask, _ = _dask()
@@ -369,6 +468,21 @@ def fit(estimator, X, y):
                          "the numpy backend; use backend='numpy'")
     params = estimator._validated_params()
     X = _input(estimator, X)
+    y = _column(y)
+    workspace = params["workspace"]
+    sample_shape = tuple(X.shape[1:])
+    if estimator._signal_ndim and X.ndim == estimator._signal_ndim + 1:
+        sample_shape = (1,) + sample_shape
+    signal_shape = sample_shape[1:] if estimator._signal_ndim else ()
+    # Refusals before any work, as in process: the memory (with the fewest classes
+    # possible, 2, until the labels are counted) and the subspaces' rank.
+    _check_memory(params, workspace, X.chunks[0], sample_shape, 2)
+    if params["classifier"] == "subspace":
+        from . import subspace
+
+        lifted = estimator._signal_ndim and params["n_channels"] is not None
+        subspace.n_directions(params["n_components"],
+                              params["n_channels"] if lifted else sample_shape[0])
     if is_dask(y):
         # Input and labels often come from the same tasks (a generator, a reader):
         # kept together on the workers, each chunk is made once.
@@ -376,11 +490,7 @@ def fit(estimator, X, y):
             y = y.rechunk((X.chunks[0],))
         X, y = _persist(X, y)
     classes, labels, counts = encode_labels(y, X.chunks[0], estimator._check_y)
-    workspace = params["workspace"]
-    sample_shape = tuple(X.shape[1:])
-    if estimator._signal_ndim and X.ndim == estimator._signal_ndim + 1:
-        sample_shape = (1,) + sample_shape
-    signal_shape = sample_shape[1:] if estimator._signal_ndim else ()
+    _check_memory(params, workspace, X.chunks[0], sample_shape, len(classes))
     network = Network(estimator._make_lifting(params, sample_shape), [], sample_shape,
                       workspace)
     itemsize = np.dtype(str(workspace.like.dtype)).itemsize
@@ -507,17 +617,15 @@ def _forward_chunk(x, network, size, start, what):
     x = _real(x, "X", start)
     if network.signal_shape and x.ndim == len(network.input_shape):
         x = x[:, None]
-    z_out = pi_out = None
+    dtype = np.dtype(str(network.workspace.like.dtype))
+    z_out = np.empty((x.shape[0],) + tuple(network.feature_shape), dtype=dtype)
+    pi_out = np.empty((x.shape[0], len(network.layers[-1].gamma)), dtype=dtype)
     with thread_limits():
         for s in range(0, x.shape[0], size):
             z, pi = network.forward(*network.working(x[s:s + size]))
             if what != "pi":
-                if z_out is None:
-                    z_out = np.empty((x.shape[0],) + z.shape[1:], dtype=z.dtype)
                 z_out[s:s + z.shape[0]] = z
             if what != "z":
-                if pi_out is None:
-                    pi_out = np.empty((x.shape[0], pi.shape[1]), dtype=pi.dtype)
                 pi_out[s:s + pi.shape[0]] = pi
     if what == "z":
         return z_out
@@ -526,12 +634,11 @@ def _forward_chunk(x, network, size, start, what):
     return z_out, pi_out
 
 
-def forward(estimator, X, what="both", name="X"):
-    """Lazy features ``(m, C, *S)`` and/or membership ``(m, k)`` of a Dask array ``X``.
+def _inference(estimator, X, name="X"):
+    """Checked ``X`` and what a chunk-major pass needs: ``(X, network, size, shared, dtype)``.
 
-    ``what``: ``"z"``, ``"pi"`` or ``"both"`` (a tuple).
+    ``shared`` is the network as one piece of the cluster's data (:func:`_share`).
     """
-    dask, _ = _dask()
     estimator._check_fitted()
     if estimator.backend != "numpy":
         raise ValueError(f"backend={estimator.backend!r} is not available for Dask input: "
@@ -549,7 +656,16 @@ def forward(estimator, X, what="both", name="X"):
     network = estimator._network(workspace)
     dtype = np.dtype(str(workspace.like.dtype))
     size = network.chunk_size(estimator.batch_size, dtype.itemsize)
-    shared = _share(network, "network")
+    return X, network, size, _share(network, "network"), dtype
+
+
+def forward(estimator, X, what="both", name="X"):
+    """Lazy features ``(m, C, *S)`` and/or membership ``(m, k)`` of a Dask array ``X``.
+
+    ``what``: ``"z"``, ``"pi"`` or ``"both"`` (a tuple).
+    """
+    dask, _ = _dask()
+    X, network, size, shared, dtype = _inference(estimator, X, name)
     chunks = X.chunks[0]
     k = len(estimator.classes_)
     starts = _starts(chunks)
@@ -562,6 +678,133 @@ def forward(estimator, X, what="both", name="X"):
             for x, start in zip(_blocks(X), starts)]
     return (_assemble([o[0] for o in outs], chunks, network.feature_shape, dtype),
             _assemble([o[1] for o in outs], chunks, (k,), dtype))
+
+
+def _layers_chunk(x, network, size, start):
+    """The features entering every layer and after the last, for one chunk (a tuple)."""
+    _on_worker()
+    x = _real(x, "X", start)
+    if network.signal_shape and x.ndim == len(network.input_shape):
+        x = x[:, None]
+    backend = resolve("numpy").backend
+    dtype = np.dtype(str(network.workspace.like.dtype))
+    out = [np.empty((x.shape[0],) + tuple(network.feature_shape), dtype=dtype)
+           for _ in range(len(network.layers) + 1)]
+    with thread_limits():
+        for s in range(0, x.shape[0], size):
+            z = network.lift(*network.working(x[s:s + size]))
+            out[0][s:s + z.shape[0]] = z
+            for index, layer in enumerate(network.layers):
+                z, _ = layer(backend, z)
+                out[index + 1][s:s + z.shape[0]] = z
+    return tuple(out)
+
+
+def layer_features(estimator, X):
+    """:meth:`layer_features` of a Dask array: a list of ``n_layers + 1`` lazy Dask arrays.
+
+    One task per chunk computes every layer's features of that chunk; the
+    arrays share those tasks, so computing them together (``dask.compute``)
+    runs the network once per chunk.
+    """
+    dask, _ = _dask()
+    X, network, size, shared, dtype = _inference(estimator, X)
+    chunks = X.chunks[0]
+    n_out = len(network.layers) + 1
+    outs = [dask.delayed(_layers_chunk, nout=n_out, pure=False)(x, shared, size, start)
+            for x, start in zip(_blocks(X), _starts(chunks))]
+    return [_assemble([o[i] for o in outs], chunks, network.feature_shape, dtype)
+            for i in range(n_out)]
+
+
+def _distances_chunk(z, bases, signal_shape):
+    from . import subspace
+
+    _on_worker()
+    with thread_limits():
+        return subspace.subspace_distances(resolve("numpy").backend, np.asarray(z), bases,
+                                           signal_shape)
+
+
+def subspace_distances(estimator, X):
+    """:meth:`subspace_distances` of a Dask array: a lazy ``(n_samples, k)`` Dask array."""
+    dask, _ = _dask()
+    estimator._check_fitted()
+    estimator._check_subspaces()
+    z = forward(estimator, X, "z")
+    bases = _share(estimator.subspaces_, "subspaces")
+    dtype = z.dtype
+    parts = [dask.delayed(_distances_chunk, pure=False)(block, bases,
+                                                        tuple(estimator.signal_shape_))
+             for block in _blocks(z)]
+    return _assemble(parts, z.chunks[0], (len(estimator.classes_),), dtype)
+
+
+def _history_chunk(x, labels, network, size, start, k, keep, grams_of, total, batch_size):
+    """Gram partial sums of one chunk's features entering every layer and after the last."""
+    _on_worker()
+    x = _real(x, "X", start)
+    if network.signal_shape and x.ndim == len(network.input_shape):
+        x = x[:, None]
+    labels = np.asarray(labels)
+    backend = resolve("numpy").backend
+    with thread_limits():
+        blocks = [network.lift(*network.working(x[s:s + size]))
+                  for s in range(0, x.shape[0], size)]
+    parts = []
+    for index in range(len(network.layers) + 1):
+        z = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+        parts.append(_gram_chunk(z, labels, k, keep, grams_of, total, batch_size))
+        if index < len(network.layers):
+            with thread_limits():
+                blocks = [network.layers[index](backend, b)[0] for b in blocks]
+    return parts
+
+
+def _combine_lists(parts):
+    return [_combine([part[i] for part in parts]) for i in range(len(parts[0]))]
+
+
+def rate_history(estimator, X, y):
+    """:meth:`rate_history` of a Dask array, in one streaming pass over ``X``.
+
+    Each chunk's task runs the network once and returns the Gram partial sums
+    of its features at every layer; they are summed in a tree and solved on
+    the client, layer by layer (a list of ``n_layers + 1`` RateReduction).
+    Labels: ``y`` numpy or Dask, among ``classes_``; as in memory, classes
+    ``0..k-1`` of the largest label present must all be present.
+    """
+    dask, _ = _dask()
+    X, network, size, shared, dtype = _inference(estimator, X)
+    classes = np.asarray(estimator.classes_)
+
+    def check(values, n):
+        values = np.asarray(values)
+        if values.ndim != 1 or (not is_dask(y) and len(values) != X.shape[0]):
+            raise ValueError(f"y must be a 1D array with one label per sample "
+                             f"({X.shape[0]}), got shape {values.shape}")
+        unknown = np.setdiff1d(np.unique(values), classes)
+        if len(unknown):
+            raise ValueError(f"y holds labels the network was not fitted on: {unknown[:5]}")
+        return classes, np.searchsorted(classes, values)
+
+    y = _column(y)
+    _, labels, counts = encode_labels(y, X.chunks[0], check)
+    k = int(np.flatnonzero(counts)[-1]) + 1  # as in memory: k from the largest label
+    counts = counts[:k]
+    empty = np.flatnonzero(counts == 0)
+    if len(empty):
+        raise ValueError(f"class {empty[0]} has no samples; y must use labels 0..{k - 1} with "
+                         f"every class present (k={k} inferred from the largest label)")
+    eps2 = check_eps2(estimator.eps2, str(dtype))
+    feature_shape = tuple(network.feature_shape)
+    keep, grams_of, total = spectral.gram_request(counts, feature_shape[0], "auto")
+    parts = [dask.delayed(_history_chunk, pure=False)(
+        x, lab, shared, size, start, k, keep, grams_of, total, estimator.batch_size)
+        for x, lab, start in zip(_blocks(X), _blocks(labels), _starts(X.chunks[0]))]
+    (sums,) = dask.compute(_tree(parts, _combine_lists))
+    return [_finish(layer_sums, counts, feature_shape, eps2, str(dtype), "auto", False).rates
+            for layer_sums in sums]
 
 
 def _labels_of(pi, classes):
@@ -605,6 +848,7 @@ def score(estimator, X, y, sample_weight=None):
     """Mean accuracy of a Dask array ``X`` against ``y`` (numpy or Dask), computed."""
     _, da = _dask()
     predicted = predict(estimator, X)
+    y = _column(y)
     if not is_dask(y):
         y = np.asarray(y)
         if y.shape != predicted.shape:
@@ -617,8 +861,24 @@ def score(estimator, X, y, sample_weight=None):
     correct = (predicted == y.rechunk(predicted.chunks)).astype(np.float64)
     if sample_weight is None:
         return float(correct.mean().compute())
-    weight = sample_weight if is_dask(sample_weight) else da.from_array(
-        np.asarray(sample_weight, dtype=np.float64), chunks=predicted.chunks)
-    weight = weight.rechunk(predicted.chunks)
-    total, hits = da.compute(weight.sum(), (weight * correct).sum())
+    n = predicted.shape[0]
+    if is_dask(sample_weight):
+        weight = sample_weight
+    else:
+        weight = np.asarray(sample_weight)
+        if weight.dtype.kind not in "biuf":
+            raise TypeError(f"sample_weight must hold real numbers, got dtype {weight.dtype}")
+    if weight.ndim != 1 or weight.shape[0] != n:
+        raise ValueError(f"sample_weight must have one weight per sample: X has {n} samples, "
+                         f"sample_weight has shape {weight.shape}")
+    if is_dask(weight):
+        weight = weight.astype(np.float64).rechunk(predicted.chunks)
+    else:
+        weight = da.from_array(weight.astype(np.float64), chunks=predicted.chunks)
+    total, hits, finite = da.compute(weight.sum(), (weight * correct).sum(),
+                                     da.isfinite(weight).all())
+    if not finite:
+        raise ValueError("sample_weight must contain only finite values")
+    if total == 0:
+        raise ValueError("sample_weight sums to 0: the weighted accuracy is undefined")
     return float(hits / total)

@@ -16,7 +16,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import column_or_1d
 
 from . import io, spectral, subspace
-from ._memory import release_memory
+from ._memory import check_size as _check_size, release_memory
 from ._threads import thread_limits
 from ._inputs import check_features
 from ._validation import validate_params
@@ -323,15 +323,21 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         last layer and of all their cyclic shifts: ``n_components`` leading
         directions per frequency (:mod:`convredunet.subspace`). Every cyclic
         shift of a sample has the same distances, exactly up to rounding.
+        A Dask array gives a lazy Dask array.
         """
+        if is_dask(X):
+            return dask_paths.subspace_distances(self, X)
         return self._forward(X, features=False, distances=True)[1]
 
     def layer_features(self, X):
         """Features entering every layer and after the last: a list of ``n_layers + 1`` arrays.
 
         Holds every sample at every layer in memory: meant for analysis and
-        figures on moderate sets (use :meth:`transform` for large ones).
+        figures on moderate sets (use :meth:`transform` for large ones). A Dask
+        array gives lazy Dask arrays (one task per chunk computes every layer).
         """
+        if is_dask(X):
+            return dask_paths.layer_features(self, X)
         X = self._check_input(X)
         workspace = self._workspace()
         network = self._network(workspace)
@@ -357,9 +363,14 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         Returns
         -------
         list of ``n_layers + 1`` :class:`convredunet.RateReduction`
+
+        A Dask ``X`` is streamed: one pass over its chunks sums every layer's
+        Gram matrices on the workers; nothing but those sums reaches the client.
         """
         from .operators import rate_reduction
 
+        if is_dask(X):
+            return dask_paths.rate_history(self, X, y)
         self._check_fitted()
         y = np.asarray(y)
         unknown = np.setdiff1d(np.unique(y), self.classes_)
@@ -459,34 +470,6 @@ class _Cache(dict):
 
     def __reduce__(self):
         return (_Cache, ())
-
-
-def _check_size(params, workspace, n_samples, sample_shape, n_classes):
-    """Refuse, before any work, a network whose features or one layer cannot fit in memory.
-
-    The features of the training set are held twice while a layer is
-    applied, and one layer's operators (``E`` and at most every ``C^j``
-    dense) are held on top of that.
-    """
-    backend, like = workspace.backend, workspace.like
-    total = backend.memory_bytes(like)
-    if total is None:
-        return
-    itemsize = backend.itemsize(like)
-    n_channels = sample_shape[0]
-    if len(sample_shape) > 1 and params.get("n_channels") is not None:
-        n_channels = params["n_channels"]
-    signal = sample_shape[1:]
-    n_freqs = math.prod(signal[:-1]) * (signal[-1] // 2 + 1) if signal else 1
-    features = 2 * n_samples * n_channels * max(1, math.prod(signal)) * itemsize
-    operators = (1 + n_classes) * n_freqs * n_channels ** 2 * 2 * itemsize
-    if features + operators > total:
-        raise ValueError(
-            f"n_channels={n_channels} with {n_samples} samples of shape {sample_shape} needs "
-            f"about {(features + operators) / 2 ** 30:.1f} GiB ({features / 2 ** 30:.1f} GiB "
-            f"of features, {operators / 2 ** 30:.1f} GiB of operators per layer), more than "
-            f"the {total / 2 ** 30:.1f} GiB of memory of {backend.device(like)}; use fewer "
-            "channels or samples, or float32")
 
 
 def _lift_spectra(network, X, order, batch_size):

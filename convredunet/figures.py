@@ -13,6 +13,17 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path, dpi):
+    """``fig`` to ``path`` through the library's atomic writer (format from the extension)."""
+    from pathlib import Path
+
+    from ._files import atomic_path
+
+    fmt = Path(path).suffix.lstrip(".").lower() or "png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=fmt)
+
+
 def plot_rates(train, path, test=None, title=None):
     """Plot ``delta_R``, ``R`` and ``R_c`` per layer.
 
@@ -46,8 +57,10 @@ def plot_rates(train, path, test=None, title=None):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        _save(fig, path, 120)
+    finally:
+        plt.close(fig)
 
 
 def _unit_rows(Z):
@@ -141,6 +154,8 @@ def plot_cosine_similarity(before, after, y, path, titles=("before", "after"), n
     fig.colorbar(image, ax=axes, shrink=0.8)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        _save(fig, path, 110)
+    finally:
+        plt.close(fig)
     return [sim for _, sim in panels]

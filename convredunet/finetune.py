@@ -49,52 +49,83 @@ import time
 import numpy as np
 import torch
 
+from ._inputs import check_features
+from ._validation import check_int, check_real, check_verbose
 from .export import ReduNetModule
 
 __all__ = ["fine_tune", "distillation_loss"]
 
+# torch.Generator.manual_seed and numpy's SeedSequence both take seeds below this.
+_SEED_LIMIT = 2 ** 63
+
 
 def _check_positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    return check_int(value, name, rule="a positive integer")
 
 
 def _check_positive_float(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
+    return check_real(value, name, "a positive finite number", lambda v: v > 0)
+
+
+def _check_lr(value):
+    # A relative step: a weight moves by about lr times its tensor's rms per step.
+    return check_real(value, "lr", "a number in (0, 1] (a relative step)",
+                      lambda v: 0 < v <= 1)
+
+
+def _check_seed(value, name="random_state"):
+    rule = "a non-negative integer seed below 2**63"
+    seed = check_int(value, name, minimum=0, rule=rule)
+    if seed >= _SEED_LIMIT:
+        raise ValueError(f"{name} must be {rule}, got {seed}")
+    return seed
 
 
 def _as_numpy(a):
     return a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
 
 
-def _check_data(module, X, y):
+def _check_data(module, X, y, name="X", y_name="y"):
+    """``(X as numpy (n, *input_shape), labels as class indices)``, checked.
+
+    ``X``: real numbers (complex, non-numeric, empty and non-finite arrays are
+    refused, as by the estimators), samples of the module's input shape (or
+    the signal alone for one input channel), inside the module's dtype's
+    range. ``y``: one label per sample, ``(n,)`` or ``(n, 1)``, among the
+    module's classes.
+    """
+    nd = module.signal_ndim
+    X = check_features(X, name=name, ndims=(2,) if nd == 0 else (nd + 1, nd + 2))
     X = _as_numpy(X)
     y = _as_numpy(y)
-    if X.ndim < 2 or not np.issubdtype(X.dtype, np.number):
-        raise ValueError(f"X must be a numeric array of samples (n, ...), got shape "
-                         f"{X.shape} and dtype {X.dtype}")
     shape = tuple(module.input_shape)
     n = X.shape[0]
     if X.shape[1:] != shape:
-        if shape and shape[0] == 1 and X.shape[1:] == shape[1:]:
+        if nd and shape[0] == 1 and X.shape[1:] == shape[1:]:
             X = X[:, None]
         else:
-            raise ValueError(f"X must hold samples of shape {shape} (the module's input), "
+            raise ValueError(f"{name} must hold samples of shape {shape} (the module's input), "
                              f"got {X.shape[1:]}")
-    if not np.all(np.isfinite(X)):
-        raise ValueError("X must not contain NaN or infinite values")
+    dtype = next(module.parameters()).dtype
+    largest = float(np.max(np.abs(X)))
+    limit = torch.finfo(dtype).max
+    if largest > limit:
+        raise ValueError(f"{name} holds values up to {largest:.3g}, beyond the range of the "
+                         f"module's dtype {str(dtype).replace('torch.', '')} ({limit:.3g}); "
+                         "scale the data or export the module in float64")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
     if y.ndim != 1 or len(y) != n:
-        raise ValueError(f"y must be a 1D array with one label per sample ({n}), got shape "
-                         f"{y.shape}")
+        raise ValueError(f"{y_name} must be a 1D array with one label per sample ({n}), got "
+                         f"shape {y.shape}")
     classes = module.classes.cpu().numpy()
     index = {c: i for i, c in enumerate(classes.tolist())}
-    unknown = sorted({v for v in y.tolist() if v not in index})
+    try:
+        unknown = sorted({v for v in y.tolist() if v not in index}, key=repr)
+    except TypeError:  # unhashable labels
+        raise TypeError(f"{y_name} must hold labels (numbers), got {y.dtype} values") from None
     if unknown:
-        raise ValueError(f"y holds labels the module does not know: {unknown[:5]} (its "
+        raise ValueError(f"{y_name} holds labels the module does not know: {unknown[:5]} (its "
                          f"classes: {classes.tolist()})")
     return X, np.asarray([index[v] for v in y.tolist()], dtype=np.int64)
 
@@ -142,6 +173,31 @@ def _best_temperature(scores, labels):
     return float(grid[int(np.argmin(losses))])
 
 
+def _check_teacher(teacher, module):
+    """A fitted estimator whose network takes the module's input and has its classes."""
+    from sklearn.exceptions import NotFittedError
+
+    from .estimators import ReduNet1D, ReduNet2D, ReduNetVector
+
+    if not isinstance(teacher, (ReduNet1D, ReduNet2D, ReduNetVector)):
+        raise TypeError("teacher must be a fitted ReduNet1D, ReduNet2D or ReduNetVector "
+                        f"(the closed-form network) or None, got {type(teacher).__name__}")
+    if "network_" not in teacher.__dict__:
+        raise NotFittedError(f"teacher: this {type(teacher).__name__} instance is not fitted "
+                             "yet; call fit(X, y) first")
+    shape = tuple(module.input_shape)
+    if tuple(teacher.input_shape_) != shape:
+        raise ValueError(f"teacher was fitted on samples of shape {tuple(teacher.input_shape_)}"
+                         f", but the module takes samples of shape {shape}: distill from a "
+                         "network fitted on the same signal size and input channels")
+    classes = np.asarray(teacher.classes_)
+    if classes.dtype.kind not in "biuf":
+        classes = np.arange(len(classes))  # as to_torch exports them
+    if classes.tolist() != module.classes.tolist():
+        raise ValueError("teacher must have the module's classes "
+                         f"({module.classes.tolist()}), got {classes.tolist()}")
+
+
 def _teacher_targets(teacher, x, x_cal, labels_cal, batch):
     """The teacher's class probabilities on ``x`` softened as in the module docstring.
 
@@ -170,6 +226,10 @@ def distillation_loss(module, teacher, X, y):
     -------
     float
     """
+    if not isinstance(module, ReduNetModule):
+        raise TypeError(f"module must be a ReduNetModule (from to_torch), got "
+                        f"{type(module).__name__}")
+    _check_teacher(teacher, module)
     X, labels = _check_data(module, X, y)
     dtype = next(module.parameters()).dtype
     x, labels = torch.as_tensor(X, dtype=dtype), torch.as_tensor(labels)
@@ -192,8 +252,7 @@ def _gentle_steps(module, x, step):
     layer by layer on the module's own features.
     """
     with torch.no_grad():
-        z = module._enter(module.lifting(x if x.dim() == module.signal_ndim + 2
-                                         else x.unsqueeze(1)))
+        z = module._enter(module.lift(module.check_input(x)))
         for layer in module.layers:
             layer.eta = float(step / max(_update_ratio(layer, z), 1e-30))
             z, _ = layer(z)
@@ -243,15 +302,17 @@ def fine_tune(module, X, y, *, teacher=None, epochs=10, lr=None, batch_size=64,
         From :func:`convredunet.export.to_torch` (any ``kernel_size``, ``conv``
         and dtype); it is not modified.
     X : array (n, *input_shape) or (n, *signal_shape) for one input channel
-        Training signals.
-    y : array (n,)
+        Training signals: real, finite, at least one, inside the range of the
+        module's dtype.
+    y : array (n,) or (n, 1)
         Their labels (values of the network's classes).
     teacher : fitted ReduNet1D / ReduNet2D / ReduNetVector or None
-        The closed-form network to distill (module docstring); None trains on
-        the labels only.
+        The closed-form network to distill (module docstring), fitted on
+        samples of the module's input shape with the module's classes; None
+        trains on the labels only.
     epochs : int
         Passes over the training split (default 10).
-    lr : float or None
+    lr : float in (0, 1] or None
         Relative Adam step: a weight moves by about ``lr`` times its tensor's
         initial rms per step (module docstring); the temperature's step is
         ``lr`` on its logarithm. None: 1e-4, chosen on MNIST-1D validation
@@ -283,7 +344,8 @@ def fine_tune(module, X, y, *, teacher=None, epochs=10, lr=None, batch_size=64,
         ``ReduNet1D()``'s one layer (``eps2=0.1``) keep 99.8 % of their energy
         at 7 taps and the module's accuracy.
     random_state : int
-        Seeds the split and the batch order: the result is deterministic.
+        Seeds the split and the batch order (a non-negative integer below
+        2**63): the result is deterministic.
     verbose : bool
         A progress bar over the epochs.
     callback : callable or None
@@ -297,32 +359,51 @@ def fine_tune(module, X, y, *, teacher=None, epochs=10, lr=None, batch_size=64,
         the start): ``loss``, ``train_accuracy`` (running, over the epoch's
         batches), ``validation_accuracy``, ``temperature``, ``seconds``;
         ``.fine_tune_best_epoch`` the epoch kept.
+
+    Raises
+    ------
+    TypeError
+        A parameter of the wrong type (named in the message), a module that
+        is not a ReduNetModule, a teacher that is not a ReduNet estimator.
+    ValueError
+        A parameter out of its range; ``X`` complex, empty, non-finite, of
+        another sample shape or beyond the dtype's range; labels unknown to
+        the module; a teacher fitted on another input shape or classes; and a
+        training loss or weights that become NaN or infinite (the message
+        names the epoch and batch; the module passed in is never modified).
     """
     if not isinstance(module, ReduNetModule):
         raise TypeError(f"module must be a ReduNetModule (from to_torch), got "
                         f"{type(module).__name__}")
     epochs = _check_positive_int(epochs, "epochs")
     batch_size = _check_positive_int(batch_size, "batch_size")
-    if lr is None:
-        lr = 1e-4
-    lr = _check_positive_float(lr, "lr")
-    if isinstance(validation_fraction, bool) or not isinstance(
-            validation_fraction, (int, float, np.floating)) or not 0 <= validation_fraction < 1:
-        raise ValueError(f"validation_fraction must be a number in [0, 1), got "
-                         f"{validation_fraction!r}")
-    if isinstance(label_weight, bool) or not isinstance(
-            label_weight, (int, float, np.floating)) or not 0 <= label_weight <= 1:
-        raise ValueError(f"label_weight must be a number in [0, 1], got {label_weight!r}")
-    if isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)):
-        raise ValueError(f"random_state must be an integer, got {random_state!r}")
+    lr = 1e-4 if lr is None else _check_lr(lr)
+    validation_fraction = check_real(validation_fraction, "validation_fraction",
+                                     "a number in [0, 1)", lambda v: 0 <= v < 1)
+    label_weight = check_real(label_weight, "label_weight", "a number in [0, 1]",
+                              lambda v: 0 <= v <= 1)
+    random_state = _check_seed(random_state)
     if trainable_layers is not None:
-        trainable_layers = _check_positive_int(trainable_layers, "trainable_layers")
+        trainable_layers = check_int(trainable_layers, "trainable_layers",
+                                     rule="a positive integer or None")
+        if trainable_layers > len(module.layers):
+            raise ValueError(f"trainable_layers must be at most the module's {len(module.layers)}"
+                             f" layer(s), got {trainable_layers}")
+    if student_step is not None:
+        student_step = check_real(student_step, "student_step",
+                                  "a positive finite number or None", lambda v: v > 0)
+    verbose = check_verbose(verbose)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be a callable or None, got {type(callback).__name__}")
+    if teacher is not None:
+        _check_teacher(teacher, module)
     X, labels = _check_data(module, X, y)
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError("validation_data must be a pair (X_val, y_val), got "
                              f"{type(validation_data).__name__}")
-        X_val, labels_val = _check_data(module, *validation_data)
+        X_val, labels_val = _check_data(module, *validation_data, name="validation_data X",
+                                        y_name="validation_data y")
         X = np.concatenate([X, X_val])
         labels = np.concatenate([labels, labels_val])
         train_idx = np.arange(len(X) - len(X_val))
@@ -356,17 +437,19 @@ def fine_tune(module, X, y, *, teacher=None, epochs=10, lr=None, batch_size=64,
     # network built on it are overconfident: its subspaces hold those very samples).
     x_cal, y_cal = (x_val, y_val) if len(val_idx) else (x_train, y_train)
     norm_scale = float(-_scores(student, x_train, eval_batch).mean())
+    if not (math.isfinite(norm_scale) and norm_scale > 0):
+        raise ValueError(f"the module's class scores on X have mean {-norm_scale!r}: they must "
+                         "be finite and not all zero to be normalized (is the module trained "
+                         "to NaN, or X degenerate?)")
     log_tau = torch.tensor(math.log(_best_temperature(
         _scores(student, x_cal, eval_batch) / norm_scale, y_cal)), dtype=dtype,
         requires_grad=True)
     soft_targets = None
     if teacher is not None:
-        teacher_module, soft_targets = _teacher_targets(teacher, x_train, x_cal, y_cal,
-                                                        eval_batch)
-        if not torch.equal(teacher_module.classes.cpu(), module.classes.cpu()):
-            raise ValueError("teacher must have the module's classes "
-                             f"({module.classes.tolist()}), got "
-                             f"{teacher_module.classes.tolist()}")
+        _, soft_targets = _teacher_targets(teacher, x_train, x_cal, y_cal, eval_batch)
+        if not bool(torch.isfinite(soft_targets).all()):
+            raise ValueError("the teacher's class probabilities on X are not finite; check "
+                             "that teacher is the network the module was exported from")
         soft_targets = soft_targets.to(dtype)
 
     groups = []
@@ -415,12 +498,25 @@ def fine_tune(module, X, y, *, teacher=None, epochs=10, lr=None, batch_size=64,
                     kl = torch.nn.functional.kl_div(torch.log_softmax(logits, dim=1),
                                                     soft_targets[idx], reduction="batchmean")
                     loss = label_weight * loss + (1 - label_weight) * kl
+                if not bool(torch.isfinite(loss)):
+                    raise ValueError(
+                        f"fine_tune stopped: the training loss is {float(loss.detach())} at epoch "
+                        f"{epoch}, batch {s // batch_size + 1}; the steps are too large for "
+                        f"these weights (lower lr, now {lr:g}) or the scores overflow "
+                        f"{str(dtype).replace('torch.', '')}. The module passed in is "
+                        "unchanged")
                 loss.backward()
                 optimizer.step()
                 step += 1
                 total_loss += float(loss.detach()) * len(idx)
                 correct += int((torch.argmax(scores.detach(), dim=1) == y_train[idx]).sum())
             student.eval()
+            bad = [name for name, p in student.named_parameters()
+                   if not bool(torch.isfinite(p).all())]
+            if bad or not math.isfinite(float(log_tau.detach())):
+                raise ValueError(f"fine_tune stopped: epoch {epoch} left non-finite weights "
+                                 f"({', '.join(bad[:3]) or 'the temperature'}); lower lr "
+                                 f"(now {lr:g}). The module passed in is unchanged")
             record = {"epoch": epoch, "loss": total_loss / n_train,
                       "train_accuracy": correct / n_train, "validation_accuracy": evaluate(),
                       "temperature": float(log_tau.detach().exp()),

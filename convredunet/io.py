@@ -14,23 +14,20 @@ each other and with the parameters, values are finite and class indices in
 range. Unknown entries are never read. Every failure is a ``ValueError``
 naming the file and the entry.
 
-Writing goes to a fresh temporary file beside the target (a unique name,
-never an existing path) that is renamed over the target when complete and
-removed on any error or interruption.
+Writing goes through :func:`convredunet._files.atomic_path`: a fresh temporary
+file beside the target (a unique name, never an existing path) that is renamed
+over the target when complete and removed on any error or interruption; a new
+file gets the umask's mode (``0644`` under umask 022), a replaced one keeps its own.
 """
-import contextlib
 import dataclasses
 import json
 import math
-import os
-import signal
-import tempfile
-import threading
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from ._files import atomic_path
 from ._validation import NONLINEARITIES, validate_params
 from .backend import workspace_of
 from .network import Network, lifting_geometry
@@ -47,74 +44,6 @@ _SIGNAL_NDIM = {"ReduNetVector": 0, "ReduNet1D": 1, "ReduNet2D": 2}
 
 
 # --- writing -------------------------------------------------------------------------------
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a fresh temporary path beside ``path``; rename it to ``path`` on success.
-
-    The temporary name is created exclusively (``tempfile.mkstemp``), so no
-    existing file is ever touched; on an exception, ``KeyboardInterrupt`` or
-    ``SystemExit`` (the command line turns SIGTERM into one) it is removed.
-    Two concurrent writers each rename a complete file: the last rename wins.
-
-    Raises
-    ------
-    ValueError
-        When the folder does not exist or cannot be written (the message
-        names the path and the reason).
-    """
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise ValueError(f"output '{path}' is a directory; give a file name")
-    if not folder.is_dir():
-        raise ValueError(f"cannot write '{path}': folder '{folder}' does not exist")
-    try:
-        # A short prefix keeps a 255-character target name legal.
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.name[:32]}.", suffix=".tmp",
-                                       dir=folder)
-    except OSError as exc:
-        raise ValueError(f"cannot write '{path}': {exc.strerror or exc}") from None
-    os.close(handle)
-    tmp = Path(tmp)
-    with _sigterm_cleans_up():
-        try:
-            yield tmp
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise ValueError(f"cannot write '{path}': {exc.strerror or exc}") from None
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-
-
-class _Terminated(BaseException):
-    """SIGTERM arrived while a file was being written."""
-
-
-@contextlib.contextmanager
-def _sigterm_cleans_up():
-    """While inside, SIGTERM raises (so cleanup runs), then is delivered as before.
-
-    Only the main thread can handle signals; elsewhere this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    def handler(signum, frame):
-        raise _Terminated()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    except _Terminated:
-        signal.signal(signal.SIGTERM, previous)
-        os.kill(os.getpid(), signal.SIGTERM)  # the default action ends the process here
-        raise InterruptedError("writing was interrupted by SIGTERM; nothing was kept") \
-            from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def save_network(path, network, meta, extra=None):
     """Write a fitted network and its estimator's description to ``path``.
 

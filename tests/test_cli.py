@@ -71,8 +71,9 @@ def test_export_formats(model, tmp_path, capsys):
     torch = pytest.importorskip("torch")
     net = crn.load(model)
     X, _ = _signals(5, (2, 12), k=3, seed=2)
-    for fmt, name in (("torchscript", "m.pt"), ("onnx", "m.onnx"), ("state_dict", "m.sd")):
-        status, out, err = run(capsys, "export", model, "--format", fmt, "--dtype", "float64",
+    for fmt, name, dtype in (("torchscript", "m.pt", "float64"), ("onnx", "m.onnx", "float32"),
+                             ("state_dict", "m.sd", "float64")):
+        status, out, err = run(capsys, "export", model, "--format", fmt, "--dtype", dtype,
                                "--out", tmp_path / name)
         assert status == 0, err
     scripted = torch.jit.load(str(tmp_path / "m.pt"))

@@ -81,16 +81,17 @@ def test_one_channel_signals_without_channel_axis(toy):
     assert len(tuned.fine_tune_history) == 2
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"epochs": 0}, "epochs must be a positive integer, got 0"),
-    ({"lr": -1.0}, "lr must be a positive finite number, got -1.0"),
-    ({"batch_size": 2.5}, "batch_size must be a positive integer, got 2.5"),
-    ({"validation_fraction": 1.0}, r"validation_fraction must be a number in \[0, 1\), got 1.0"),
-    ({"label_weight": 2}, r"label_weight must be a number in \[0, 1\], got 2"),
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"epochs": 0}, ValueError, "epochs must be a positive integer, got 0"),
+    ({"lr": -1.0}, ValueError, r"lr must be a number in \(0, 1\] \(a relative step\), got -1.0"),
+    ({"batch_size": 2.5}, TypeError, "batch_size must be a positive integer, got 2.5"),
+    ({"validation_fraction": 1.0}, ValueError,
+     r"validation_fraction must be a number in \[0, 1\), got 1.0"),
+    ({"label_weight": 2}, ValueError, r"label_weight must be a number in \[0, 1\], got 2"),
 ])
-def test_bad_arguments(toy, kwargs, match):
+def test_bad_arguments(toy, kwargs, error, match):
     net, X, y = toy
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(error, match=match):
         fine_tune(net.to_torch(), X, y, **kwargs)
 
 
