@@ -219,7 +219,8 @@ def _choice(name, choices):
 
 
 PARAMETERS = {p.name: p for p in [
-    Parameter("n_layers", lambda v: check_int(v, "n_layers"), "layers to build", int),
+    Parameter("n_layers", lambda v: check_int(v, "n_layers", minimum=0),
+              "layers to build (0: the lifted features themselves, classifier subspace)", int),
     Parameter("eps2", lambda v: check_positive(v, "eps2"),
               "squared precision epsilon^2 of the coding rates", float),
     Parameter("eta", lambda v: check_positive(v, "eta"), "step size of each layer", float),
@@ -265,6 +266,9 @@ PARAMETERS = {p.name: p for p in [
 def validate_params(params):
     """Check every hyper-parameter of ``params`` (a dict) against :data:`PARAMETERS`."""
     out = {name: PARAMETERS[name].check(value) for name, value in params.items()}
+    if out.get("n_layers") == 0 and out.get("classifier", "subspace") != "subspace":
+        raise ValueError("n_layers=0 needs classifier='subspace' (the membership is the last "
+                         "layer's), got classifier='membership'")
     if "eps2" in out:
         out["eps2"] = check_eps2(out["eps2"], out.get("dtype", "float64"))
     return out

@@ -69,10 +69,17 @@ def load_data(spec, model=None, n_train_per_class=10, n_test_per_class=None, see
             X_test = datasets.to_polar(X_test, n_radii, n_angles)
             return X_train, y_train, X_test, y_test, model or "1d"
         return X_train, y_train, X_test, y_test, model or "2d"
+    if spec.startswith("ucr:"):
+        try:
+            X_train, y_train, X_test, y_test = datasets.load_ucr(spec[4:])
+        except (ImportError, ValueError, TypeError) as exc:
+            raise CLIError(f"--data {spec}: {exc}") from None
+        return X_train, y_train, X_test, y_test, model or "1d"
     path = Path(spec)
     if path.suffix != ".npz":
-        raise CLIError(f"unknown --data {spec!r}: use one of {', '.join(DATASETS)} or a "
-                       "PATH.npz holding X and y")
+        raise CLIError(f"unknown --data {spec!r}: use one of {', '.join(DATASETS)}, "
+                       "ucr:NAME (a set bundled in aeon, e.g. ucr:GunPoint) or a PATH.npz "
+                       "holding X and y")
     if not path.is_file():
         raise CLIError(f"--data file '{path}' does not exist")
     try:
@@ -115,7 +122,9 @@ def _add_estimator_options(parser):
 def _add_data_options(parser, required=True):
     group = parser.add_argument_group("data")
     group.add_argument("--data", required=required,
-                       help=f"{', '.join(DATASETS)} or PATH.npz (X, y, optional X_test, y_test)")
+                       help=f"{', '.join(DATASETS)}, ucr:NAME (a UCR/UEA set bundled in "
+                            "aeon, e.g. ucr:GunPoint; needs the ucr extra) or PATH.npz (X, y, "
+                            "optional X_test, y_test)")
     group.add_argument("--n-train-per-class", type=int, default=10,
                        help="mnist / mnist-polar: training digits per class (default 10)")
     group.add_argument("--n-test-per-class", type=int, default=None,

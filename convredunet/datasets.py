@@ -5,6 +5,9 @@
 * :func:`mnist1d_dask` -- MNIST-1D-style signals of any number as lazy Dask arrays, generated
   chunk by chunk on the workers (each chunk its own seed); needs ``dask``.
 * :func:`load_mnist` -- the MNIST test set (10,000 digits, 28 x 28) read from IDX gzip files.
+* :func:`load_ucr` -- a UCR/UEA time-series classification set that ships inside the
+  optional ``aeon`` package (GunPoint, ArrowHead, ...), read from its files; nothing is
+  downloaded.
 * :func:`train_test_split_per_class` -- a seeded stratified split (e.g. 10 digits per class).
 * :func:`to_polar` -- resampling images on a polar grid, so that rotations about the image
   center become cyclic shifts along the angle axis.
@@ -32,6 +35,8 @@ __all__ = [
     "load_mnist1d",
     "mnist1d_dask",
     "load_mnist",
+    "load_ucr",
+    "ucr_names",
     "train_test_split_per_class",
     "to_polar",
     "cyclic_shifts",
@@ -46,6 +51,79 @@ _IDX_LABELS_MAGIC = 2049  # unsigned bytes, 1 dimension (n,)
 _DATA_ENV_VAR = "CONVREDUNET_DATA"
 # The MNIST files ship inside the package, in convredunet/data/ (package data).
 _PACKAGE_DATA_DIR = "data"
+
+
+# --------------------------------------------------------------------------------------------
+# UCR/UEA time-series classification sets bundled with aeon
+# --------------------------------------------------------------------------------------------
+UNEQUAL_LENGTH_HINT = ("pad them to the longest (e.g. numpy.pad with zeros or the edge value "
+                       "at the end of each signal) or resample them to one length first")
+
+
+def _aeon_data_dir():
+    try:
+        import aeon.datasets
+    except ImportError:
+        raise ImportError("load_ucr reads the data sets that ship inside the aeon package: "
+                          "pip install 'convredunet[ucr]' (or aeon)") from None
+    return Path(aeon.datasets.__file__).parent / "data"
+
+
+def ucr_names():
+    """Names of the classification sets with a train and a test file bundled in ``aeon``."""
+    base = _aeon_data_dir()
+    return sorted(d.name for d in base.iterdir() if d.is_dir()
+                  and (d / f"{d.name}_TRAIN.ts").is_file() and (d / f"{d.name}_TEST.ts").is_file())
+
+
+def load_ucr(name):
+    """A UCR/UEA classification set bundled in ``aeon``: its default train and test split.
+
+    Reads ``aeon``'s own files (``aeon.datasets.load_from_ts_file``); nothing is
+    downloaded: names that are not bundled are refused (:func:`ucr_names` lists
+    them: ACSF1, ArrowHead, BasicMotions, GunPoint, ItalyPowerDemand, OSULeaf, ...).
+
+    Parameters
+    ----------
+    name : str
+
+    Returns
+    -------
+    X_train : numpy array (n_train, C_in, T), float64
+    y_train : numpy array (n_train,), the set's labels (strings)
+    X_test, y_test : the same for the test split
+
+    Raises
+    ------
+    ImportError
+        Without ``aeon`` (``pip install 'convredunet[ucr]'``).
+    ValueError
+        For a name that is not bundled, or signals of unequal length (which
+        the networks cannot take: the message says how to pad them).
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be the name of a data set, got {name!r}")
+    names = ucr_names()
+    if name not in names:
+        raise ValueError(f"name must be one of the classification sets bundled in aeon "
+                         f"({', '.join(names)}), got {name!r}; nothing is downloaded")
+    from aeon.datasets import load_from_ts_file
+
+    base = _aeon_data_dir() / name
+    out = []
+    for split in ("TRAIN", "TEST"):
+        X, y = load_from_ts_file(str(base / f"{name}_{split}.ts"))
+        if isinstance(X, list):
+            lengths = sorted({int(np.shape(x)[-1]) for x in X})
+            raise ValueError(f"ucr:{name} holds signals of unequal length ({lengths[0]} to "
+                             f"{lengths[-1]} samples in its {split.lower()} split); "
+                             f"{UNEQUAL_LENGTH_HINT}")
+        X = np.asarray(X, dtype=np.float64)
+        if not np.all(np.isfinite(X)):
+            raise ValueError(f"ucr:{name} has missing values in its {split.lower()} split; "
+                             "fill or drop them first")
+        out += [X, np.asarray(y)]
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------------------------

@@ -265,16 +265,20 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
                 yield start, z, pi
                 start += z.shape[-1] if spectra else z.shape[0]
 
-    def _forward(self, X, name="X", features=True, distances=False):
+    def _forward(self, X, name="X", features=True, distances=False, membership=True):
         """Features after the last layer (None unless ``features``) and the membership.
 
         The samples stream through the network chunk by chunk; features are
         written into one output array, memberships (``(b, k)``) gathered. With
-        ``distances``, the subspace distances ``(b, k)`` replace the membership.
+        ``distances``, the subspace distances ``(b, k)`` replace the membership;
+        without ``membership`` (nor ``distances``), the second result is None.
         """
         X = self._check_input(X, name)
         if distances:
             self._check_subspaces()
+        elif membership and not self.network_.layers:
+            raise ValueError(f"this {type(self).__name__} has no layer (n_layers=0), so no "
+                             "membership pi: use predict, subspace_distances or transform")
         workspace = self._workspace()
         backend = workspace.backend
         Z, pis = None, []
@@ -288,9 +292,9 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
                 pis.append(subspace.spectrum_distances(
                     backend, v, self._prepared_bases(workspace), self.signal_shape_,
                     len(self.classes_)))
-            else:
+            elif membership:
                 pis.append(backend.asnumpy(pi))
-        return Z, np.concatenate(pis)
+        return Z, (np.concatenate(pis) if pis else None)
 
     def _prepared_bases(self, workspace):
         """:func:`subspace.prepare_bases` of ``subspaces_`` in ``workspace``, made once.
@@ -389,7 +393,7 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         """
         if is_dask(X):
             return dask_paths.forward(self, X, "z")
-        return self._forward(X)[0]
+        return self._forward(X, membership=False)[0]
 
     def transform_with_membership(self, X):
         """Features after the last layer and its membership ``pi``, in one pass.

@@ -169,6 +169,69 @@ def _circular_conv(kernels, dtype, bias=None):
     return nn.Sequential(*_conv_modules(kernels, dtype, bias))
 
 
+class LiftingConv(nn.Module):
+    """The lifting's circular convolution ``K (*) x + s b``: one ``Conv`` per dilation.
+
+    The output channels come in runs of equal dilation
+    (:meth:`convredunet.network.Lifting.groups`); each run is an ordinary
+    ``nn.Conv1d`` / ``nn.Conv2d`` with ``dilation=d`` behind circular padding
+    of ``d (K - 1)`` positions, and the runs are concatenated. ``bias``
+    ``(C,)`` is a parameter (zeros, a buffer, without a lifting bias).
+    ``forward(x, scale)`` takes each sample's power of two ``scale`` ``(b,)``,
+    by which ``x`` was multiplied, and scales the bias along.
+    """
+
+    has_bias: Final[bool]
+
+    def __init__(self, kernels, groups, dtype, bias=None):
+        super().__init__()
+        nd = kernels.ndim - 2
+        size = kernels.shape[2]
+        convs = []
+        for dilation, channels in groups:
+            weight = np.flip(kernels[channels], axis=tuple(range(2, 2 + nd))).copy()
+            pads = [dilation * (size - 1 - (size - 1) // 2), dilation * ((size - 1) // 2)] * nd
+            conv_cls, pad_cls = (nn.Conv1d, nn.CircularPad1d) if nd == 1 else (
+                nn.Conv2d, nn.CircularPad2d)
+            conv = conv_cls(weight.shape[1], weight.shape[0], (size,) * nd, dilation=dilation,
+                            bias=False, dtype=dtype)
+            with torch.no_grad():
+                conv.weight.copy_(torch.from_numpy(weight))
+            convs.append(nn.Sequential(pad_cls(tuple(pads)), conv))
+        self.convs = nn.ModuleList(convs)
+        self.n_out = int(kernels.shape[0])
+        self.signal_ndim = nd
+        self.has_bias = bias is not None
+        values = torch.as_tensor(np.zeros(self.n_out) if bias is None else np.asarray(bias),
+                                 dtype=dtype)
+        if self.has_bias:
+            self.bias = nn.Parameter(values)
+        else:
+            self.register_buffer("bias", values)
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        parts: List[torch.Tensor] = []
+        for conv in self.convs:
+            parts.append(conv(x))
+        z = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        if self.has_bias:
+            shape = [1, -1] + [1] * self.signal_ndim
+            z = z + self.bias.reshape(shape) * scale.reshape([-1, 1] + [1] * self.signal_ndim)
+        return z
+
+
+class LiftingModule(nn.Module):
+    """``normalize(sigma(K (*) x + s b))``: :class:`LiftingConv`, then ``post`` (sigma, normalize)."""
+
+    def __init__(self, conv, post):
+        super().__init__()
+        self.conv = conv
+        self.post = post
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return self.post(self.conv(x, scale))
+
+
 def _linear(matrix, dtype):
     linear = nn.Linear(matrix.shape[1], matrix.shape[0], bias=False, dtype=dtype)
     with torch.no_grad():
@@ -549,9 +612,9 @@ class ReduNetModule(nn.Module):
         super().__init__()
         self.input_shape: List[int] = [int(n) for n in (input_shape or [])]
         self.lifting = lifting
-        # lifting: Normalize() alone, or Sequential(Sequential(pad, conv), [sigma], Normalize())
+        # lifting: Normalize() alone, or LiftingModule(LiftingConv, Sequential([sigma], Normalize()))
         self.lifted = not isinstance(lifting, Normalize)
-        self.lifting_bias = self.lifted and lifting[0][1].bias is not None
+        self.lifting_bias = self.lifted and lifting.conv.has_bias
         self.layers = nn.ModuleList(layers)
         self.register_buffer("classes", torch.as_tensor(classes))
         self.signal_shape: List[int] = [int(n) for n in signal_shape]
@@ -578,7 +641,7 @@ class ReduNetModule(nn.Module):
         if layers:
             n_features = layers[0].n_channels
         elif self.lifted:
-            n_features = int(lifting[0][1].weight.shape[0])
+            n_features = int(lifting.conv.n_out)
         else:
             n_features = self.input_shape[0]
         self.feature_shape: List[int] = [int(n_features)] + self.signal_shape
@@ -649,21 +712,7 @@ class ReduNetModule(nn.Module):
         """
         x, scale = self.prescale(x)
         if self.lifted:
-            pad_conv = self.lifting[0]
-            conv = pad_conv[1]
-            weight = conv.weight
-            z = conv._conv_forward(pad_conv[0](x), weight, None)
-            if self.lifting_bias:
-                # The bias as a tensor (1, C, 1[, 1]): the convolution of zeros with it
-                # (exact; reading conv.bias itself gives an Optional a trace cannot use).
-                zeros = torch.zeros([1] + list(weight.shape[1:]), dtype=weight.dtype,
-                                    device=weight.device)
-                bias = conv._conv_forward(zeros, weight, conv.bias)
-                z = z + bias * scale.reshape([-1, 1] + [1] * self.signal_ndim)
-            for index, stage in enumerate(self.lifting):
-                if index > 0:
-                    z = stage(z)
-            return z
+            return self.lifting(x, scale)
         return self.lifting(x)
 
     def spectrum(self, z: torch.Tensor) -> torch.Tensor:
@@ -1075,12 +1124,14 @@ def to_torch(net, dtype=torch.float32, kernel_size=None, conv="auto"):
     if lifting_parts is None:
         lifting = Normalize()
     else:
-        modules = [_circular_conv(lifting_parts.kernels, dtype, lifting_parts.bias)]
+        modules = []
         if lifting_parts.nonlinearity == "relu":
             modules.append(nn.ReLU())
         elif lifting_parts.nonlinearity == "abs":
             modules.append(_Abs())
-        lifting = nn.Sequential(*modules, Normalize())
+        lifting = LiftingModule(LiftingConv(lifting_parts.kernels, lifting_parts.groups(), dtype,
+                                            lifting_parts.bias),
+                                nn.Sequential(*modules, Normalize()))
     layers = []
     for layer, (e, c) in zip(parts["layers"], _layer_kernels(parts)):
         stacked = np.concatenate([e[None], c], axis=0)  # (1+k, C, C, *S)

@@ -445,6 +445,8 @@ def test_public_names():
         "load_mnist1d",
         "mnist1d_dask",
         "load_mnist",
+        "load_ucr",
+        "ucr_names",
         "train_test_split_per_class",
         "to_polar",
         "cyclic_shifts",

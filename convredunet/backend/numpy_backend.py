@@ -112,6 +112,21 @@ def _blocked_inverse_logdet(a):
     return out, logdet1 + logdet2
 
 
+def _refuse_ragged(Z, name):
+    """ValueError for a sequence of signals of different shapes, saying how to pad them."""
+    try:
+        shapes = {np.shape(item) for item in Z}
+    except TypeError:
+        return
+    if len(shapes) > 1:
+        lengths = sorted({shape[-1] for shape in shapes if shape})
+        raise ValueError(f"{name} holds signals of different shapes ({len(shapes)} shapes, "
+                         f"lengths {lengths[0]} to {lengths[-1]}): the networks take signals of "
+                         "one size; pad them to the longest (e.g. numpy.pad with zeros or the "
+                         "edge value at the end of each signal) or resample them to one "
+                         "length first") from None
+
+
 class NumpyBackend:
     """Primitives on numpy arrays (CPU)."""
 
@@ -139,9 +154,12 @@ class NumpyBackend:
             try:
                 Z = np.asarray(Z)
             except (TypeError, ValueError) as exc:
+                _refuse_ragged(Z, name)
                 raise TypeError(
                     f"{name} must be a numpy array or a torch tensor, got {type(Z).__name__}"
                 ) from exc
+            if Z.dtype == object:
+                _refuse_ragged(Z, name)
         if np.iscomplexobj(Z):
             raise ValueError(f"Complex data not supported: {name} must be real, got complex "
                              f"dtype {Z.dtype}")
