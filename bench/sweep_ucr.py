@@ -1,0 +1,196 @@
+"""How the ReduNet1D defaults were chosen: cross-validation inside the training splits only.
+
+The sets: the five UCR/UEA sets of ``bench/ucr.py`` (bundled in ``aeon``) and MNIST-1D.
+Each candidate network is scored
+
+* on a UCR set, by repeated stratified 5-fold cross-validation on its *training* split
+  (2 repeats; each fold fits on four fifths and scores the fifth);
+* on MNIST-1D, on the validation split of ``bench/protocol.py`` (3200 of the 4000
+  training signals to fit, 800 to score).
+
+No test split is read. The subspace rank ``n_components`` is scored from one fit per
+fold: the bases hold each frequency's directions largest first, so the first ``r``
+columns are the rank-``r`` subspace. The fit times (one thread, one fit on the whole
+training split) are recorded beside MiniRocket's (``aeon``, numba compiled first), so
+that the choice can respect the fit-time budget: at most ``FIT_RATIO`` times
+MiniRocket's fit on every UCR set, and at most ``MNIST1D_FIT_S`` seconds on MNIST-1D.
+
+Run: ``python3 bench/sweep_ucr.py [--quick] [--threads 1] [--out DIR]``; writes
+``ucr_sweep.json`` (every candidate, every set) and ``ucr_sweep.md`` (the ranking and the
+choice). Needs ``aeon`` (``pip install -e '.[ucr]'``).
+"""
+import itertools
+import os
+import sys
+import time
+
+import numpy as np
+from sklearn.model_selection import RepeatedStratifiedKFold
+
+import convredunet as crn
+from convredunet import spectral, subspace
+from convredunet.backend import resolve
+from convredunet.datasets import load_mnist1d, load_ucr
+
+import harness
+import protocol
+
+UCR_SETS = ("GunPoint", "ArrowHead", "ItalyPowerDemand", "BasicMotions", "ACSF1")
+#: The choice's fit-time budget: this many times MiniRocket's fit on every UCR set...
+FIT_RATIO = 3.0
+#: ... and at most this many seconds on MNIST-1D (4000 signals), one thread.
+MNIST1D_FIT_S = 60.0
+#: Fractions of the feature channels tried as n_components.
+RANK_FRACTIONS = (0.125, 0.25, 0.5)
+
+GRID = {
+    "n_channels": (64, 128, 256),
+    "kernel_size": (7, 9),
+    "dilations": (None, "auto"),
+    "n_layers": (0, 1),
+}
+QUICK_GRID = {"n_channels": (64,), "kernel_size": (7,), "dilations": (None, "auto"),
+              "n_layers": (0, 1)}
+FIXED = {"eps2": 1.0, "nonlinearity": "abs", "lifting_bias": 0.25, "classifier": "subspace",
+         "random_state": 0}
+
+
+def candidates(grid):
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*grid.values())]
+
+
+def _scores(net, X_val, y_val, ranks):
+    """Validation accuracy of ``net`` with the first ``r`` directions, for every ``r``."""
+    backend = resolve("numpy").backend
+    z = net.transform(X_val)
+    bases = net.subspaces_
+    out = {}
+    for r in ranks:
+        d = subspace.subspace_distances(backend, z, bases[..., :r], net.signal_shape_)
+        out[r] = float(np.mean(net.classes_[np.argmin(d, axis=1)] == y_val))
+    return out
+
+
+def evaluate(params, splits, ranks):
+    """Mean validation accuracy per rank over ``splits`` ``[(X_fit, y_fit, X_val, y_val)]``."""
+    per_rank = {r: [] for r in ranks}
+    fit_s = []
+    for X_fit, y_fit, X_val, y_val in splits:
+        net = crn.ReduNet1D(**FIXED, **params, n_components=max(ranks))
+        with harness.Timer() as t:
+            net.fit(X_fit, y_fit)
+        fit_s.append(t.seconds)
+        for r, acc in _scores(net, X_val, y_val, ranks).items():
+            per_rank[r].append(acc)
+    return {"accuracy": {str(r): float(np.mean(v)) for r, v in per_rank.items()},
+            "fold_fit_s": float(np.mean(fit_s))}
+
+
+def ucr_splits(X, y, repeats=2, seed=0):
+    cv = RepeatedStratifiedKFold(n_splits=5, n_repeats=repeats, random_state=seed)
+    return [(X[a], y[a], X[b], y[b]) for a, b in cv.split(X.reshape(len(X), -1), y)]
+
+
+def full_fit_s(params, X, y, ranks):
+    net = crn.ReduNet1D(**FIXED, **params, n_components=max(ranks))
+    return harness.time_call(lambda: net.fit(X, y), repeats=3, budget_s=3.0).best
+
+
+def minirocket_fit_s(X, y):
+    from aeon.classification.convolution_based import MiniRocketClassifier
+
+    def fit():
+        return MiniRocketClassifier(random_state=0, n_jobs=1).fit(X, y)
+    return harness.time_call(fit, repeats=3, budget_s=5).best
+
+
+def choose(records, sets, minirocket):
+    """The best mean accuracy over ``sets`` within the fit-time budget; ties: the faster."""
+    rows = []
+    for rec in records:
+        for r in rec["ranks"]:
+            accs = [rec["sets"][s]["accuracy"][str(r)] for s in sets]
+            ratios = [rec["sets"][s]["fit_s"] / minirocket[s] for s in sets if s in minirocket]
+            within = all(x <= FIT_RATIO for x in ratios) and \
+                rec["sets"].get("MNIST-1D", {}).get("fit_s", 0.0) <= MNIST1D_FIT_S
+            rows.append({"params": {**rec["params"], "n_components": r},
+                         "fraction": rec["fractions"][str(r)], "mean": float(np.mean(accs)),
+                         "accuracies": dict(zip(sets, accs)),
+                         "worst_fit_ratio": max(ratios) if ratios else None,
+                         "within_budget": within,
+                         "total_fit_s": sum(rec["sets"][s]["fit_s"] for s in sets)})
+    rows.sort(key=lambda row: (-row["mean"], row["total_fit_s"]))
+    chosen = next((row for row in rows if row["within_budget"]), None)
+    return rows, chosen
+
+
+def main(argv=None):
+    parser = harness.arguments(__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads for every fit (default 1)")
+    args = parser.parse_args(argv)
+    out = harness.output_dir(args.out)
+    grid = QUICK_GRID if args.quick else GRID
+    sets = UCR_SETS[:2] if args.quick else UCR_SETS
+    data = {name: load_ucr(name)[:2] for name in sets}
+    X, y, _, _ = load_mnist1d()
+    if args.quick:
+        X, y = X[:600], y[:600]
+    data["MNIST-1D"] = (X, y)
+    records = []
+    with crn.num_threads(args.threads):
+        machine = harness.machine_info()
+        minirocket = {name: minirocket_fit_s(*data[name]) for name in sets}
+        harness.log(True, f"MiniRocket fit (s): {minirocket}")
+        splits = {name: ucr_splits(*data[name], repeats=1 if args.quick else 2)
+                  for name in sets}
+        X_fit, y_fit, X_val, y_val = protocol.validation_split(*data["MNIST-1D"])
+        splits["MNIST-1D"] = [(X_fit, y_fit, X_val, y_val)]
+        for params in candidates(grid):
+            ranks = sorted({max(1, int(params["n_channels"] * f)) for f in RANK_FRACTIONS})
+            rec = {"params": params, "ranks": ranks,
+                   "fractions": {str(max(1, int(params["n_channels"] * f))): f
+                                 for f in RANK_FRACTIONS}, "sets": {}}
+            start = time.perf_counter()
+            for name in list(sets) + ["MNIST-1D"]:
+                result = evaluate(params, splits[name], ranks)
+                result["fit_s"] = full_fit_s(params, *data[name], ranks)
+                rec["sets"][name] = result
+            records.append(rec)
+            best = max(ranks, key=lambda r: np.mean([rec["sets"][s]["accuracy"][str(r)]
+                                                    for s in rec["sets"]]))
+            harness.log(True, f"{params}: r={best} mean "
+                        f"{np.mean([rec['sets'][s]['accuracy'][str(best)] for s in rec['sets']]):.3f}"
+                        f" ({time.perf_counter() - start:.0f} s)")
+    all_sets = list(sets) + ["MNIST-1D"]
+    rows, chosen = choose(records, all_sets, minirocket)
+    harness.write_json(out / "ucr_sweep.json", {
+        "protocol": __doc__, "machine": machine, "minirocket_fit_s": minirocket,
+        "fixed": FIXED, "fit_ratio_budget": FIT_RATIO, "mnist1d_fit_budget_s": MNIST1D_FIT_S,
+        "records": records, "ranking": rows, "chosen": chosen, "quick": args.quick})
+    header = ["n_channels", "kernel", "dilations", "layers", "rank"] + all_sets + \
+        ["mean", "worst fit / MiniRocket", "within budget"]
+    table = [[str(r["params"]["n_channels"]), str(r["params"]["kernel_size"]),
+              str(r["params"]["dilations"]), str(r["params"]["n_layers"]),
+              str(r["params"]["n_components"])]
+             + [f"{r['accuracies'][s]:.3f}" for s in all_sets]
+             + [f"{r['mean']:.3f}",
+                "" if r["worst_fit_ratio"] is None else f"{r['worst_fit_ratio']:.1f}x",
+                "yes" if r["within_budget"] else "no"] for r in rows[:25]]
+    text = ["# ReduNet1D defaults: cross-validation inside the training splits", "",
+            "Validation accuracy (UCR sets: 2 x stratified 5-fold CV on the training split; "
+            "MNIST-1D: 800 of its 4000 training signals held out), the 25 best candidates; "
+            f"fit times measured on the whole training splits, one thread; budget: at most "
+            f"{FIT_RATIO:g}x MiniRocket's fit on every UCR set and {MNIST1D_FIT_S:g} s on "
+            "MNIST-1D. No test split was read.", "",
+            harness.markdown_table(header, table, n_left=5), "",
+            f"Chosen: {chosen['params'] if chosen else 'none within the budget'}"]
+    harness.write_text(out / "ucr_sweep.md", "\n".join(text))
+    print(harness.text_table(header, table))
+    print("chosen:", chosen["params"] if chosen else None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

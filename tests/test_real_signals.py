@@ -1,0 +1,282 @@
+"""Small training sets and real signals: rank-correct subspaces, the low-rank fit, dilated
+lifting, inputs of any size, the UCR/UEA loader. Every fast path against a slow reference."""
+import numpy as np
+import pytest
+
+import convredunet as crn
+from convredunet import cli, spectral
+from convredunet.backend import NumpyBackend
+from convredunet.network import Lifting, lifting_geometry
+from convredunet.subspace import (RANK_RTOL, class_subspaces, subspace_distances,
+                                  subspaces_from_grams)
+from convredunet.testing import assert_shift_equivariant, assert_shift_invariant
+
+from test_subspace import _signals
+
+BACKEND = NumpyBackend()
+
+
+def _dense_distances(Z, labels, k, r, z, rtol=RANK_RTOL["float64"]):
+    """Spatial-domain reference: each class's principal subspace with all its shifts.
+
+    The ``CT x CT`` second-moment matrix of a class and all its cyclic shifts is
+    decomposed densely; each eigenvector belongs to one frequency pair (its DFT
+    energy), and per frequency the ``r`` largest eigenvalues above ``rtol`` times
+    the class's largest are kept (twice as many for a pair of conjugate frequencies).
+    """
+    m, c, t = Z.shape
+    out = np.empty((len(z), k))
+    for j in range(k):
+        shifted = np.stack([np.roll(Z[labels == j], s, axis=-1) for s in range(t)], 1)
+        A = shifted.reshape(-1, c * t)
+        values, vectors = np.linalg.eigh(A.T @ A)
+        energy = np.abs(np.fft.fft(vectors.T.reshape(-1, c, t), axis=-1)) ** 2
+        folded = np.minimum(energy.sum(1).argmax(1), t - energy.sum(1).argmax(1))
+        keep = []
+        for q in np.unique(folded):
+            idx = np.flatnonzero(folded == q)
+            idx = idx[values[idx] > rtol * values.max()]
+            twins = 1 if q == 0 or 2 * q == t else 2
+            keep.extend(idx[np.argsort(values[idx])[::-1][:twins * min(r, c)]])
+        basis = vectors[:, keep]
+        flat = z.reshape(len(z), -1)
+        out[:, j] = (flat ** 2).sum(1) - ((flat @ basis) ** 2).sum(1)
+    return out
+
+
+# --- rank-correct subspaces ----------------------------------------------------------------
+@pytest.mark.parametrize("counts", [(1, 2, 3), (2, 2, 2), (1, 5, 9)],
+                         ids=["one-two-three", "equal", "mixed-thin-thick"])
+def test_rank_deficient_classes_match_the_dense_reference(counts):
+    # 6 channels: classes of fewer samples span fewer directions than asked for (r=5).
+    y = np.repeat(np.arange(3), counts)
+    Z, _ = _signals(len(y), (6, 8), k=3, seed=3)
+    bases = class_subspaces(BACKEND, Z, y, 3, 5)
+    z = _signals(7, (6, 8), k=3, seed=4)[0]
+    got = subspace_distances(BACKEND, z, bases, (8,))
+    np.testing.assert_allclose(got, _dense_distances(Z, y, 3, 5, z), rtol=1e-8, atol=1e-10)
+
+
+def test_a_class_never_keeps_more_directions_than_its_samples():
+    y = np.repeat(np.arange(3), (1, 2, 4))
+    Z, _ = _signals(len(y), (6, 8), k=3, seed=5)
+    bases = class_subspaces(BACKEND, Z, y, 3, 5)
+    used = (np.abs(bases) ** 2).sum(2) > 0  # (k, F, r): which columns are directions
+    for j, m_j in enumerate((1, 2, 4)):
+        assert used[j].sum(-1).max() <= m_j
+        # orthonormal where used, zero elsewhere
+        gram = np.conj(np.swapaxes(bases[j], -1, -2)) @ bases[j]
+        eye = np.stack([np.diag(u.astype(float)) for u in used[j]])
+        np.testing.assert_allclose(gram, eye, atol=1e-10)
+
+
+def test_a_class_of_one_signal_is_the_line_of_its_spectrum():
+    y = np.array([0, 1, 1, 1])
+    Z, _ = _signals(4, (5, 6), k=2, seed=6)
+    bases = class_subspaces(BACKEND, Z, y, 2, 3)
+    v = spectral.spectrum(BACKEND, Z[:1], (6,))[:, :, 0]  # (F, C)
+    u = bases[0, :, :, 0]
+    # The one direction is v / |v| (up to a phase) at every frequency.
+    overlap = np.abs(np.einsum("fc,fc->f", np.conj(u), v)) / np.linalg.norm(v, axis=1)
+    np.testing.assert_allclose(overlap, 1.0, rtol=1e-10)
+    assert np.abs(bases[0, :, :, 1:]).max() == 0
+
+
+def test_thin_factorization_and_channel_grams_agree():
+    # The in-process thin path (m_j x m_j Grams) and the C x C path the Dask fit uses.
+    y = np.repeat(np.arange(3), (2, 3, 4))
+    Z, _ = _signals(len(y), (7, 10), k=3, seed=7)
+    thin = class_subspaces(BACKEND, Z, y, 3, 6)
+    from convredunet.subspace import class_grams
+
+    wide = subspaces_from_grams(BACKEND, class_grams(BACKEND, Z, y, 3), 6)
+    z = _signals(5, (7, 10), k=3, seed=8)[0]
+    np.testing.assert_allclose(subspace_distances(BACKEND, z, thin, (10,)),
+                               subspace_distances(BACKEND, z, wide, (10,)), rtol=1e-9,
+                               atol=1e-12)
+
+
+def test_auto_rank_is_a_fraction_of_the_channels_capped_by_the_data():
+    X, y = _signals(60, (1, 12), k=3, seed=9)
+    net = crn.ReduNet1D(n_channels=16, kernel_size=3, n_components="auto").fit(X, y)
+    assert net.subspaces_.shape[-1] == 4  # 16 // 4, every class has 20 samples
+    small = crn.ReduNet1D(n_channels=16, kernel_size=3, n_components="auto").fit(X[:6], y[:6])
+    assert small.subspaces_.shape[-1] == 2  # two samples per class
+
+
+# --- the fit in low-rank form --------------------------------------------------------------
+@pytest.mark.parametrize("counts", [(4, 4, 4), (2, 5, 3)], ids=["equal", "unequal"])
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_fit_in_low_rank_form_equals_the_layers_applied_again(counts, n_layers):
+    """The fit's shortcut (V^H V reused, one product with V) against the plain layer path."""
+    y = np.repeat(np.arange(3), counts)
+    X, _ = _signals(len(y), (1, 9), k=3, seed=10)
+    net = crn.ReduNet1D(eps2=0.5, n_layers=n_layers, n_channels=16, kernel_size=3,
+                        n_components=5, lmbda=30.0).fit(X, y)
+    assert all(layer.solution.e_lowrank for layer in net.layers_)
+    # The training features again, through Layer.__call__ (FFTs, V^H v formed), and
+    # their subspaces, against those the fit computed from its own spectra.
+    z = net.lifting_(BACKEND, net._check_X(X))
+    for layer in net.layers_:
+        z, _ = layer(BACKEND, z)
+    again = class_subspaces(BACKEND, z, y, 3, 5)
+    probe = _signals(6, (16, 9), k=3, seed=11)[0]
+    np.testing.assert_allclose(subspace_distances(BACKEND, probe, net.subspaces_, (9,)),
+                               subspace_distances(BACKEND, probe, again, (9,)),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_low_rank_e_matches_the_spatial_reference():
+    X, y = _signals(9, (1, 8), k=3, seed=12)
+    net = crn.ReduNet1D(eps2=0.5, n_layers=1, n_channels=12, kernel_size=3).fit(X, y)
+    layer = net.layers_[0]
+    assert layer.solution.e_lowrank and layer.stacked is None
+    Z0 = net.lifting_(BACKEND, net._check_X(X))
+    ops = crn.construct_operators(Z0, y, eps2=0.5, domain="spatial")
+    e_hat, c_hat = layer.operators_hat(BACKEND)
+    np.testing.assert_allclose(e_hat, ops.E_hat.reshape(e_hat.shape), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(c_hat, ops.C_hat.reshape(c_hat.shape), rtol=1e-9, atol=1e-12)
+
+
+def test_low_rank_model_round_trip_and_export(tmp_path):
+    X, y = _signals(9, (1, 8), k=3, seed=13)
+    net = crn.ReduNet1D(eps2=0.5, n_layers=2, n_channels=12, kernel_size=3,
+                        dilations=[1, 2]).fit(X, y)
+    net.save(tmp_path / "m.npz")
+    again = crn.load(tmp_path / "m.npz")
+    assert again.layers_[0].solution.e_lowrank
+    np.testing.assert_array_equal(again.transform(X), net.transform(X))
+    np.testing.assert_array_equal(again.subspace_distances(X), net.subspace_distances(X))
+    import torch
+
+    module = net.to_torch(dtype=torch.float64)
+    with torch.no_grad():
+        got = module(torch.from_numpy(X)).numpy()
+        distances = module.subspace_distances(torch.from_numpy(X)).numpy()
+    np.testing.assert_allclose(got, net.transform(X), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(distances, net.subspace_distances(X), rtol=1e-8, atol=1e-10)
+
+
+# --- dilated lifting -----------------------------------------------------------------------
+def _dilated_reference(kernels, dilations, x):
+    """``sum_c' sum_r K[c, c', r] x_c'[t - d_c (r - (K-1)//2)]`` with np.roll."""
+    c_out, _, k = kernels.shape
+    out = np.zeros((x.shape[0], c_out, x.shape[-1]))
+    for c in range(c_out):
+        for r in range(k):
+            shifted = np.roll(x, dilations[c] * (r - (k - 1) // 2), axis=-1)
+            out[:, c] += np.einsum("i,bit->bt", kernels[c, :, r], shifted)
+    return out
+
+
+def test_dilated_lifting_is_the_dilated_circular_convolution():
+    rng = np.random.default_rng(14)
+    kernels = rng.standard_normal((6, 2, 3))
+    dilations = np.array([1, 1, 2, 2, 5, 5])
+    x = rng.standard_normal((4, 2, 11))
+    lifting = Lifting(kernels, None, (11,), None, dilations)
+    got = lifting.response(BACKEND, x, np.ones(4))
+    np.testing.assert_allclose(got, _dilated_reference(kernels, dilations, x), rtol=1e-10,
+                               atol=1e-12)
+
+
+def test_auto_dilations_cover_the_signal():
+    size, dilations = lifting_geometry(7, "auto", 10, (100,))
+    assert size == 7 and sorted(set(dilations.tolist())) == [1, 2, 4, 8, 16]
+    assert list(dilations) == sorted(dilations)  # runs of equal dilation, smallest first
+    assert np.bincount(dilations)[[1, 2, 4, 8, 16]].tolist() == [2, 2, 2, 2, 2]
+    assert lifting_geometry(9, None, 10, (40,)) == (9, None)
+    assert lifting_geometry(9, None, 10, (8, 8)) == (8, None)  # kernels cut to the signal
+
+
+@pytest.mark.parametrize("shape, nd", [((2, 24), 1), ((1, 9, 10), 2)])
+def test_dilated_networks_are_exactly_invariant_to_every_shift(shape, nd):
+    X, y = _signals(30, shape, k=3, seed=15)
+    make = crn.ReduNet1D if nd == 1 else crn.ReduNet2D
+    net = make(n_layers=1, n_channels=12, kernel_size=3, dilations="auto").fit(X, y)
+    assert net.lifting_.dilations is not None and len(set(net.lifting_.dilations)) > 1
+    assert_shift_equivariant(net.transform, X[:4], ndim=nd)
+    assert_shift_invariant(net.predict, X[:10], ndim=nd)
+    from convredunet.datasets import all_shifts, cyclic_shifts
+
+    want = net.subspace_distances(X[:4])
+    for shift in all_shifts(X.shape[-nd:]):
+        got = net.subspace_distances(cyclic_shifts(X[:4], nd, [shift])[0])
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+# --- defaults that fit the input --------------------------------------------------------------
+def test_default_2d_network_takes_8x8_images():
+    rng = np.random.default_rng(16)
+    X = rng.standard_normal((20, 8, 8))
+    y = np.arange(20) % 2
+    net = crn.ReduNet2D().fit(X, y)
+    assert net.lifting_.kernels.shape[-2:] == (8, 8)
+    assert_shift_invariant(net.predict, X[:3], ndim=2)
+
+
+def test_default_1d_network_takes_very_short_signals():
+    rng = np.random.default_rng(17)
+    X = rng.standard_normal((12, 4))
+    y = np.arange(12) % 3
+    net = crn.ReduNet1D().fit(X, y)
+    assert net.lifting_.kernels.shape[-1] == 4
+    assert_shift_invariant(net.predict, X, ndim=1)
+
+
+def test_ten_signals_per_class_work():
+    X, y = _signals(30, (1, 32), k=3, seed=18)
+    net = crn.ReduNet1D().fit(X, y)
+    assert net.score(X, y) == 1.0  # each training signal lies in its class's span
+    assert net.subspaces_.shape[-1] <= 10
+
+
+# --- data -------------------------------------------------------------------------------------
+aeon = pytest.importorskip("aeon")
+
+
+def test_load_ucr_reads_the_bundled_split():
+    from convredunet.datasets import load_ucr, ucr_names
+
+    assert {"GunPoint", "ArrowHead", "ItalyPowerDemand", "BasicMotions", "ACSF1"} <= set(
+        ucr_names())
+    X, y, X_test, y_test = load_ucr("GunPoint")
+    assert X.shape == (50, 1, 150) and X_test.shape == (150, 1, 150)
+    assert X.dtype == np.float64 and set(np.unique(y)) == set(np.unique(y_test))
+
+
+def test_load_ucr_refuses_what_is_not_bundled_and_unequal_lengths():
+    from convredunet.datasets import load_ucr
+
+    with pytest.raises(ValueError, match="name must be one of the classification sets bundled"):
+        load_ucr("NoSuchSet")
+    with pytest.raises(ValueError, match="unequal length .* pad them to the longest"):
+        load_ucr("JapaneseVowels")
+    with pytest.raises(TypeError, match="name must be the name of a data set"):
+        load_ucr(3)
+
+
+def test_unequal_signals_given_to_fit_say_how_to_pad():
+    X = [np.zeros((1, 10)), np.ones((1, 12)), np.ones((1, 10))]
+    with pytest.raises(ValueError, match="different shapes .* lengths 10 to 12.*numpy.pad"):
+        crn.ReduNet1D().fit(X, [0, 1, 0])
+
+
+def test_cli_reads_ucr_sets(tmp_path, capsys):
+    status = cli.main(["fit", "--data", "ucr:ItalyPowerDemand", "--quiet",
+                       "--out", str(tmp_path / "m.npz")])
+    assert status == 0 and (tmp_path / "m.npz").is_file()
+    status = cli.main(["fit", "--data", "ucr:JapaneseVowels", "--quiet",
+                       "--out", str(tmp_path / "j.npz")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and "pad them" in err[0]
+    status = cli.main(["fit", "--data", "ucr:Nope", "--out", str(tmp_path / "n.npz")])
+    assert status == 2
+
+
+def test_every_gunpoint_prediction_is_invariant_to_every_shift():
+    from convredunet.datasets import load_ucr
+
+    X, y, X_test, _ = load_ucr("GunPoint")
+    net = crn.ReduNet1D().fit(X, y)
+    assert_shift_invariant(net.predict, X_test[:20], ndim=1)
