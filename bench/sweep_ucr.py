@@ -31,6 +31,7 @@ import convredunet as crn
 from convredunet import spectral, subspace
 from convredunet.backend import resolve
 from convredunet.datasets import load_mnist1d, load_ucr
+from convredunet.network import lifting_channels
 
 import harness
 import protocol
@@ -44,7 +45,7 @@ MNIST1D_FIT_S = 60.0
 RANK_FRACTIONS = (0.125, 0.25, 0.5)
 
 GRID = {
-    "n_channels": (64, 128, 256),
+    "n_channels": (64, 128, 256, "auto"),
     "kernel_size": (7, 9),
     "dilations": (None, "auto"),
     "n_layers": (0, 1),
@@ -60,30 +61,38 @@ def candidates(grid):
     return [dict(zip(keys, values)) for values in itertools.product(*grid.values())]
 
 
+def _ranks(params, X):
+    """``{fraction: r}``: the subspace ranks tried, for the channels ``params`` give ``X``."""
+    channels = lifting_channels(params["n_channels"], X.shape[2:])
+    return {f: max(1, int(channels * f)) for f in RANK_FRACTIONS}
+
+
 def _scores(net, X_val, y_val, ranks):
-    """Validation accuracy of ``net`` with the first ``r`` directions, for every ``r``."""
+    """Validation accuracy of ``net`` with the first ``r`` directions, per rank fraction."""
     backend = resolve("numpy").backend
     z = net.transform(X_val)
     bases = net.subspaces_
     out = {}
-    for r in ranks:
+    for fraction, r in ranks.items():
         d = subspace.subspace_distances(backend, z, bases[..., :r], net.signal_shape_)
-        out[r] = float(np.mean(net.classes_[np.argmin(d, axis=1)] == y_val))
+        out[fraction] = float(np.mean(net.classes_[np.argmin(d, axis=1)] == y_val))
     return out
 
 
-def evaluate(params, splits, ranks):
-    """Mean validation accuracy per rank over ``splits`` ``[(X_fit, y_fit, X_val, y_val)]``."""
-    per_rank = {r: [] for r in ranks}
+def evaluate(params, splits):
+    """Mean validation accuracy per rank fraction over ``[(X_fit, y_fit, X_val, y_val)]``."""
+    per_rank = {f: [] for f in RANK_FRACTIONS}
     fit_s = []
+    ranks = _ranks(params, splits[0][0])
     for X_fit, y_fit, X_val, y_val in splits:
-        net = crn.ReduNet1D(**FIXED, **params, n_components=max(ranks))
+        net = crn.ReduNet1D(**FIXED, **params, n_components=max(ranks.values()))
         with harness.Timer() as t:
             net.fit(X_fit, y_fit)
         fit_s.append(t.seconds)
-        for r, acc in _scores(net, X_val, y_val, ranks).items():
-            per_rank[r].append(acc)
-    return {"accuracy": {str(r): float(np.mean(v)) for r, v in per_rank.items()},
+        for f, acc in _scores(net, X_val, y_val, ranks).items():
+            per_rank[f].append(acc)
+    return {"accuracy": {str(f): float(np.mean(v)) for f, v in per_rank.items()},
+            "ranks": {str(f): r for f, r in ranks.items()},
             "fold_fit_s": float(np.mean(fit_s))}
 
 
@@ -92,8 +101,8 @@ def ucr_splits(X, y, repeats=2, seed=0):
     return [(X[a], y[a], X[b], y[b]) for a, b in cv.split(X.reshape(len(X), -1), y)]
 
 
-def full_fit_s(params, X, y, ranks):
-    net = crn.ReduNet1D(**FIXED, **params, n_components=max(ranks))
+def full_fit_s(params, X, y):
+    net = crn.ReduNet1D(**FIXED, **params, n_components=max(_ranks(params, X).values()))
     return harness.time_call(lambda: net.fit(X, y), repeats=3, budget_s=3.0).best
 
 
@@ -109,13 +118,14 @@ def choose(records, sets, minirocket):
     """The best mean accuracy over ``sets`` within the fit-time budget; ties: the faster."""
     rows = []
     for rec in records:
-        for r in rec["ranks"]:
-            accs = [rec["sets"][s]["accuracy"][str(r)] for s in sets]
+        for f in RANK_FRACTIONS:
+            accs = [rec["sets"][s]["accuracy"][str(f)] for s in sets]
             ratios = [rec["sets"][s]["fit_s"] / minirocket[s] for s in sets if s in minirocket]
             within = all(x <= FIT_RATIO for x in ratios) and \
                 rec["sets"].get("MNIST-1D", {}).get("fit_s", 0.0) <= MNIST1D_FIT_S
-            rows.append({"params": {**rec["params"], "n_components": r},
-                         "fraction": rec["fractions"][str(r)], "mean": float(np.mean(accs)),
+            rows.append({"params": {**rec["params"], "rank_fraction": f},
+                         "ranks": {s: rec["sets"][s]["ranks"][str(f)] for s in sets},
+                         "mean": float(np.mean(accs)),
                          "accuracies": dict(zip(sets, accs)),
                          "worst_fit_ratio": max(ratios) if ratios else None,
                          "within_budget": within,
@@ -129,6 +139,9 @@ def main(argv=None):
     parser = harness.arguments(__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1,
                         help="threads for every fit (default 1)")
+    parser.add_argument("--extend", default=None,
+                        help="a previous ucr_sweep.json: keep its candidates, evaluate the "
+                             "grid's others (its MiniRocket times are kept too)")
     args = parser.parse_args(argv)
     out = harness.output_dir(args.out)
     grid = QUICK_GRID if args.quick else GRID
@@ -138,42 +151,49 @@ def main(argv=None):
     if args.quick:
         X, y = X[:600], y[:600]
     data["MNIST-1D"] = (X, y)
-    records = []
+    records, previous = [], None
+    if args.extend:
+        import json
+
+        with open(args.extend) as handle:
+            previous = json.load(handle)
+        records = list(previous["records"])
+    done = [rec["params"] for rec in records]
     with crn.num_threads(args.threads):
         machine = harness.machine_info()
-        minirocket = {name: minirocket_fit_s(*data[name]) for name in sets}
+        minirocket = previous["minirocket_fit_s"] if previous else \
+            {name: minirocket_fit_s(*data[name]) for name in sets}
         harness.log(True, f"MiniRocket fit (s): {minirocket}")
         splits = {name: ucr_splits(*data[name], repeats=1 if args.quick else 2)
                   for name in sets}
         X_fit, y_fit, X_val, y_val = protocol.validation_split(*data["MNIST-1D"])
         splits["MNIST-1D"] = [(X_fit, y_fit, X_val, y_val)]
         for params in candidates(grid):
-            ranks = sorted({max(1, int(params["n_channels"] * f)) for f in RANK_FRACTIONS})
-            rec = {"params": params, "ranks": ranks,
-                   "fractions": {str(max(1, int(params["n_channels"] * f))): f
-                                 for f in RANK_FRACTIONS}, "sets": {}}
+            if params in done:
+                continue
+            rec = {"params": params, "sets": {}}
             start = time.perf_counter()
             for name in list(sets) + ["MNIST-1D"]:
-                result = evaluate(params, splits[name], ranks)
-                result["fit_s"] = full_fit_s(params, *data[name], ranks)
+                result = evaluate(params, splits[name])
+                result["fit_s"] = full_fit_s(params, *data[name])
                 rec["sets"][name] = result
             records.append(rec)
-            best = max(ranks, key=lambda r: np.mean([rec["sets"][s]["accuracy"][str(r)]
-                                                    for s in rec["sets"]]))
-            harness.log(True, f"{params}: r={best} mean "
-                        f"{np.mean([rec['sets'][s]['accuracy'][str(best)] for s in rec['sets']]):.3f}"
-                        f" ({time.perf_counter() - start:.0f} s)")
+            means = {f: np.mean([rec["sets"][s]["accuracy"][str(f)] for s in rec["sets"]])
+                     for f in RANK_FRACTIONS}
+            best = max(means, key=means.get)
+            harness.log(True, f"{params}: rank fraction {best} mean {means[best]:.3f} "
+                              f"({time.perf_counter() - start:.0f} s)")
     all_sets = list(sets) + ["MNIST-1D"]
     rows, chosen = choose(records, all_sets, minirocket)
     harness.write_json(out / "ucr_sweep.json", {
         "protocol": __doc__, "machine": machine, "minirocket_fit_s": minirocket,
         "fixed": FIXED, "fit_ratio_budget": FIT_RATIO, "mnist1d_fit_budget_s": MNIST1D_FIT_S,
         "records": records, "ranking": rows, "chosen": chosen, "quick": args.quick})
-    header = ["n_channels", "kernel", "dilations", "layers", "rank"] + all_sets + \
+    header = ["n_channels", "kernel", "dilations", "layers", "rank / C"] + all_sets + \
         ["mean", "worst fit / MiniRocket", "within budget"]
     table = [[str(r["params"]["n_channels"]), str(r["params"]["kernel_size"]),
               str(r["params"]["dilations"]), str(r["params"]["n_layers"]),
-              str(r["params"]["n_components"])]
+              str(r["params"]["rank_fraction"])]
              + [f"{r['accuracies'][s]:.3f}" for s in all_sets]
              + [f"{r['mean']:.3f}",
                 "" if r["worst_fit_ratio"] is None else f"{r['worst_fit_ratio']:.1f}x",

@@ -67,6 +67,13 @@ def check_real(value, name, rule, predicate):
     return value
 
 
+def check_n_channels(value, name="n_channels"):
+    """An integer >= 1, ``"auto"`` or None."""
+    if value is None or (isinstance(value, str) and value == "auto"):
+        return value
+    return check_int(value, name, rule="an integer >= 1, 'auto' or None")
+
+
 def check_n_components(value, name="n_components"):
     """An integer >= 1, ``"auto"`` or None (the same as ``"auto"``)."""
     if value is None or (isinstance(value, str) and value == "auto"):
@@ -206,6 +213,15 @@ def _parse_dilations(text):
 _parse_dilations.__name__ = "dilations"
 
 
+def _parse_channels(text):
+    """Command-line n_channels: ``auto``, ``none`` or an integer."""
+    lowered = text.lower()
+    return None if lowered == "none" else "auto" if lowered == "auto" else int(text)
+
+
+_parse_channels.__name__ = "int-auto-or-none"
+
+
 def _parse_components(text):
     """Command-line n_components: ``auto`` or an integer."""
     return "auto" if text.lower() in ("auto", "none") else int(text)
@@ -226,9 +242,10 @@ PARAMETERS = {p.name: p for p in [
     Parameter("eta", lambda v: check_positive(v, "eta"), "step size of each layer", float),
     Parameter("lmbda", lambda v: check_positive(v, "lmbda"),
               "temperature of the membership softmax(-lmbda ||C^j z||)", float),
-    Parameter("n_channels", lambda v: check_int(v, "n_channels", allow_none=True),
-              "channels of the random lifting, or none to use the input's",
-              _none_or(int), signals_only=True),
+    Parameter("n_channels", check_n_channels,
+              "channels of the random lifting; auto: by the signal size (256 up to 512 "
+              "positions, fewer beyond); none: the input's own channels",
+              _parse_channels, signals_only=True),
     Parameter("kernel_size", lambda v: check_int(v, "kernel_size"),
               "taps per axis of each lifting kernel (centred)", int, signals_only=True),
     Parameter("dilations", check_dilations,

@@ -474,6 +474,7 @@ def _fit(estimator, X, y):
     if estimator._signal_ndim and X.ndim == estimator._signal_ndim + 1:
         sample_shape = (1,) + sample_shape
     signal_shape = sample_shape[1:] if estimator._signal_ndim else ()
+    estimator._resolve_for_input(params, sample_shape)
     # Refusals before any work, as in process: the memory (with the fewest classes
     # possible, 2, until the labels are counted) and the subspaces' rank.
     _check_memory(params, workspace, X.chunks[0], sample_shape, 2)

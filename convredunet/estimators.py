@@ -24,7 +24,7 @@ from .backend import resolve
 from . import distributed as dask_paths
 from .distributed import is_dask
 from .network import (Layer, Lifting, Network, array_chunks, layer_progress,
-                      lifting_geometry)
+                      lifting_channels, lifting_geometry)
 
 __all__ = ["ReduNet1D", "ReduNet2D", "ReduNetVector", "load"]
 
@@ -42,6 +42,12 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         p = validate_params(self.get_params())
         p["workspace"] = resolve(p["backend"], p["device"], p["dtype"])
         return p
+
+    def _resolve_for_input(self, params, sample_shape):
+        """Set what depends on the input's size in ``params`` (``n_channels="auto"``)."""
+        if self._signal_ndim and "n_channels" in params:
+            params["n_channels"] = lifting_channels(params["n_channels"], sample_shape[1:])
+        return params
 
     def _workspace(self):
         return resolve(self.backend, self.device, self.dtype)
@@ -119,6 +125,7 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         workspace = params["workspace"]
         sample_shape = tuple(X.shape[1:])
         signal_shape = sample_shape[1:] if self._signal_ndim else ()
+        self._resolve_for_input(params, sample_shape)
         _check_size(params, workspace, X.shape[0], sample_shape, len(classes))
         if params["classifier"] == "subspace":  # checked before any layer is built
             lifted = self._signal_ndim and params["n_channels"] is not None

@@ -30,7 +30,7 @@ import numpy as np
 from ._files import atomic_path
 from ._validation import NONLINEARITIES, validate_params
 from .backend import workspace_of
-from .network import Network, lifting_geometry
+from .network import Network, lifting_channels, lifting_geometry
 from .subspace import n_directions
 
 __all__ = ["save_network", "read_model", "atomic_path", "FORMAT_VERSION", "ModelFile"]
@@ -268,7 +268,7 @@ def _read(archive, estimators):
         if nonlinearity not in NONLINEARITIES or nonlinearity != params["nonlinearity"]:
             raise bad(f"meta nonlinearity {nonlinearity!r} does not match the parameter "
                       f"nonlinearity={params['nonlinearity']!r}")
-        n_channels = params["n_channels"]
+        n_channels = lifting_channels(params["n_channels"], signal_shape)
         try:
             size, dilations = lifting_geometry(params["kernel_size"], params["dilations"],
                                                n_channels, signal_shape)

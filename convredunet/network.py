@@ -98,6 +98,28 @@ def _nonlinearity(backend, name, z):
     raise ValueError(f"nonlinearity must be 'relu', 'abs' or None, got {name!r}")
 
 
+#: ``n_channels="auto"``: lifted features per sample (channels x positions) at most this
+#: many, as a power of two of channels between AUTO_CHANNELS_MIN and AUTO_CHANNELS_MAX.
+AUTO_FEATURES = 1 << 17
+AUTO_CHANNELS_MAX = 256
+AUTO_CHANNELS_MIN = 32
+
+
+def lifting_channels(n_channels, signal_shape):
+    """The lifted channels for a signal size: ``n_channels`` itself, or the ``"auto"`` rule.
+
+    ``"auto"``: the largest power of two ``C <= 256`` with ``C * prod(signal_shape) <=
+    AUTO_FEATURES`` (``2^17``), at least 32. Fit and predict cost and the model's
+    size grow with the lifted features per sample, so long signals get fewer
+    channels: 256 up to 512 positions, 64 for 1,460.
+    """
+    if n_channels != "auto":
+        return n_channels
+    size = max(1, math.prod(signal_shape))
+    fitting = 2 ** max(0, int(math.floor(math.log2(max(1, AUTO_FEATURES // size)))))
+    return int(min(AUTO_CHANNELS_MAX, max(AUTO_CHANNELS_MIN, fitting)))
+
+
 def lifting_geometry(kernel_size, dilations, n_channels, signal_shape):
     """The lifting's taps per axis and each output channel's dilation, for a signal size.
 
