@@ -115,7 +115,11 @@ def minirocket_fit_s(X, y):
 
 
 def choose(records, sets, minirocket):
-    """The best mean accuracy over ``sets`` within the fit-time budget; ties: the faster."""
+    """The best mean accuracy over ``sets`` within the fit-time budget.
+
+    Ties go to the fewer subspace directions (a smaller model, a faster predict),
+    then to the faster fit.
+    """
     rows = []
     for rec in records:
         for f in RANK_FRACTIONS:
@@ -130,7 +134,8 @@ def choose(records, sets, minirocket):
                          "worst_fit_ratio": max(ratios) if ratios else None,
                          "within_budget": within,
                          "total_fit_s": sum(rec["sets"][s]["fit_s"] for s in sets)})
-    rows.sort(key=lambda row: (-row["mean"], row["total_fit_s"]))
+    rows.sort(key=lambda row: (-round(row["mean"], 9), row["params"]["rank_fraction"],
+                               row["total_fit_s"]))
     chosen = next((row for row in rows if row["within_budget"]), None)
     return rows, chosen
 

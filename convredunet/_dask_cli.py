@@ -36,7 +36,7 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 _LOCAL = re.compile(r"^local(?::(\d+))?$")
 _GENERATED = re.compile(r"^mnist1d:(\d+)$")
 # One MNIST-1D signal: 40 float64 samples.
-_SIGNAL_LENGTH, _SIGNAL_BYTES = 40, 40 * 8
+SIGNAL_LENGTH, _SIGNAL_BYTES = 40, 40 * 8
 
 
 def add_options(parser):
@@ -122,7 +122,7 @@ def fit_bytes(n, n_channels, itemsize):
     The signals and their labels, and two layers of features (a layer's
     input and output) of ``n_channels x 40`` values of ``itemsize`` bytes.
     """
-    return n * (_SIGNAL_BYTES + 8) + 2 * n * n_channels * _SIGNAL_LENGTH * itemsize
+    return n * (_SIGNAL_BYTES + 8) + 2 * n * n_channels * SIGNAL_LENGTH * itemsize
 
 
 def evaluate_bytes(n, n_channels, itemsize):
@@ -130,7 +130,7 @@ def evaluate_bytes(n, n_channels, itemsize):
 
     The signals (train and test) and their features, for the reference classifiers.
     """
-    return n * (_SIGNAL_BYTES + 8) + n * n_channels * _SIGNAL_LENGTH * itemsize
+    return n * (_SIGNAL_BYTES + 8) + n * n_channels * SIGNAL_LENGTH * itemsize
 
 
 def _gib(n_bytes):

@@ -266,7 +266,7 @@ PARAMETERS = {p.name: p for p in [
               "subspace (nearest class subspace of the training features, shift-invariant)"),
     Parameter("n_components", check_n_components,
               "at most this many directions per frequency of each class subspace, and never "
-              "more than the class's data span (classifier subspace); auto: a quarter of the "
+              "more than the class's data span (classifier subspace); auto: an eighth of the "
               "feature channels", _parse_components),
     Parameter("random_state", check_random_state, "seed of the lifting kernels", int),
     Parameter("backend", _choice("backend", ("numpy", "torch")), "numpy or torch"),

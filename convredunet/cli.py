@@ -321,7 +321,10 @@ def cmd_fit(args):
         if params["backend"] != "numpy":
             raise CLIError(f"--backend {params['backend']} is not available with --scheduler: "
                            "the Dask workers run the numpy backend; use --backend numpy")
-        channels = params.get("n_channels") or 1
+        from .network import lifting_channels
+
+        channels = lifting_channels(params.get("n_channels"),
+                                    (_dask_cli.SIGNAL_LENGTH,)) or 1
         cluster_bytes = _dask_cli.fit_bytes(plan.n_generated or 0, channels, _itemsize(params))
         _dask_cli.check_local_cluster_bytes(plan, cluster_bytes)
     with _dask_cli.session(args, plan, cluster_bytes) as dist:

@@ -53,7 +53,7 @@ def test_clone_and_params():
     twin = clone(net)
     assert twin.get_params() == net.get_params()
     twin.set_params(n_channels=8)
-    assert twin.n_channels == 8 and net.n_channels == 256
+    assert twin.n_channels == 8 and net.n_channels == "auto"
 
 
 # --- invariance ----------------------------------------------------------------------
@@ -289,7 +289,7 @@ def test_bad_input_to_fit_and_predict(fitted):
     (dict(n_layers=2.5), TypeError, "n_layers must be an integer >= 0, got 2.5"),
     (dict(n_layers=0, classifier="membership"), ValueError,
      "n_layers=0 needs classifier='subspace'"),
-    (dict(n_channels=0), ValueError, "n_channels must be an integer >= 1 or None, got 0"),
+    (dict(n_channels=0), ValueError, "n_channels must be an integer >= 1, 'auto' or None, got 0"),
     (dict(dilations=[1, 9], kernel_size=3), ValueError,
      r"dilations must be at most 4 for kernels of 3 taps on signals of size \(10,\)"),
     (dict(dilations=[0]), ValueError, "dilations must be None, 'auto' or a non-empty list"),

@@ -98,10 +98,18 @@ def test_thin_factorization_and_channel_grams_agree():
 
 def test_auto_rank_is_a_fraction_of_the_channels_capped_by_the_data():
     X, y = _signals(60, (1, 12), k=3, seed=9)
-    net = crn.ReduNet1D(n_channels=16, kernel_size=3, n_components="auto").fit(X, y)
-    assert net.subspaces_.shape[-1] == 4  # 16 // 4, every class has 20 samples
-    small = crn.ReduNet1D(n_channels=16, kernel_size=3, n_components="auto").fit(X[:6], y[:6])
+    net = crn.ReduNet1D(n_channels=32, kernel_size=3, n_components="auto").fit(X, y)
+    assert net.subspaces_.shape[-1] == 4  # 32 // 8, every class has 20 samples
+    small = crn.ReduNet1D(n_channels=32, kernel_size=3, n_components="auto").fit(X[:6], y[:6])
     assert small.subspaces_.shape[-1] == 2  # two samples per class
+
+
+def test_auto_channels_follow_the_signal_length():
+    rng = np.random.default_rng(19)
+    for length, channels in ((24, 256), (512, 256), (600, 128), (1460, 64), (8000, 32)):
+        X = rng.standard_normal((6, length))
+        net = crn.ReduNet1D(kernel_size=3).fit(X, np.arange(6) % 2)
+        assert net.network_.n_channels == channels
 
 
 # --- the fit in low-rank form --------------------------------------------------------------

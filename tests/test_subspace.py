@@ -146,10 +146,10 @@ def test_bad_parameters(params, error, match):
         crn.ReduNet1D(**{"classifier": "subspace", **params}).fit(X, y)
 
 
-def test_default_rank_is_a_quarter_of_the_channels():
-    X, y = _signals(30, (1, 10), k=3)
+def test_default_rank_is_an_eighth_of_the_channels():
+    X, y = _signals(60, (1, 10), k=3)
     assert crn.ReduNet1D().classifier == "subspace"
-    net = crn.ReduNet1D(eps2=0.1, n_layers=1, n_channels=8, kernel_size=3,
+    net = crn.ReduNet1D(eps2=0.1, n_layers=1, n_channels=16, kernel_size=3,
                         n_components=None).fit(X, y)
     assert net.subspaces_.shape[-1] == 2
     # an integer is clipped to C - 1: the subspace leaves a complement
