@@ -33,10 +33,12 @@ def layer_flops(layer, n_channels, signal_shape, n_samples):
     t = math.prod(signal_shape)
     f = t // signal_shape[-1] * (signal_shape[-1] // 2 + 1)
     k = layer.n_classes
-    macs = f * layer.stacked.shape[1] * n_channels
+    macs = 0 if layer.stacked is None else f * layer.stacked.shape[1] * n_channels
     if layer.lowrank_classes:
         g, width = layer.M_inv.shape[1], layer.M_inv.shape[-1]
         macs += f * (2 * g * width * n_channels + g * width * width)
+        if layer.solution.e_lowrank:  # M_E^-1 p
+            macs += f * (g * width) ** 2
     macs += 2 * f * k * n_channels
     fft = 2 * 2.5 * n_channels * t * math.log2(t)
     return n_samples * (8 * macs + fft)

@@ -8,6 +8,7 @@ which owns the forward pass; the estimator validates and delegates.
 """
 import logging
 import math
+import time
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
@@ -106,6 +107,11 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
 
         All or nothing: the fitted attributes are set only when every layer is
         built, so an error or an interruption leaves a previous fit intact.
+        ``fit_stages_`` records the seconds of each stage (``lift``,
+        ``layer{i}/solve``, ``layer{i}/apply``, ``rank``, ``subspaces``) of an
+        in-memory fit, and ``rank_scores_`` the cross-validated accuracy of each
+        subspace rank tried (``n_components="auto"``, classes of at most ``C``
+        signals; empty otherwise); neither is saved with the model.
 
         Parameters
         ----------
@@ -140,8 +146,18 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         order = np.argsort(labels, kind="stable")
         labels = labels[order]
         counts = np.bincount(labels, minlength=k)
+        stages = []  # (stage, seconds): where the fit's time went
+        clock = time.perf_counter()
+
+        def lap(stage):
+            nonlocal clock
+            now = time.perf_counter()
+            stages.append((stage, now - clock))
+            clock = now
+
         with thread_limits():
             V = _lift_spectra(network, X, order, params["batch_size"])
+            lap("lift")
             feature_shape = network.feature_shape
             progress = layer_progress(params["n_layers"], params["verbose"], type(self).__name__)
             try:
@@ -151,6 +167,7 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
                     layer = Layer(backend, solution, params["eta"], params["lmbda"],
                                   signal_shape)
                     network.layers.append(layer)
+                    lap(f"layer{index}/solve")
                     V, pi = _apply_spectra(
                         backend, layer, V,
                         labels if params["membership"] == "label" else None,
@@ -158,6 +175,7 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
                                            budget=math.prod(V.shape) * backend.itemsize(V)),
                         counts)
                     layer.solution = spectral.without_gram(layer.solution)
+                    lap(f"layer{index}/apply")
                     accuracy = float(np.mean(backend.asnumpy(backend.argmax(pi, 1))
                                              == labels))
                     record = {"layer": index, "delta_R": solution.rates.delta,
@@ -173,12 +191,25 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
                                          acc=f"{accuracy:.3f}")
             finally:
                 progress.close()
-            bases = None
+            bases, rank, scores, gram = None, None, {}, None
             if params["classifier"] == "subspace":
-                bases = subspace.class_subspaces(backend, V, labels, k, params["n_components"],
+                rank = params["n_components"]
+                if counts.max() <= feature_shape[0] and subspace.gram_fits(V):
+                    gram = backend.gram(V)  # every product the classifier needs
+                if rank in (None, "auto"):
+                    rank, scores = subspace.cross_validated_rank(backend, V, labels, k,
+                                                                 feature_shape, gram)
+                    if rank is None:  # large classes: the rule
+                        rank = subspace.n_directions("auto", feature_shape[0])
+                    lap("rank")
+                bases = subspace.class_subspaces(backend, V, labels, k, rank,
                                                  params["batch_size"],
-                                                 sample_shape=feature_shape)
+                                                 sample_shape=feature_shape, gram=gram)
+                del gram
+                lap("subspaces")
         self._set_fitted(network, classes, history, bases)
+        self.fit_stages_ = dict(stages)
+        self.rank_scores_ = scores
         return self
 
     def _set_fitted(self, network, classes, history, subspaces=None):

@@ -79,7 +79,7 @@ def n_directions(n_components, n_channels):
 
 
 def class_subspaces(backend, Z, labels, n_classes, n_components, batch_size=None,
-                    sample_shape=None):
+                    sample_shape=None, gram=None):
     """Per-class, per-frequency principal directions of features ``Z``, rank-correct.
 
     Parameters
@@ -94,6 +94,9 @@ def class_subspaces(backend, Z, labels, n_classes, n_components, batch_size=None
     sample_shape : tuple or None
         Given when ``Z`` holds the features' half spectra ``(F, C, m)``
         (classes in runs of columns) rather than the features.
+    gram : array (F, m, m) or None
+        ``Z^H Z`` of such spectra, when already formed: every class of at most
+        ``C`` signals is then factored from its diagonal block.
 
     Returns
     -------
@@ -114,6 +117,8 @@ def class_subspaces(backend, Z, labels, n_classes, n_components, batch_size=None
                                               sample_shape=sample_shape)
         rtol = RANK_RTOL[backend.real_dtype_name(Z)]
         parts = {}
+        if thin and gram is not None and len(thin) == n_classes:
+            return _stack_bases(backend, _bases_from_gram(backend, Z, gram, counts, r, rtol))
         if thin:
             if sample_shape is not None and len(thin) == n_classes and \
                     len(set(counts)) == 1 and bool(np.all(np.diff(labels) >= 0)):
@@ -127,6 +132,144 @@ def class_subspaces(backend, Z, labels, n_classes, n_components, batch_size=None
             parts.update(zip(thick, bases_from_grams(backend, [grams.pop(j) for j in thick],
                                                      r, rtol)))
         return _stack_bases(backend, [parts[j] for j in range(n_classes)])
+
+
+#: Folds of the rank's cross-validation (fewer when a class has fewer samples).
+RANK_FOLDS = 5
+
+
+def rank_candidates(counts, n_channels, n_folds):
+    """Ranks the cross-validation tries: powers of two, and every direction a class has.
+
+    The largest candidate, ``n_channels - 1``, keeps each class's whole span
+    (the numerical rank caps it); the powers of two stop below the largest
+    fold-training class.
+    """
+    largest = int(max(counts)) - int(math.ceil(max(counts) / n_folds))
+    top = max(1, min(largest, n_channels - 1))
+    powers = [2 ** i for i in range(int(math.log2(top)) + 1) if 2 ** i < top]
+    return powers + [n_channels - 1]
+
+
+def gram_fits(V, budget_bytes=None):
+    """Whether ``V^H V`` ``(F, m, m)`` of spectra ``(F, C, m)`` is worth holding.
+
+    It replaces every product with ``V`` in the rank's cross-validation and the
+    thin bases; held when it takes at most twice the spectra's own memory (or
+    ``budget_bytes``).
+    """
+    f, c, m = V.shape
+    budget = 2 * f * c * m if budget_bytes is None else budget_bytes // 16
+    return f * m * m <= max(budget, 1 << 24)
+
+
+def cross_validated_rank(backend, V, labels, n_classes, sample_shape, gram=None,
+                         candidates=None, n_folds=RANK_FOLDS):
+    """The subspace rank with the best cross-validated accuracy on training spectra.
+
+    Each class's signals are dealt to ``n_folds`` folds in turn; for each fold,
+    every class's subspace is factored from its other signals (thin: the
+    ``m_j x m_j`` Gram) and the held-out signals are classified with the first
+    ``r`` directions, for every candidate ``r`` at once (the captured energy is
+    a cumulative sum over directions sorted by eigenvalue). Ties go to the
+    smaller rank.
+
+    Parameters
+    ----------
+    V : array (F, C, m), the training features' half spectra, classes in runs
+    labels : numpy int array (m,), sorted
+    sample_shape : tuple, one sample's feature shape
+    gram : array (F, m, m) or None
+        ``V^H V`` (:func:`gram_fits`); without it the products are formed per fold.
+    candidates : list of int or None (:func:`rank_candidates`)
+
+    Returns
+    -------
+    rank : int or None
+    scores : dict rank -> accuracy
+        Empty (and ``rank`` None) when a class has a single signal or a class
+        has more signals than channels (no thin factorization: use the rule of
+        :func:`n_directions`).
+    """
+    counts = np.bincount(labels, minlength=n_classes)
+    n_channels = V.shape[1]
+    n_folds = min(n_folds, int(counts.min()))
+    if n_folds < 2 or counts.max() > n_channels:
+        return None, {}
+    if candidates is None:
+        candidates = rank_candidates(counts, n_channels, n_folds)
+    signal_shape = tuple(sample_shape[1:])
+    weights = backend.astype(spectral.half_spectrum_weights(signal_shape), like=V.real)
+    rtol = RANK_RTOL[backend.real_dtype_name(V)]
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    fold = np.concatenate([np.arange(n) % n_folds for n in counts])
+    correct = np.zeros(len(candidates))
+    with thread_limits():
+        for f in range(n_folds):
+            held = np.flatnonzero(fold == f)
+            # Every class's fold-training signals, padded to one width w: (k, w)
+            # indices (padding points at sample 0 and is masked to zero).
+            own = [starts[j] + np.flatnonzero(fold[starts[j]:starts[j + 1]] != f)
+                   for j in range(n_classes)]
+            width = max(len(o) for o in own)
+            index = np.zeros((n_classes, width), dtype=np.int64)
+            mask = np.zeros((n_classes, width))
+            for j, o in enumerate(own):
+                index[j, :len(o)] = o
+                mask[j, :len(o)] = 1.0
+            mask = backend.as_dtype_of(backend.from_numpy(mask, like=weights), V)
+            if gram is None:
+                v_held = backend.take_columns(V, held)  # (F, C, h)
+                total = backend.einsum("f,fb->b", weights, backend.channel_sq_norms(v_held))
+                v_own = backend.reshape(backend.take_columns(V, index.reshape(-1)),
+                                        tuple(V.shape[:2]) + (n_classes, width))
+                v_own = backend.permute(v_own, (0, 2, 1, 3)) * mask[None, :, None, :]
+                own_gram = backend.gram(v_own)  # (F, k, w, w)
+                cross = backend.hmatmul(v_own, v_held[:, None])  # (F, k, w, h)
+            else:
+                diagonal = backend.einsum("fbb->fb", gram)  # (F, m) = |v_i(p)|^2
+                total = backend.einsum("f,fb->b", weights,
+                                       backend.take_columns(diagonal, held).real)
+                pair = mask[:, :, None] * mask[:, None, :]
+                own_gram = backend.gather(gram, index[:, :, None], index[:, None, :]) * \
+                    pair[None]  # (F, k, w, w)
+                cross = backend.gather(gram, index[:, :, None], held[None, None, :]) * \
+                    mask[None, :, :, None]  # (F, k, w, h): V_j^H v_held
+            values, vectors = backend.eigh(own_gram)  # ascending
+            values = backend.permute(backend.flip(values, -1), (1, 0, 2))  # (k, F, w)
+            vectors = backend.flip(vectors, -1)
+            keep = _keep_mask(backend, values, n_channels, rtol)
+            inverse = backend.where(keep, 1.0 / backend.maximum(values, 1e-300), 0.0)
+            energy = backend.abs2(backend.hmatmul(vectors, cross)) * \
+                backend.permute(inverse, (1, 0, 2))[:, :, :, None]  # (F, k, w, h)
+            cumulative = backend.einsum("f,fkwh->kwh", weights, backend.cumsum(energy, 2))
+            captured = backend.stack([cumulative[:, min(r, width) - 1] for r in candidates],
+                                     axis=1)  # (k, R, h)
+            distances = total[None, None, :] - captured
+            guess = backend.asnumpy(backend.argmax(-distances, 0))  # (R, h)
+            correct += (guess == labels[held][None, :]).sum(1)
+    scores = dict(zip(candidates, (correct / len(labels)).tolist()))
+    best = max(scores.values())
+    return min(r for r, acc in scores.items() if acc >= best - 1e-12), scores
+
+
+def _bases_from_gram(backend, V, gram, counts, r, rtol):
+    """Thin bases of classes in runs of ``V`` from the diagonal blocks of ``V^H V``."""
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    parts = []
+    for j in range(len(counts)):
+        block = gram[:, starts[j]:starts[j + 1], starts[j]:starts[j + 1]]
+        values, vectors = backend.eigh(block)
+        values = backend.flip(values, -1)
+        vectors = backend.flip(vectors, -1)
+        n = min(r, values.shape[-1])
+        values, vectors = values[..., :n], vectors[..., :n]
+        keep = _keep_mask(backend, values[None], r, rtol)[0]
+        inv_sqrt = backend.where(keep, 1.0 / backend.sqrt(backend.maximum(values, 1e-300)),
+                                 0.0)
+        parts.append(V[:, :, starts[j]:starts[j + 1]] @ (
+            vectors * backend.as_dtype_of(inv_sqrt[:, None, :], vectors)))
+    return parts
 
 
 def _padded(backend, spectra):

@@ -96,12 +96,51 @@ def test_thin_factorization_and_channel_grams_agree():
                                atol=1e-12)
 
 
-def test_auto_rank_is_a_fraction_of_the_channels_capped_by_the_data():
-    X, y = _signals(60, (1, 12), k=3, seed=9)
-    net = crn.ReduNet1D(n_channels=32, kernel_size=3, n_components="auto").fit(X, y)
-    assert net.subspaces_.shape[-1] == 4  # 32 // 8, every class has 20 samples
-    small = crn.ReduNet1D(n_channels=32, kernel_size=3, n_components="auto").fit(X[:6], y[:6])
-    assert small.subspaces_.shape[-1] == 2  # two samples per class
+def _brute_force_rank_scores(Z, y, candidates, n_folds):
+    """Each fold's subspaces fitted from scratch (class_subspaces), held-out signals scored."""
+    counts = np.bincount(y)
+    fold = np.concatenate([np.arange(n) % n_folds for n in counts])  # y sorted
+    correct = dict.fromkeys(candidates, 0)
+    for f in range(n_folds):
+        fit, held = fold != f, fold == f
+        for r in candidates:
+            bases = class_subspaces(BACKEND, Z[fit], y[fit], len(counts), r)
+            d = subspace_distances(BACKEND, Z[held], bases, Z.shape[2:])
+            correct[r] += int(np.sum(np.argmin(d, 1) == y[held]))
+    return {r: c / len(y) for r, c in correct.items()}
+
+
+@pytest.mark.parametrize("with_gram", [True, False])
+def test_cross_validated_rank_equals_refitting_every_fold(with_gram):
+    from convredunet.subspace import cross_validated_rank, rank_candidates
+
+    y = np.repeat(np.arange(3), (7, 5, 6))
+    Z, _ = _signals(len(y), (12, 10), k=3, seed=20)
+    V = spectral.spectrum(BACKEND, Z, (10,))
+    gram = BACKEND.gram(V) if with_gram else None
+    candidates = rank_candidates(np.bincount(y), 12, 5)
+    assert candidates == [1, 2, 4, 11]
+    rank, scores = cross_validated_rank(BACKEND, V, y, 3, (12, 10), gram)
+    want = _brute_force_rank_scores(Z, y, candidates, 5)
+    assert scores == pytest.approx(want, abs=1e-12)
+    best = max(want.values())
+    assert rank == min(r for r, acc in want.items() if acc == best)
+
+
+def test_auto_rank_is_cross_validated_on_small_classes_and_a_rule_on_large_ones():
+    X, y = _signals(36, (1, 12), k=3, seed=9)
+    net = crn.ReduNet1D(n_channels=32, kernel_size=3).fit(X, y)
+    assert net.rank_scores_ and set(net.rank_scores_) == {1, 2, 4, 8, 31}
+    best = max(net.rank_scores_.values())
+    chosen = min(r for r, acc in net.rank_scores_.items() if acc == best)
+    assert net.subspaces_.shape[-1] == min(chosen, 12)
+    assert "rank" in net.fit_stages_
+    # classes of more signals than channels: the rule (an eighth of the channels)
+    big = crn.ReduNet1D(n_channels=16, kernel_size=3).fit(*_signals(60, (1, 12), k=3))
+    assert big.rank_scores_ == {} and big.subspaces_.shape[-1] == 2
+    # an integer is used as given
+    fixed = crn.ReduNet1D(n_channels=32, kernel_size=3, n_components=3).fit(X, y)
+    assert fixed.rank_scores_ == {} and fixed.subspaces_.shape[-1] == 3
 
 
 def test_auto_channels_follow_the_signal_length():

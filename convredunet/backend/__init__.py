@@ -17,10 +17,10 @@ The primitives every backend provides (tested against numpy, one by one, in
     arrays: ``asnumpy``, ``from_numpy``, ``device``, ``eye``, ``zeros``,
     ``astype``, ``astype_complex``, ``as_dtype_of``, ``complex_dtype``,
     ``real_dtype``, ``itemsize``, ``concat``, ``stack``, ``permute``, ``reshape``,
-    ``take``, ``take_columns``, ``contiguous``, ``to_float``, ``all_finite``, ``finite_mask``,
+    ``take``, ``take_rows``, ``take_columns``, ``gather``, ``contiguous``, ``to_float``, ``all_finite``, ``finite_mask``,
     ``real_dtype_name``, ``template``, ``real_template``, ``memory_bytes``,
     ``as_real_input`` (a user's array checked and converted);
-    elementwise and reductions: ``abs2``, ``sqrt``, ``maximum``, ``flip``, ``where``, ``softmax``, ``softmin``,
+    elementwise and reductions: ``abs2``, ``sqrt``, ``maximum``, ``flip``, ``where``, ``cumsum``, ``softmax``, ``softmin``,
     ``max_abs_rows``, ``max_abs_columns``, ``pow2_scale`` (exact power-of-two rescaling), ``max_exponent``,
     ``argmax``, ``einsum``, ``class_sq_norms``, ``channel_sq_norms``, ``abs_``/``relu_``
     (in place), ``add_to_diagonal`` (in place);

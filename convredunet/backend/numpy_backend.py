@@ -252,6 +252,14 @@ class NumpyBackend:
     def take(self, x, indices):
         return x[indices]
 
+    def take_rows(self, x, indices):
+        """``x[..., indices, :]``."""
+        return x[..., indices, :]
+
+    def gather(self, x, rows, cols):
+        """``x[..., rows, cols]`` with broadcasting integer index arrays."""
+        return x[..., rows, cols]
+
     def take_columns(self, x, indices):
         """``x[..., indices]``: samples of a spectrum ``(F, C, m)``."""
         return x[..., indices]
@@ -297,6 +305,9 @@ class NumpyBackend:
 
     def flip(self, x, axis):
         return np.flip(x, axis=axis)
+
+    def cumsum(self, x, axis):
+        return np.cumsum(x, axis=axis)
 
     def where(self, condition, x, y):
         return np.where(condition, x, y)

@@ -152,6 +152,15 @@ class TorchBackend:
     def take(self, x, indices):
         return x[torch.as_tensor(indices, device=x.device)]
 
+    def take_rows(self, x, indices):
+        """``x[..., indices, :]``."""
+        return x[..., torch.as_tensor(indices, device=x.device), :]
+
+    def gather(self, x, rows, cols):
+        """``x[..., rows, cols]`` with broadcasting integer index arrays."""
+        return x[..., torch.as_tensor(rows, device=x.device), torch.as_tensor(cols,
+                                                                              device=x.device)]
+
     def take_columns(self, x, indices):
         """``x[..., indices]``: samples of a spectrum ``(F, C, m)``."""
         return x[..., torch.as_tensor(indices, device=x.device)]
@@ -190,6 +199,9 @@ class TorchBackend:
 
     def flip(self, x, axis):
         return torch.flip(x, dims=(axis,))
+
+    def cumsum(self, x, axis):
+        return torch.cumsum(x, dim=axis)
 
     def where(self, condition, x, y):
         return torch.where(condition, x, y)
