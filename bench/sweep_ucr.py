@@ -41,8 +41,10 @@ UCR_SETS = ("GunPoint", "ArrowHead", "ItalyPowerDemand", "BasicMotions", "ACSF1"
 FIT_RATIO = 3.0
 #: ... and at most this many seconds on MNIST-1D (4000 signals), one thread.
 MNIST1D_FIT_S = 60.0
-#: Fractions of the feature channels tried as n_components.
+#: Fractions of the feature channels tried as n_components, and "cv": n_components="auto",
+#: the rank cross-validated inside each fit (fold) on its own training part.
 RANK_FRACTIONS = (0.125, 0.25, 0.5)
+RANKS = RANK_FRACTIONS + ("cv",)
 
 GRID = {
     "n_channels": (64, 128, 256, "auto"),
@@ -81,8 +83,8 @@ def _scores(net, X_val, y_val, ranks):
 
 def evaluate(params, splits):
     """Mean validation accuracy per rank fraction over ``[(X_fit, y_fit, X_val, y_val)]``."""
-    per_rank = {f: [] for f in RANK_FRACTIONS}
-    fit_s = []
+    per_rank = {f: [] for f in RANKS}
+    fit_s, chosen = [], []
     ranks = _ranks(params, splits[0][0])
     for X_fit, y_fit, X_val, y_val in splits:
         net = crn.ReduNet1D(**FIXED, **params, n_components=max(ranks.values()))
@@ -91,8 +93,11 @@ def evaluate(params, splits):
         fit_s.append(t.seconds)
         for f, acc in _scores(net, X_val, y_val, ranks).items():
             per_rank[f].append(acc)
+        cv = crn.ReduNet1D(**FIXED, **params, n_components="auto").fit(X_fit, y_fit)
+        per_rank["cv"].append(float(np.mean(cv.predict(X_val) == y_val)))
+        chosen.append(int(cv.subspaces_.shape[-1]))
     return {"accuracy": {str(f): float(np.mean(v)) for f, v in per_rank.items()},
-            "ranks": {str(f): r for f, r in ranks.items()},
+            "ranks": {**{str(f): r for f, r in ranks.items()}, "cv": chosen},
             "fold_fit_s": float(np.mean(fit_s))}
 
 
@@ -101,8 +106,12 @@ def ucr_splits(X, y, repeats=2, seed=0):
     return [(X[a], y[a], X[b], y[b]) for a, b in cv.split(X.reshape(len(X), -1), y)]
 
 
-def full_fit_s(params, X, y):
-    net = crn.ReduNet1D(**FIXED, **params, n_components=max(_ranks(params, X).values()))
+def full_fit_s(params, X, y, rank=None):
+    """One thread, the whole training split: fastest of up to 3 fits (after a warm-up)."""
+    if rank == "cv":
+        net = crn.ReduNet1D(**FIXED, **params, n_components="auto")
+    else:
+        net = crn.ReduNet1D(**FIXED, **params, n_components=max(_ranks(params, X).values()))
     return harness.time_call(lambda: net.fit(X, y), repeats=3, budget_s=3.0).best
 
 
@@ -122,19 +131,24 @@ def choose(records, sets, minirocket):
     """
     rows = []
     for rec in records:
-        for f in RANK_FRACTIONS:
+        for f in RANKS:
+            if any(str(f) not in rec["sets"][s]["accuracy"] for s in sets):
+                continue  # a candidate of an earlier run that did not try it
             accs = [rec["sets"][s]["accuracy"][str(f)] for s in sets]
-            ratios = [rec["sets"][s]["fit_s"] / minirocket[s] for s in sets if s in minirocket]
+            fit = {s: rec["sets"][s]["fit_cv_s" if f == "cv" else "fit_s"] for s in sets}
+            ratios = [fit[s] / minirocket[s] for s in sets if s in minirocket]
             within = all(x <= FIT_RATIO for x in ratios) and \
-                rec["sets"].get("MNIST-1D", {}).get("fit_s", 0.0) <= MNIST1D_FIT_S
+                fit.get("MNIST-1D", 0.0) <= MNIST1D_FIT_S
             rows.append({"params": {**rec["params"], "rank_fraction": f},
                          "ranks": {s: rec["sets"][s]["ranks"][str(f)] for s in sets},
                          "mean": float(np.mean(accs)),
                          "accuracies": dict(zip(sets, accs)),
                          "worst_fit_ratio": max(ratios) if ratios else None,
                          "within_budget": within,
-                         "total_fit_s": sum(rec["sets"][s]["fit_s"] for s in sets)})
-    rows.sort(key=lambda row: (-round(row["mean"], 9), row["params"]["rank_fraction"],
+                         "total_fit_s": sum(fit.values())})
+    # Ties: the fixed fraction with fewer directions, then "cv" (it costs a fit's CV).
+    order = {f: i for i, f in enumerate(RANKS)}
+    rows.sort(key=lambda row: (-round(row["mean"], 9), order[row["params"]["rank_fraction"]],
                                row["total_fit_s"]))
     chosen = next((row for row in rows if row["within_budget"]), None)
     return rows, chosen
@@ -144,6 +158,9 @@ def main(argv=None):
     parser = harness.arguments(__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1,
                         help="threads for every fit (default 1)")
+    parser.add_argument("--cv-for", default=None, type=lambda text: __import__("json").loads(text),
+                        help="with --extend: JSON list of earlier candidates (parameter dicts) "
+                             "to score with the in-fit rank cross-validation too")
     parser.add_argument("--extend", default=None,
                         help="a previous ucr_sweep.json: keep its candidates, evaluate the "
                              "grid's others (its MiniRocket times are kept too)")
@@ -173,6 +190,16 @@ def main(argv=None):
                   for name in sets}
         X_fit, y_fit, X_val, y_val = protocol.validation_split(*data["MNIST-1D"])
         splits["MNIST-1D"] = [(X_fit, y_fit, X_val, y_val)]
+        for rec in records:  # an earlier run's candidates: add the in-fit cross-validation
+            if args.cv_for is not None and rec["params"] in args.cv_for and \
+                    "cv" not in rec["sets"]["MNIST-1D"]["accuracy"]:
+                for name in list(sets) + ["MNIST-1D"]:
+                    result = evaluate(rec["params"], splits[name])
+                    rec["sets"][name]["accuracy"]["cv"] = result["accuracy"]["cv"]
+                    rec["sets"][name]["ranks"]["cv"] = result["ranks"]["cv"]
+                    rec["sets"][name]["fit_cv_s"] = full_fit_s(rec["params"], *data[name], "cv")
+                harness.log(True, f"{rec['params']}: cv mean " + str(np.mean(
+                    [rec["sets"][s]["accuracy"]["cv"] for s in rec["sets"]])))
         for params in candidates(grid):
             if params in done:
                 continue
@@ -181,10 +208,11 @@ def main(argv=None):
             for name in list(sets) + ["MNIST-1D"]:
                 result = evaluate(params, splits[name])
                 result["fit_s"] = full_fit_s(params, *data[name])
+                result["fit_cv_s"] = full_fit_s(params, *data[name], "cv")
                 rec["sets"][name] = result
             records.append(rec)
             means = {f: np.mean([rec["sets"][s]["accuracy"][str(f)] for s in rec["sets"]])
-                     for f in RANK_FRACTIONS}
+                     for f in RANKS}
             best = max(means, key=means.get)
             harness.log(True, f"{params}: rank fraction {best} mean {means[best]:.3f} "
                               f"({time.perf_counter() - start:.0f} s)")

@@ -535,12 +535,13 @@ def _fit(estimator, X, y):
             progress.set_postfix(delta_R=f"{record['delta_R']:.3f}", acc=f"{accuracy:.3f}")
     finally:
         progress.close()
-    bases = None
+    bases, scores = None, {}
     if params["classifier"] == "subspace":
-        bases = _subspaces(Z, labels, len(classes), params["n_components"],
-                           params["batch_size"])
+        bases, scores = _subspaces(Z, labels, counts, params["n_components"],
+                                   params["batch_size"])
     del Z
     estimator._set_fitted(network, classes, history, bases)
+    estimator.rank_scores_ = scores
     return estimator
 
 
@@ -563,15 +564,35 @@ def _sum_grams(parts):
     return out
 
 
-def _subspaces(Z, labels, k, n_components, batch_size):
-    """The class subspaces of the last features: per-chunk Grams, summed in a tree."""
-    from . import subspace
+def _subspaces(Z, labels, counts, n_components, batch_size):
+    """The class subspaces of the last features, and the rank's cross-validation scores.
+
+    Per-chunk Grams summed in a tree; with ``n_components="auto"`` and classes of
+    at most ``C`` signals (then at most ``k C`` signals in all), the features are
+    gathered and the rank cross-validated as in process.
+    """
+    from . import subspace, spectral
 
     dask, _ = _dask()
+    k = len(counts)
+    backend = resolve("numpy").backend
+    if n_components in (None, "auto") and counts.max() <= Z.shape[1]:
+        z, lab = dask.compute(Z, labels)
+        order = np.argsort(lab, kind="stable")
+        shape = tuple(Z.shape[1:])
+        V = spectral.spectrum(backend, z[order], shape[1:])
+        del z
+        gram = backend.gram(V) if subspace.gram_fits(V) else None
+        rule = subspace.n_directions("auto", shape[0])
+        rank, scores = subspace.cross_validated_rank(backend, V, lab[order], k, shape, gram,
+                                                     default=rule)
+        rank = rule if rank is None else rank
+        return subspace.class_subspaces(backend, V, lab[order], k, rank, batch_size,
+                                        sample_shape=shape, gram=gram), scores
     parts = [dask.delayed(_subspace_chunk, pure=False)(z, lab, k, batch_size)
              for z, lab in zip(_blocks(Z), _blocks(labels))]
     (grams,) = dask.compute(_tree(parts, _sum_grams))
-    return subspace.subspaces_from_grams(resolve("numpy").backend, grams, n_components)
+    return subspace.subspaces_from_grams(backend, grams, n_components), {}
 
 
 def _log_layer(index, record):

@@ -197,10 +197,10 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
                 if counts.max() <= feature_shape[0] and subspace.gram_fits(V):
                     gram = backend.gram(V)  # every product the classifier needs
                 if rank in (None, "auto"):
-                    rank, scores = subspace.cross_validated_rank(backend, V, labels, k,
-                                                                 feature_shape, gram)
-                    if rank is None:  # large classes: the rule
-                        rank = subspace.n_directions("auto", feature_shape[0])
+                    rule = subspace.n_directions("auto", feature_shape[0])
+                    rank, scores = subspace.cross_validated_rank(
+                        backend, V, labels, k, feature_shape, gram, default=rule)
+                    rank = rule if rank is None else rank  # large classes: the rule
                     lap("rank")
                 bases = subspace.class_subspaces(backend, V, labels, k, rank,
                                                  params["batch_size"],

@@ -164,15 +164,21 @@ def gram_fits(V, budget_bytes=None):
 
 
 def cross_validated_rank(backend, V, labels, n_classes, sample_shape, gram=None,
-                         candidates=None, n_folds=RANK_FOLDS):
-    """The subspace rank with the best cross-validated accuracy on training spectra.
+                         candidates=None, n_folds=RANK_FOLDS, default=None):
+    """The subspace rank that cross-validation on the training spectra supports.
 
     Each class's signals are dealt to ``n_folds`` folds in turn; for each fold,
     every class's subspace is factored from its other signals (thin: the
     ``m_j x m_j`` Gram) and the held-out signals are classified with the first
     ``r`` directions, for every candidate ``r`` at once (the captured energy is
-    a cumulative sum over directions sorted by eigenvalue). Ties go to the
-    smaller rank.
+    a cumulative sum over directions sorted by eigenvalue).
+
+    The choice keeps ``default`` (the rule of :func:`n_directions`, a candidate)
+    unless it scores more than one standard error below the best candidate
+    (``sqrt(max(a (1 - a), 1/m) / m)`` at the best accuracy ``a``, ``m``
+    signals): with ten signals per
+    class, a few held-out signals must not move the rank; a clearly better one
+    does. Without ``default``, the best (ties: the smaller rank).
 
     Parameters
     ----------
@@ -198,6 +204,8 @@ def cross_validated_rank(backend, V, labels, n_classes, sample_shape, gram=None,
         return None, {}
     if candidates is None:
         candidates = rank_candidates(counts, n_channels, n_folds)
+    if default is not None:
+        candidates = sorted(set(candidates) | {int(default)})
     signal_shape = tuple(sample_shape[1:])
     weights = backend.astype(spectral.half_spectrum_weights(signal_shape), like=V.real)
     rtol = RANK_RTOL[backend.real_dtype_name(V)]
@@ -250,6 +258,11 @@ def cross_validated_rank(backend, V, labels, n_classes, sample_shape, gram=None,
             correct += (guess == labels[held][None, :]).sum(1)
     scores = dict(zip(candidates, (correct / len(labels)).tolist()))
     best = max(scores.values())
+    if default is not None:
+        m = len(labels)
+        error = math.sqrt(max(best * (1 - best), 1 / m) / m)
+        if scores[int(default)] >= best - error - 1e-12:
+            return int(default), scores
     return min(r for r, acc in scores.items() if acc >= best - 1e-12), scores
 
 

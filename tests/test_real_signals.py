@@ -125,14 +125,22 @@ def test_cross_validated_rank_equals_refitting_every_fold(with_gram):
     assert scores == pytest.approx(want, abs=1e-12)
     best = max(want.values())
     assert rank == min(r for r, acc in want.items() if acc == best)
+    # with a default, it is kept unless more than one standard error below the best
+    rank, scores = cross_validated_rank(BACKEND, V, y, 3, (12, 10), gram, default=3)
+    assert 3 in scores
+    error = np.sqrt(max(best * (1 - best), 1 / 18) / 18)
+    assert rank == (3 if scores[3] >= max(scores.values()) - error else
+                    min(r for r, acc in scores.items() if acc == max(scores.values())))
 
 
 def test_auto_rank_is_cross_validated_on_small_classes_and_a_rule_on_large_ones():
     X, y = _signals(36, (1, 12), k=3, seed=9)
     net = crn.ReduNet1D(n_channels=32, kernel_size=3).fit(X, y)
-    assert net.rank_scores_ and set(net.rank_scores_) == {1, 2, 4, 8, 31}
-    best = max(net.rank_scores_.values())
-    chosen = min(r for r, acc in net.rank_scores_.items() if acc == best)
+    scores = net.rank_scores_
+    assert set(scores) == {1, 2, 4, 8, 31}  # powers of two, the whole span, the rule (4)
+    best = max(scores.values())
+    error = np.sqrt(max(best * (1 - best), 1 / 36) / 36)
+    chosen = 4 if scores[4] >= best - error else min(r for r, a in scores.items() if a == best)
     assert net.subspaces_.shape[-1] == min(chosen, 12)
     assert "rank" in net.fit_stages_
     # classes of more signals than channels: the rule (an eighth of the channels)
@@ -327,3 +335,14 @@ def test_every_gunpoint_prediction_is_invariant_to_every_shift():
     X, y, X_test, _ = load_ucr("GunPoint")
     net = crn.ReduNet1D().fit(X, y)
     assert_shift_invariant(net.predict, X_test[:20], ndim=1)
+
+
+def test_dask_fit_cross_validates_the_rank_as_in_process():
+    da = pytest.importorskip("dask.array")
+    X, y = _signals(36, (1, 12), k=3, seed=21)
+    here = crn.ReduNet1D(n_channels=32, kernel_size=3).fit(X, y)
+    there = crn.ReduNet1D(n_channels=32, kernel_size=3).fit(da.from_array(X, chunks=10), y)
+    assert there.rank_scores_ == pytest.approx(here.rank_scores_, abs=1e-12)
+    assert there.subspaces_.shape == here.subspaces_.shape
+    np.testing.assert_allclose(there.subspace_distances(X), here.subspace_distances(X),
+                               rtol=1e-8, atol=1e-12)
