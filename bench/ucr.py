@@ -107,7 +107,9 @@ def measure(name, quick, shift_budget, seeds):
                       "n_channels": nets[0].network_.n_channels,
                       "dilations": None if nets[0].lifting_.dilations is None else
                       sorted(set(nets[0].lifting_.dilations.tolist())),
-                      "subspace_rank": int(nets[0].subspaces_.shape[-1])}
+                      "subspace_rank": int(nets[0].subspaces_.shape[-1]),
+                      "rank_scores": {str(r): a for r, a in nets[0].rank_scores_.items()},
+                      "fit_stages": nets[0].fit_stages_}
     # MiniRocket: three timed fits, then the predict of the last.
     mr_fits, mr = [], None
     for _ in range(3):

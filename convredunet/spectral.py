@@ -20,7 +20,7 @@ from . import _parallel
 
 # The one memory budget: bytes of per-sample work arrays one chunk of samples
 # may take when batch_size is None (Gram accumulation, lifting, layers).
-CHUNK_BYTES = 64 << 20
+CHUNK_BYTES = 256 << 20
 # Bytes of matrices one batched solve may take (operators are solved in slices).
 _SOLVE_BYTES = 256 << 20
 

@@ -267,22 +267,40 @@ def cross_validated_rank(backend, V, labels, n_classes, sample_shape, gram=None,
 
 
 def _bases_from_gram(backend, V, gram, counts, r, rtol):
-    """Thin bases of classes in runs of ``V`` from the diagonal blocks of ``V^H V``."""
+    """Thin bases of classes in runs of ``V`` from the diagonal blocks of ``V^H V``.
+
+    Classes of one size are factored in one batched eigenproblem (the blocks
+    are views); otherwise class by class.
+    """
+    k = len(counts)
+    if len(set(int(n) for n in counts)) == 1:
+        f, m = gram.shape[0], gram.shape[-1]
+        w = m // k
+        blocks = backend.einsum("fjajb->fjab", backend.reshape(gram, (f, k, w, k, w)))
+        return _thin_from_blocks(backend, spectral.group_blocks(backend, V, k), blocks, r,
+                                 rtol)
     starts = np.concatenate([[0], np.cumsum(counts)])
     parts = []
-    for j in range(len(counts)):
-        block = gram[:, starts[j]:starts[j + 1], starts[j]:starts[j + 1]]
-        values, vectors = backend.eigh(block)
-        values = backend.flip(values, -1)
-        vectors = backend.flip(vectors, -1)
-        n = min(r, values.shape[-1])
-        values, vectors = values[..., :n], vectors[..., :n]
-        keep = _keep_mask(backend, values[None], r, rtol)[0]
-        inv_sqrt = backend.where(keep, 1.0 / backend.sqrt(backend.maximum(values, 1e-300)),
-                                 0.0)
-        parts.append(V[:, :, starts[j]:starts[j + 1]] @ (
-            vectors * backend.as_dtype_of(inv_sqrt[:, None, :], vectors)))
+    for j in range(k):
+        lo, hi = starts[j], starts[j + 1]
+        parts += _thin_from_blocks(backend, V[:, None, :, lo:hi], gram[:, None, lo:hi, lo:hi],
+                                   r, rtol)
     return parts
+
+
+def _thin_from_blocks(backend, blocks, grams, r, rtol):
+    """``U = V W s^-1/2`` of classes' spectra ``(F, g, C, w)`` and Grams ``(F, g, w, w)``."""
+    values, vectors = backend.eigh(grams)  # ascending
+    values = backend.permute(backend.flip(values, -1), (1, 0, 2))  # (g, F, w)
+    vectors = backend.flip(vectors, -1)
+    n = min(r, values.shape[-1])
+    values, vectors = values[..., :n], vectors[..., :n]
+    keep = _keep_mask(backend, values, r, rtol)
+    inv_sqrt = backend.where(keep, 1.0 / backend.sqrt(backend.maximum(values, 1e-300)), 0.0)
+    scaled = vectors * backend.as_dtype_of(backend.permute(inv_sqrt, (1, 0, 2))[:, :, None, :],
+                                           vectors)
+    bases = blocks @ scaled  # (F, g, C, n)
+    return [bases[:, i] for i in range(bases.shape[1])]
 
 
 def _padded(backend, spectra):
@@ -317,17 +335,7 @@ def _thin_bases(backend, blocks, r, rtol):
     from the eigenpairs ``(s, W)`` of ``V^H V``. Zero columns have zero
     eigenvalues and are never kept. Returns a list of ``(F, C, n)`` arrays.
     """
-    values, vectors = backend.eigh(backend.gram(blocks))  # (F, g, w), ascending
-    values = backend.permute(backend.flip(values, -1), (1, 0, 2))  # (g, F, w)
-    vectors = backend.flip(vectors, -1)
-    n = min(r, values.shape[-1])
-    values, vectors = values[..., :n], vectors[..., :n]
-    keep = _keep_mask(backend, values, r, rtol)
-    inv_sqrt = backend.where(keep, 1.0 / backend.sqrt(backend.maximum(values, 1e-300)), 0.0)
-    scaled = vectors * backend.as_dtype_of(backend.permute(inv_sqrt, (1, 0, 2))[:, :, None, :],
-                                           vectors)
-    bases = blocks @ scaled  # (F, g, C, n)
-    return [bases[:, i] for i in range(bases.shape[1])]
+    return _thin_from_blocks(backend, blocks, backend.gram(blocks), r, rtol)
 
 
 def bases_from_grams(backend, grams, r, rtol):
