@@ -5,8 +5,10 @@ pool, say) can make batched small-matrix work orders of magnitude slower than
 a single thread.  Every heavy computation in convredunet therefore runs inside
 :func:`thread_limits`: the FFT and torch get the threads set with
 :func:`set_num_threads` (default: the cores this process may use); batched
-BLAS products run on one thread each (see :func:`thread_limits`); idle OpenMP
-threads sleep (``OMP_WAIT_POLICY=PASSIVE``, set on import unless you chose).
+BLAS products run on one thread each (see :func:`thread_limits`), and the
+limits are restored when the computation returns. Importing convredunet
+changes no setting of the process: no environment variable, no library's
+thread pool (the FFTs that use threads run on scipy.fft's own, not OpenMP).
 """
 import contextlib
 import os
@@ -18,32 +20,6 @@ from ._validation import check_int
 __all__ = ["get_num_threads", "set_num_threads", "num_threads"]
 
 _setting = None
-
-
-def _openmp_loaded():
-    """True when an OpenMP runtime is already mapped into this process."""
-    try:
-        with open("/proc/self/maps") as maps:
-            text = maps.read()
-    except OSError:  # pragma: no cover - not Linux
-        return True
-    return "libgomp" in text or "libiomp" in text or "libomp" in text
-
-
-# pyFFTW's multi-threaded FFTs run on OpenMP (libgomp), whose idle threads spin
-# for a while after each FFT. On 2 cores those spinning threads starved the
-# OpenBLAS threads of the products that follow: a batched 75x75 complex
-# product took 0.7-3 s instead of 0.03 s. With OMP_WAIT_POLICY=PASSIVE idle
-# threads sleep. The variable is read when the OpenMP runtime loads, so it is
-# set here, before pyFFTW is imported, unless the user chose a policy. If a
-# runtime was already loaded with the default policy, FFTs stay single-threaded.
-if os.environ.get("OMP_WAIT_POLICY"):
-    OPENMP_SLEEPS = os.environ["OMP_WAIT_POLICY"].upper() == "PASSIVE"
-elif _openmp_loaded():
-    OPENMP_SLEEPS = False
-else:
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    OPENMP_SLEEPS = True
 
 
 def available_cores():

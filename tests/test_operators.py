@@ -263,7 +263,7 @@ def test_scipy_fft_fallback_without_pyfftw(monkeypatch):
 
     Z, y = make_features(10, (3, 12), k=2)
     with_fftw = crn.construct_operators(Z, y)
-    monkeypatch.setattr(numpy_backend, "_fftw", None)
+    monkeypatch.setattr(numpy_backend, "_plans", None)
     without = crn.construct_operators(Z, y)
     assert rel_err(without.C_hat, with_fftw.C_hat) < 1e-13
     E, _ = without.kernels()
@@ -285,3 +285,35 @@ def test_threaded_construction_matches_single_thread(monkeypatch):
     assert rel_err(split.E_hat, one.E_hat) < 1e-13
     assert rel_err(split.C_hat, one.C_hat) < 1e-13
     assert split.rates.delta == pytest.approx(one.rates.delta, rel=1e-13)
+
+
+def test_importing_changes_no_process_setting():
+    """No environment variable and no pyFFTW interface cache are touched by the package."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os; before = dict(os.environ); import convredunet, numpy as np; "
+            "from convredunet.backend import NumpyBackend; "
+            "NumpyBackend().rfft(np.ones((4, 8)), 1); "
+            "import pyfftw.interfaces.cache as c; "
+            "print(dict(os.environ) == before, c.is_enabled())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={k: v for k, v in os.environ.items()
+                                          if k != "OMP_WAIT_POLICY"})
+    assert out.stdout.split() == ["True", "False"]
+
+
+def test_small_transforms_leave_the_callers_arrays_alone():
+    from convredunet.backend import NumpyBackend
+
+    backend = NumpyBackend()
+    x = np.random.default_rng(3).standard_normal((6, 2, 10))
+    first = backend.rfft(x, 1)
+    again = backend.rfft(2 * x, 1)  # the same plan: the first result must not change
+    np.testing.assert_allclose(first, np.fft.rfft(x, axis=-1, norm="ortho"), atol=1e-15)
+    spectrum = first.copy()
+    back = backend.irfft(first, (10,))
+    np.testing.assert_array_equal(first, spectrum)  # c2r destroys its input: not the caller's
+    np.testing.assert_allclose(back, x, atol=1e-14)
+    np.testing.assert_allclose(again, 2 * first, atol=1e-14)

@@ -1,47 +1,77 @@
-"""NumPy backend: pyFFTW (scipy.fft when it is missing) and batched LAPACK."""
+"""NumPy backend: pyFFTW for small transforms, scipy.fft for large ones, batched LAPACK."""
+import collections
 import os
+import threading
 
 import numpy as np
 import scipy.linalg
 import scipy.linalg.blas
 import scipy.fft
 
-from .. import _threads
 from .._threads import get_num_threads
 
 try:
     import pyfftw
-    import pyfftw.interfaces.scipy_fft as _fftw
+    import pyfftw.builders
 except ImportError:  # pragma: no cover - exercised only without pyfftw
     pyfftw = None
-    _fftw = None
-else:
-    # Plans are cached between calls, so every layer and batch of the same
-    # shape reuses the plan made the first time.
-    pyfftw.interfaces.cache.enable()
-    pyfftw.interfaces.cache.set_keepalive_time(300)
 
-# FFTs of fewer points than this run on one thread: for small transforms
-# thread start-up costs more than it saves (measured 7.4 ms with 2 threads vs
-# 0.8 ms with 1 for 1000 x 16 x 40 points on a busy 2-core machine).
-_FFT_THREADS_MIN_POINTS = 1 << 20
-
-
-def _fft_workers(x):
-    if x.size < _FFT_THREADS_MIN_POINTS or (_fftw is not None and not _threads.OPENMP_SLEEPS):
-        return 1
-    return get_num_threads()
+# Transforms of fewer points than this run on pyFFTW, one thread, with plans kept in
+# this module's own cache (pyFFTW's process-wide interface cache is left as the
+# process has it); larger ones on scipy.fft (pocketfft), on the set number of
+# threads. For small transforms a reused plan wins and threads cost more than they
+# save (7.4 ms with 2 threads vs 0.8 ms with 1 for 1000 x 16 x 40 points on a busy
+# 2-core machine); large ones run no faster on pyFFTW than on pocketfft (100 x 64 x
+# 1460 and 36 x 256 x 251 real signals, one thread: 0.080 and 0.040 s against 0.071
+# and 0.034 s), which plans nothing, keeps nothing and needs no OpenMP threads.
+_FFT_SMALL_POINTS = 1 << 20
+# Bytes of work arrays the plan cache may hold (least recently used plans go first).
+_PLAN_CACHE_BYTES = 64 << 20
 
 
-# pyFFTW's interface cache keeps each plan with the arrays of its first call
-# (the input, and the output it returned) for its keep-alive time. Transforms
-# larger than this run on scipy.fft (pocketfft) instead, which plans nothing and
-# keeps nothing: planning a large pyFFTW transform for one call and copying the
-# input of an inverse cost 30-40 % on top of transforms that run no faster
-# (measured on 100 x 64 x 1460 and 36 x 256 x 251 real signals, one thread: pyFFTW
-# 0.080 and 0.040 s without planning, pocketfft 0.071 and 0.034 s); and on the 2D
-# paper network the cache held 0.23 GB of one layer's whole-set spectra through the fit.
-_FFT_CACHE_MAX_BYTES = 16 << 20
+class _PlanCache:
+    """pyFFTW plans by (kind, shape, dtype, axes), least recently used first out.
+
+    Each plan owns its input and output arrays: a transform copies its input in
+    (a complex-to-real transform destroys it) and its output out, so no caller
+    ever shares an array with the cache. Thread-safe.
+    """
+
+    def __init__(self, max_bytes):
+        self.max_bytes = max_bytes
+        self._plans = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def transform(self, kind, x, shape, axes, ortho):
+        key = (kind, x.shape, x.dtype.str, shape, axes)
+        with self._lock:
+            entry = self._plans.pop(key, None)
+        if entry is None:
+            template = pyfftw.empty_aligned(x.shape, dtype=x.dtype)
+            build = pyfftw.builders.irfftn if kind == "irfftn" else pyfftw.builders.rfftn
+            plan = build(template, s=shape, axes=axes, threads=1,
+                         planner_effort="FFTW_ESTIMATE", avoid_copy=False)
+            entry = (plan, threading.Lock())
+        plan, lock = entry
+        with lock:  # one transform at a time per plan
+            plan.input_array[...] = x
+            plan(normalise_idft=not ortho, ortho=ortho)
+            out = plan.output_array.copy()
+        with self._lock:
+            self._plans[key] = entry
+            size = sum(p.input_array.nbytes + p.output_array.nbytes
+                       for p, _ in self._plans.values())
+            while size > self.max_bytes and len(self._plans) > 1:
+                old, _ = self._plans.popitem(last=False)[1]
+                size -= old.input_array.nbytes + old.output_array.nbytes
+        return out
+
+
+_plans = _PlanCache(_PLAN_CACHE_BYTES) if pyfftw is not None else None
+
+
+def _small(x):
+    return _plans is not None and x.size < _FFT_SMALL_POINTS
 
 
 # Matrices at most this size are inverted by one batched LAPACK call; larger
@@ -357,19 +387,18 @@ class NumpyBackend:
     def rfft(self, x, ndim):
         """Unitary real FFT over the last ``ndim`` axes."""
         axes = tuple(range(-ndim, 0))
-        if _fftw is not None and x.nbytes <= _FFT_CACHE_MAX_BYTES:
-            return _fftw.rfftn(x, axes=axes, norm="ortho", workers=_fft_workers(x))
-        return scipy.fft.rfftn(x, axes=axes, norm="ortho", workers=_fft_workers(x))
+        if _small(x):
+            return _plans.transform("rfftn", x, None, axes, ortho=True)
+        return scipy.fft.rfftn(x, axes=axes, norm="ortho", workers=get_num_threads())
 
     def irfft(self, x_hat, shape, unitary=True):
         """Inverse of :meth:`rfft` (``unitary=False``: numpy's default 1/T)."""
         axes = tuple(range(-len(shape), 0))
-        norm = "ortho" if unitary else "backward"
-        if _fftw is not None and x_hat.nbytes <= _FFT_CACHE_MAX_BYTES:
-            return _fftw.irfftn(x_hat, s=shape, axes=axes, norm=norm,
-                                workers=_fft_workers(x_hat))
-        return scipy.fft.irfftn(x_hat, s=shape, axes=axes, norm=norm,
-                                workers=_fft_workers(x_hat))
+        if _small(x_hat):
+            return _plans.transform("irfftn", x_hat, tuple(shape), axes, ortho=unitary)
+        return scipy.fft.irfftn(x_hat, s=shape, axes=axes,
+                                norm="ortho" if unitary else "backward",
+                                workers=get_num_threads())
 
     # --- linear algebra ------------------------------------------------------
     H = staticmethod(_H)
