@@ -30,8 +30,15 @@ def available_cores():
         return os.cpu_count() or 1
 
 
+# A setting for the calling thread only (e.g. one Dask task), before the process's.
+_local = threading.local()
+
+
 def get_num_threads():
     """Threads used by the FFT, BLAS and torch inside convredunet."""
+    local = getattr(_local, "setting", None)
+    if local is not None:
+        return local
     return available_cores() if _setting is None else _setting
 
 
@@ -52,6 +59,21 @@ def num_threads(n_threads):
         yield
     finally:
         _setting = previous
+
+
+@contextlib.contextmanager
+def thread_num_threads(n_threads):
+    """Context manager: this thread (only) uses ``n_threads``; restored on exit.
+
+    What a task among many in one process (a Dask worker's) wants: its own
+    setting, leaving the process's and the other tasks' alone.
+    """
+    previous = getattr(_local, "setting", None)
+    _local.setting = check_int(n_threads, "n_threads", rule="a positive integer")
+    try:
+        yield
+    finally:
+        _local.setting = previous
 
 
 _blas_controller = None

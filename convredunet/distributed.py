@@ -50,6 +50,7 @@ Numbers
     features to 5.5e-10, where the in-process fit itself moves by 1.3e-13 and 3.6e-10 when
     only its ``batch_size`` changes; predictions and test accuracy (0.856) are identical.
 """
+import functools
 import math
 import sys
 import uuid
@@ -57,7 +58,7 @@ import uuid
 import numpy as np
 
 from . import spectral
-from ._threads import set_num_threads, thread_limits
+from ._threads import thread_limits, thread_num_threads
 from ._validation import check_batch_size, check_choice, check_eps2
 from .backend import resolve
 from .network import Network, layer_progress
@@ -110,20 +111,33 @@ def _share(obj, what):
     return dask.delayed(obj, name=f"convredunet-{what}-{uuid.uuid4().hex}", traverse=False)
 
 
-def _on_worker():
-    """Inside a Dask task: one thread per task on a distributed worker.
+def _task(function):
+    """A function Dask runs on chunks: on a distributed worker, one thread per task.
 
     Dask runs one task per worker thread; convredunet's own threads would only
-    compete with them, so a worker process keeps to one.
+    compete with them. The setting is the task's thread's own and is restored
+    when the task returns, so nothing stays changed on the worker.
     """
-    if "distributed" in sys.modules:
-        from distributed import get_worker
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        if not _on_worker():
+            return function(*args, **kwargs)
+        with thread_num_threads(1):
+            return function(*args, **kwargs)
+    return run
 
-        try:
-            get_worker()
-        except ValueError:
-            return
-        set_num_threads(1)
+
+def _on_worker():
+    """True inside a task on a distributed worker."""
+    if "distributed" not in sys.modules:
+        return False
+    from distributed import get_worker
+
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return True
 
 
 # --- input ----------------------------------------------------------------------------------
@@ -237,9 +251,9 @@ def encode_labels(y, chunks, check_classes):
 
 
 # --- the Gram pass --------------------------------------------------------------------------
+@_task
 def _gram_chunk(z, labels, k, keep, grams_of, total, batch_size, check=None):
     """Per-class Gram partial sums of one chunk (and the spectra of the ``keep`` classes)."""
-    _on_worker()
     if check is not None:
         z = _real(z, *check)
     labels = np.asarray(labels)
@@ -350,9 +364,9 @@ def solve(Z, y, eps2, domain, batch_size, woodbury, operators):
 
 
 # --- fit ------------------------------------------------------------------------------------
+@_task
 def _lift_chunk(x, network, size, start):
     """The lifted, normalized features of one chunk of raw samples."""
-    _on_worker()
     x = _real(x, "X", start)
     if network.signal_shape and x.ndim == len(network.input_shape):
         x = x[:, None]
@@ -365,9 +379,9 @@ def _lift_chunk(x, network, size, start):
     return out
 
 
+@_task
 def _apply_chunk(z, labels, layer, use_labels, size):
     """One layer over one chunk of features: (next features, correct estimated memberships)."""
-    _on_worker()
     backend = resolve("numpy").backend
     labels = np.asarray(labels)
     out, correct = np.empty_like(z), 0
@@ -545,11 +559,11 @@ def _fit(estimator, X, y):
     return estimator
 
 
+@_task
 def _subspace_chunk(z, labels, k, batch_size):
     """One chunk's per-class Gram partial sums for the subspace classifier."""
     from . import subspace
 
-    _on_worker()
     with thread_limits():
         return subspace.class_grams(resolve("numpy").backend, z, np.asarray(labels), k,
                                     batch_size)
@@ -633,9 +647,9 @@ def _input(estimator, X, name="X"):
 
 
 # --- inference ------------------------------------------------------------------------------
+@_task
 def _forward_chunk(x, network, size, start, what):
     """The network over one chunk: features, membership, or both."""
-    _on_worker()
     x = _real(x, "X", start)
     if network.signal_shape and x.ndim == len(network.input_shape):
         x = x[:, None]
@@ -702,9 +716,9 @@ def forward(estimator, X, what="both", name="X"):
             _assemble([o[1] for o in outs], chunks, (k,), dtype))
 
 
+@_task
 def _layers_chunk(x, network, size, start):
     """The features entering every layer and after the last, for one chunk (a tuple)."""
-    _on_worker()
     x = _real(x, "X", start)
     if network.signal_shape and x.ndim == len(network.input_shape):
         x = x[:, None]
@@ -739,10 +753,10 @@ def layer_features(estimator, X):
             for i in range(n_out)]
 
 
+@_task
 def _distances_chunk(z, bases, signal_shape):
     from . import subspace
 
-    _on_worker()
     with thread_limits():
         return subspace.subspace_distances(resolve("numpy").backend, np.asarray(z), bases,
                                            signal_shape)
@@ -762,9 +776,9 @@ def subspace_distances(estimator, X):
     return _assemble(parts, z.chunks[0], (len(estimator.classes_),), dtype)
 
 
+@_task
 def _history_chunk(x, labels, network, size, start, k, keep, grams_of, total, batch_size):
     """Gram partial sums of one chunk's features entering every layer and after the last."""
-    _on_worker()
     x = _real(x, "X", start)
     if network.signal_shape and x.ndim == len(network.input_shape):
         x = x[:, None]
@@ -833,10 +847,10 @@ def _labels_of(pi, classes):
     return classes[np.argmax(pi, axis=1)]
 
 
+@_task
 def _nearest_subspace(z, bases, signal_shape, classes):
     from . import subspace
 
-    _on_worker()
     with thread_limits():
         distances = subspace.subspace_distances(resolve("numpy").backend, z, bases,
                                                 signal_shape)

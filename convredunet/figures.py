@@ -1,16 +1,18 @@
-"""Figures of a run (matplotlib, PNG): rates per layer and cosine-similarity heatmaps."""
+"""Figures of a run (matplotlib): rates per layer and cosine-similarity heatmaps.
+
+Each function returns a ``matplotlib.figure.Figure`` made without ``pyplot``
+(so no backend is chosen or switched, and no figure is registered anywhere)
+and writes it to ``path`` when one is given.
+"""
 import numpy as np
 
 __all__ = ["plot_rates", "plot_cosine_similarity", "max_shift_cosine"]
 
 
-def _pyplot():
-    import matplotlib
+def _figure(width, height):
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=(width, height))
 
 
 def _save(fig, path, dpi):
@@ -24,16 +26,19 @@ def _save(fig, path, dpi):
         fig.savefig(tmp, dpi=dpi, format=fmt)
 
 
-def plot_rates(train, path, test=None, title=None):
+def plot_rates(train, path=None, test=None, title=None):
     """Plot ``delta_R``, ``R`` and ``R_c`` per layer.
 
     Parameters
     ----------
     train : list of RateReduction (or dicts with delta_R, R, R_c), one per layer
-    path : str or Path, the PNG to write
+    path : str, Path or None, the image to write (format from the extension)
     test : same as ``train`` for held-out data, or None
+
+    Returns
+    -------
+    matplotlib.figure.Figure
     """
-    plt = _pyplot()
 
     def columns(records):
         get = (lambda r, a, b: r[a]) if isinstance(records[0], dict) else \
@@ -42,7 +47,8 @@ def plot_rates(train, path, test=None, title=None):
                 np.array([get(r, "R", "expansion") for r in records]),
                 np.array([get(r, "R_c", "compression") for r in records]))
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig = _figure(6.4, 4.2)
+    ax = fig.subplots()
     for records, style, name in ((train, "-", "train"), (test, "--", "test")):
         if not records:
             continue
@@ -57,10 +63,9 @@ def plot_rates(train, path, test=None, title=None):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    try:
+    if path is not None:
         _save(fig, path, 120)
-    finally:
-        plt.close(fig)
+    return fig
 
 
 def _unit_rows(Z):
@@ -106,7 +111,7 @@ def max_shift_cosine(Z, ndim, rows=200):
     return out
 
 
-def plot_cosine_similarity(before, after, y, path, titles=("before", "after"), ndim=None,
+def plot_cosine_similarity(before, after, y, path=None, titles=("before", "after"), ndim=None,
                            title=None):
     """Heatmaps of feature similarity, samples sorted by class (lines separate classes).
 
@@ -123,14 +128,17 @@ def plot_cosine_similarity(before, after, y, path, titles=("before", "after"), n
     ----------
     before, after : arrays (n, ...)
     y : array (n,)
-    path : str or Path, the PNG to write
+    path : str, Path or None, the image to write (format from the extension)
     titles : names of ``before`` and ``after``
     ndim : int or None
         Signal axes of ``after``; None infers ``after.ndim - 2`` (no third
         panel for vectors).
     title : str or None, over the panels
+
+    Returns
+    -------
+    (matplotlib.figure.Figure, list of the panels' similarity matrices)
     """
-    plt = _pyplot()
     after = np.asarray(after)
     if ndim is None:
         ndim = after.ndim - 2 if after.ndim >= 3 else 0
@@ -140,7 +148,8 @@ def plot_cosine_similarity(before, after, y, path, titles=("before", "after"), n
     if ndim:
         panels.append((f"max over cyclic shifts of cos,\nfeatures {titles[1]}",
                        max_shift_cosine(after[order], ndim)))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.8))
+    fig = _figure(5 * len(panels), 4.8)
+    axes = fig.subplots(1, len(panels))
     sorted_y = np.asarray(y)[order]
     edges = np.flatnonzero(np.diff(sorted_y)) + 0.5
     for ax, (name, sim) in zip(axes, panels):
@@ -154,8 +163,6 @@ def plot_cosine_similarity(before, after, y, path, titles=("before", "after"), n
     fig.colorbar(image, ax=axes, shrink=0.8)
     if title:
         fig.suptitle(title, fontsize=10)
-    try:
+    if path is not None:
         _save(fig, path, 110)
-    finally:
-        plt.close(fig)
-    return [sim for _, sim in panels]
+    return fig, [sim for _, sim in panels]

@@ -284,3 +284,16 @@ def test_label_membership_and_float32(client):
         Z = model.transform(da.from_array(X, chunks=50))
         assert Z.dtype == ref.transform(X).dtype
         assert rel_err(Z.compute(), ref.transform(X)) <= tol
+
+
+def test_workers_keep_their_thread_setting(client):
+    """A fit runs each task on one thread and leaves every worker's setting as it was."""
+    def setting():
+        from convredunet import _threads
+
+        return _threads.get_num_threads(), _threads._setting
+
+    before = client.run(setting)
+    X, y = _signals(40, (1, 16), k=2, seed=0)
+    ReduNet1D(n_layers=1, n_channels=8, kernel_size=3).fit(da.from_array(X, chunks=10), y)
+    assert client.run(setting) == before

@@ -32,7 +32,23 @@ def test_cosine_heatmaps_written(tmp_path):
     X = rng.standard_normal((12, 16))
     F = rng.standard_normal((12, 3, 16))
     y = np.arange(12) % 3
-    panels = plot_cosine_similarity(X, F, y, tmp_path / "cos.png", title="t")
+    fig, panels = plot_cosine_similarity(X, F, y, tmp_path / "cos.png", title="t")
     assert (tmp_path / "cos.png").stat().st_size > 0
     assert len(panels) == 3 and all(p.shape == (12, 12) for p in panels)
-    assert len(plot_cosine_similarity(X, X, y, tmp_path / "v.png")) == 2  # vectors
+    assert len(plot_cosine_similarity(X, X, y, tmp_path / "v.png")[1]) == 2  # vectors
+    assert len(fig.axes) == 4  # three panels and the colour bar
+
+
+def test_figures_leave_matplotlib_as_it_was():
+    """No backend switch and no pyplot figure: figures are plain Figure objects."""
+    import sys
+
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    from convredunet.figures import plot_rates
+
+    fig = plot_rates([{"delta_R": 1.0, "R": 2.0, "R_c": 1.0}])
+    assert type(fig).__name__ == "Figure" and matplotlib.get_backend() == backend
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    assert pyplot is None or not pyplot.get_fignums()
