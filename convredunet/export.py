@@ -318,6 +318,89 @@ class _Abs(nn.Module):
         return torch.abs(z)
 
 
+def _weighted_sum(freq_weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``sum_p w_p x[p]`` over the first axis of ``x`` ``(F, ...)``, as one product."""
+    shape = x.shape[1:]
+    return torch.matmul(freq_weights, x.reshape(x.shape[0], -1)).reshape(shape)
+
+
+def update_from_responses(z: torch.Tensor, responses: List[torch.Tensor], gamma: torch.Tensor,
+                          freq_weights: torch.Tensor, eta: float,
+                          lmbda: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The layer's update from its responses, on spectra in real-pair form.
+
+    ``z`` ``(F, C, b, 2)``: the features' unitary half spectra, real and
+    imaginary parts last (``torch.view_as_real`` of the complex ``(F, C, b)``);
+    ``responses``: ``E z``, then ``C^j z`` for every class in order, each in
+    the same form. Returns the next features ``normalize(z + eta (E z -
+    sum_j gamma_j pi_j C^j z))`` ``(F, C, b, 2)`` (normalized by Parseval
+    with the half-spectrum weights) and ``-lmbda ||C^j z||_F`` ``(b, k)``.
+
+    Written once for every way the products are formed: complex matrix
+    products in the module, real ones in an ONNX graph (:class:`ExportGraph`).
+    Made of operations every ONNX opset the exporter writes has.
+    """
+    classes = responses[1:]
+    logits = -lmbda * torch.sqrt(class_sq_norms(classes, freq_weights).clamp_min(0.0))
+    weight = (torch.softmax(logits, dim=1) * gamma).t().unsqueeze(-1)  # (k, b, 1)
+    step = responses[0]
+    for j, cj in enumerate(classes):
+        step = step - cj * weight[j]
+    step = z + eta * step
+    total = torch.sqrt(_weighted_sum(freq_weights, (step * step).sum(dim=(1, 3))))
+    return step / total.clamp_min(1e-30).unsqueeze(-1), logits
+
+
+def class_sq_norms(classes: List[torch.Tensor], freq_weights: torch.Tensor) -> torch.Tensor:
+    """``||C^j z||^2`` ``(b, k)`` from the responses ``C^j z`` ``(F, C, b, 2)`` (real pairs)."""
+    parts: List[torch.Tensor] = []
+    for cj in classes:
+        parts.append((cj * cj).sum(dim=(1, 3)))
+    return _weighted_sum(freq_weights, torch.stack(parts, dim=1)).t()
+
+
+def _dft_matrix(kernel_size, n, dtype):
+    """``(2F, K)``: rows ``Re``, then ``Im`` of the operator spectrum at each stored frequency.
+
+    Tap ``r`` of a weight (the kernel flipped) sits at cyclic offset ``K//2 - r``,
+    so ``A(p) = sum_r w[r] exp(-2 pi i p (K//2 - r) / n)``, ``p = 0 .. n//2``.
+    """
+    p = np.arange(n // 2 + 1)[:, None]
+    offset = (kernel_size // 2 - np.arange(kernel_size))[None, :]
+    angle = 2 * np.pi * p * offset / n
+    return torch.as_tensor(np.concatenate([np.cos(angle), -np.sin(angle)]), dtype=dtype)
+
+
+class _KernelSpectrum(torch.autograd.Function):
+    """``A(p) = sum_r w[r] exp(-i theta_pr)`` from real weights ``(C, C, K)``: ``(F, C, C)`` complex.
+
+    ``dft`` ``(2F, K)`` holds the cosines over the sines (:func:`_dft_matrix`).
+    Forward one product ``dft @ w^T``; backward ``(dft^T @ [Re g; Im g])^T``:
+    autograd's own gradient of the first product runs a transposed skinny
+    product several times slower.
+    """
+
+    @staticmethod
+    def forward(ctx, weight, dft):
+        ctx.save_for_backward(dft)
+        rows, cols = weight.shape[0], weight.shape[1]
+        f = dft.shape[0] // 2
+        parts = torch.matmul(dft, weight.reshape(rows * cols, -1).t()).reshape(2, f, rows, cols)
+        return torch.complex(parts[0], parts[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        dft, = ctx.saved_tensors
+        f, rows, cols = grad.shape
+        parts = torch.cat([grad.real, grad.imag]).reshape(2 * f, rows * cols)
+        return torch.matmul(dft.t(), parts).t().reshape(rows, cols, -1), None
+
+
+@torch.jit.unused
+def _kernel_spectrum(weight: torch.Tensor, dft: torch.Tensor) -> torch.Tensor:
+    return _KernelSpectrum.apply(weight, dft)
+
+
 class ReduNetLayer(nn.Module):
     """``z+ = normalize(z + eta (E z - sum_j gamma_j pi_j C^j z))``.
 
@@ -327,6 +410,12 @@ class ReduNetLayer(nn.Module):
     every ``C^j`` in class order. ``mode`` is ``"direct"`` (input and output
     ``(b, C, *S)``), ``"fft"`` (unitary half spectra ``(F, C, b)``, complex)
     or ``"linear"`` (vectors ``(b, d)``, ``conv`` an ``nn.Linear``).
+
+    In ``"fft"`` mode the operators are the kernels' spectra ``(F, (1+k) C, C)``
+    (complex, :meth:`operators_hat`): for 1D signals one real matrix product of
+    the weights with the kernels' DFT matrix, for 2D ``torch.fft.rfftn``; the
+    step is one batched complex product per frequency, then
+    :func:`update_from_responses`.
     """
 
     signal_shape: List[int]
@@ -373,96 +462,98 @@ class ReduNetLayer(nn.Module):
         self.register_buffer("gamma", torch.as_tensor(np.asarray(gamma), dtype=dtype))
         self.register_buffer("freq_weights", torch.as_tensor(
             spectral.half_spectrum_weights(signal_shape), dtype=dtype))
+        # 1D: the kernels' spectra as one product with this (2F, K) matrix.
+        dft = _dft_matrix(kernel_shape[0], signal_shape[0], dtype) if nd == 1 else \
+            torch.zeros(0, dtype=dtype)
+        self.register_buffer("dft", dft, persistent=False)
 
-    def operators_hat(self) -> torch.Tensor:
-        """The kernels' unnormalized DFT on the half spectrum, ``(F, (1+k) C, C)`` complex."""
-        weight = self.conv.weight
+    def block_hat(self, index: int) -> torch.Tensor:
+        """Operator ``index`` (0: ``E``, ``1 + j``: ``C^j``) on the half spectrum, ``(F, C, C)``.
+
+        The unnormalized DFT of its kernels, complex: in 1D one real product of
+        the weights with the kernels' DFT matrix, in 2D ``torch.fft.rfftn``.
+        One block at a time keeps every array operator-block sized.
+        """
+        c = self.n_channels
+        return self._block_hat(self.conv.weight[index * c:(index + 1) * c])
+
+    def _block_hat(self, weight: torch.Tensor) -> torch.Tensor:
+        """:meth:`block_hat` of the weights ``(C, C, *K)`` of one operator."""
+        c = weight.shape[0]
+        if len(self.signal_shape) == 1:
+            dft = self.dft.to(weight.dtype)
+            if not torch.jit.is_scripting() and not torch.jit.is_tracing():
+                return _kernel_spectrum(weight, dft)
+            # (2F, K) @ (K, C C): the weights' transpose is a view, not a copy.
+            parts = torch.matmul(dft, weight.reshape(c * c, -1).t())
+            f = parts.shape[0] // 2
+            parts = parts.reshape(2, f, c, c)
+            return torch.complex(parts[0], parts[1])
         spectrum = torch.fft.rfftn(weight.permute(self.freq_first), s=self.signal_shape,
                                    dim=self.freq_dims)
         phase = torch.complex(self.phase[:, 0], self.phase[:, 1])
-        return (spectrum.reshape(-1, weight.shape[0], weight.shape[1]).conj()
-                * phase[:, None, None])
+        return spectrum.reshape(-1, c, c).conj() * phase[:, None, None]
 
-    def real_operators(self) -> torch.Tensor:
-        """:meth:`operators_hat` as real ``(F, (1+k) 2C, 2C)`` block matrices.
-
-        Block ``g`` (``E``, then each ``C^j``) maps ``[Re v; Im v]`` to
-        ``[Re(A_g v); Im(A_g v)]`` with ``[[Re A_g, -Im A_g], [Im A_g, Re A_g]]``,
-        so one real batched product applies every operator. Written block by
-        block into one array (stacking strided views is several times slower).
-        """
-        hat = self.operators_hat()
-        f, r, c = hat.shape
-        g = r // c
-        re = hat.real.reshape(f, g, 1, c, 1, c)
-        im = hat.imag.reshape(f, g, 1, c, 1, c)
-        blocks = torch.empty((f, g, 2, c, 2, c), dtype=re.dtype, device=re.device)
-        blocks[:, :, 0:1, :, 0:1] = re
-        blocks[:, :, 0:1, :, 1:2] = -im
-        blocks[:, :, 1:2, :, 0:1] = im
-        blocks[:, :, 1:2, :, 1:2] = re
-        return blocks.reshape(f, 2 * r, 2 * c)
+    def operators_hat(self) -> torch.Tensor:
+        """Every operator's spectrum stacked, ``(F, (1+k) C, C)`` complex: ``E``, then each ``C^j``."""
+        return torch.cat(self.operators(True), dim=1)
 
     def _logits(self, sq: torch.Tensor) -> torch.Tensor:
         return -self.lmbda * torch.sqrt(sq.clamp_min(0.0))
 
-    def _spectral_sq(self, cj: torch.Tensor) -> torch.Tensor:
-        """``||C^j z||^2`` ``(b, k)`` from half-spectrum responses ``(F, k, 2C, b)``."""
-        f, k, _, b = cj.shape
-        per_freq = (cj * cj).sum(dim=2).reshape(f, k * b)
-        return torch.matmul(self.freq_weights.unsqueeze(0), per_freq).reshape(k, b).t()
-
     def _responses_spatial(self, z: torch.Tensor) -> torch.Tensor:
         return self.conv(self.pad(z))
 
-    def operators(self) -> torch.Tensor:
-        """What :meth:`step` needs from the weights: :meth:`real_operators` (fft), else empty.
+    def operators(self, spectral: bool = False) -> List[torch.Tensor]:
+        """What :meth:`step` needs from the weights: every :meth:`block_hat` (fft), else none.
 
-        Computing it once and passing it to :meth:`step` for every block of
-        samples saves the kernels' FFT per block.
+        Computing them once and passing them to :meth:`step` for every block of
+        samples saves the kernels' transform per block. ``spectral``: the
+        spectra whatever the mode.
         """
-        if self.spectral:
-            return self.real_operators()
-        return torch.zeros(0, dtype=self.gamma.dtype, device=self.gamma.device)
+        ops: List[torch.Tensor] = []
+        if self.spectral or spectral:
+            # One split (its gradient is one concatenation), not a slice per operator.
+            for weight in torch.split(self.conv.weight, self.n_channels, dim=0):
+                ops.append(self._block_hat(weight))
+        return ops
+
+    def responses(self, z: torch.Tensor, ops: List[torch.Tensor],
+                  first: int = 0) -> List[torch.Tensor]:
+        """``A z`` for the operators ``ops[first:]``, real pairs ``(F, C, b, 2)`` (fft)."""
+        out: List[torch.Tensor] = []
+        for index in range(first, len(ops)):
+            out.append(torch.view_as_real(torch.matmul(ops[index], z)))
+        return out
 
     def scores(self, z: torch.Tensor) -> torch.Tensor:
         """``-lmbda ||C^j z||_F`` per class, ``(b, k)``, without the layer's step."""
         return self.scores_with(z, self.operators())
 
-    def scores_with(self, z: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
+    def scores_with(self, z: torch.Tensor, ops: List[torch.Tensor]) -> torch.Tensor:
         """:meth:`scores` with ``ops = self.operators()`` given."""
         k, c = self.n_classes, self.n_channels
         if self.spectral:
-            f, _, b = z.shape
-            cj = torch.matmul(ops[:, 2 * c:], z).reshape(f, k, 2 * c, b)
-            return self._logits(self._spectral_sq(cj))
+            return self._logits(class_sq_norms(self.responses(z, ops, 1), self.freq_weights))
         b = z.shape[0]
         cj = self._responses_spatial(z)[:, c:].reshape(b, k, c, self.n_positions)
         return self._logits((cj * cj).sum(dim=(2, 3)))
 
     def forward(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """One layer: ``(b, C, *S)`` (direct) or spectra ``(F, 2C, b)`` (fft) in and out.
+        """One layer: ``(b, C, *S)`` (direct) or complex spectra ``(F, C, b)`` (fft) in and out.
 
         Returns the next features and this layer's ``-lmbda ||C^j z||_F`` ``(b, k)``.
         """
         return self.step(z, self.operators())
 
-    def step(self, z: torch.Tensor, ops: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def step(self, z: torch.Tensor, ops: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward` with ``ops = self.operators()`` given."""
         k, c = self.n_classes, self.n_channels
         if self.spectral:
-            f, _, b = z.shape
-            w = torch.matmul(ops, z).reshape(f, k + 1, 2 * c, b)
-            cj = w[:, 1:]
-            logits = self._logits(self._spectral_sq(cj))
-            weight = (torch.softmax(logits, dim=1) * self.gamma).t()  # (k, b)
-            # sum_j weight_j C^j v, one class at a time: no (F, k, 2C, b) temporary.
-            compressed = cj[:, 0] * weight[0]
-            for j in range(1, k):
-                compressed = compressed + cj[:, j] * weight[j]
-            step = z + self.eta * (w[:, 0] - compressed)
-            sq = torch.matmul(self.freq_weights.unsqueeze(0), (step * step).sum(dim=1))
-            return step / torch.sqrt(sq).clamp_min(1e-30), logits
+            step, logits = update_from_responses(torch.view_as_real(z), self.responses(z, ops),
+                                                 self.gamma, self.freq_weights, self.eta,
+                                                 self.lmbda)
+            return torch.view_as_complex(step), logits
         b = z.shape[0]
         w = self._responses_spatial(z)
         cj = w[:, c:].reshape(b, k, c, self.n_positions)
@@ -492,8 +583,8 @@ class SubspaceHead(nn.Module):
     shift-invariant quadratic form of ``z``, which is all exact invariance
     needs.
 
-    Input: the spectrum as real ``(F, 2C, b)`` (real parts on top), the
-    layout of the module's ``"fft"`` mode.
+    Input: the complex spectrum ``(F, C, b)``, the layout of the module's
+    ``"fft"`` mode (:meth:`from_real_pairs` takes it as real pairs, for ONNX).
     """
 
     def __init__(self, bases, signal_shape, dtype):
@@ -506,22 +597,47 @@ class SubspaceHead(nn.Module):
         weights = spectral.half_spectrum_weights(signal_shape) if signal_shape else np.ones(1)
         self.register_buffer("freq_weights", torch.as_tensor(weights, dtype=dtype))
 
+    def adjoint_bases(self) -> torch.Tensor:
+        """``U_j(p)^H`` of every class stacked, ``(F, k r, C)`` complex."""
+        u = torch.view_as_complex(self.bases)  # (k, F, C, r)
+        return u.permute(1, 0, 3, 2).conj().reshape(self.n_freqs, self.n_classes * self.rank,
+                                                    self.n_channels)
+
     def real_bases(self) -> torch.Tensor:
-        """``U_j(p)^H`` as real blocks acting on ``[Re v; Im v]``: ``(F, k 2r, 2C)``."""
-        ur, ui = self.bases[..., 0], self.bases[..., 1]  # (k, F, C, r)
-        top = torch.cat([ur, ui], dim=2)  # rows Re(U^H v) = Ur^T Re v + Ui^T Im v
-        bottom = torch.cat([-ui, ur], dim=2)  # rows Im(U^H v) = Ur^T Im v - Ui^T Re v
-        blocks = torch.cat([top, bottom], dim=3)  # (k, F, 2C, 2r)
-        return blocks.permute(1, 0, 3, 2).reshape(self.n_freqs, -1, 2 * self.n_channels)
+        """``[Re U^T; Im U^T]`` of every class, ``(F, 2 k r, C)``: for :meth:`from_real_pairs`."""
+        return self.bases.permute(1, 4, 0, 3, 2).reshape(
+            self.n_freqs, 2 * self.n_classes * self.rank, self.n_channels)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return self.distances(v, self.adjoint_bases())
+
+    def distances(self, v: torch.Tensor, adjoint: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with ``adjoint = self.adjoint_bases()`` given."""
         f, b = v.shape[0], v.shape[2]
-        q = torch.matmul(self.real_bases(), v)
-        kept = (q * q).reshape(f, self.n_classes, 2 * self.rank, b).sum(dim=2).reshape(
-            f, self.n_classes * b)
-        kept = torch.matmul(self.freq_weights.unsqueeze(0), kept).reshape(self.n_classes, b)
-        total = torch.matmul(self.freq_weights.unsqueeze(0), (v * v).sum(dim=1))  # (1, b)
-        return (total - kept).t()
+        q = torch.view_as_real(torch.matmul(adjoint, v)).reshape(
+            f, self.n_classes, self.rank, b, 2)
+        v = torch.view_as_real(v)
+        return self._distances((v * v).sum(dim=(1, 3)), (q * q).sum(dim=(2, 4)))
+
+    def from_real_pairs(self, v: torch.Tensor, real_bases: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` of real-pair spectra ``(F, C, b, 2)`` with real products only.
+
+        ``real_bases``: :meth:`real_bases`. ``[Re U^T; Im U^T] [v_r, v_i]`` gives the
+        four real products; ``Re(U^H v) = Ur^T v_r + Ui^T v_i`` and
+        ``Im(U^H v) = Ur^T v_i - Ui^T v_r``.
+        """
+        f, c, b = v.shape[0], v.shape[1], v.shape[2]
+        kr = self.n_classes * self.rank
+        q = torch.matmul(real_bases, v.reshape(f, c, 2 * b)).reshape(f, 2, kr, b, 2)
+        re = q[:, 0, :, :, 0] + q[:, 1, :, :, 1]
+        im = q[:, 0, :, :, 1] - q[:, 1, :, :, 0]
+        kept = (re * re + im * im).reshape(f, self.n_classes, self.rank, b).sum(dim=2)
+        return self._distances((v * v).sum(dim=(1, 3)), kept)
+
+    def _distances(self, total: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        """``(b, k)`` from ``||v(p)||^2`` ``(F, b)`` and ``||U_j(p)^H v(p)||^2`` ``(F, k, b)``."""
+        return (_weighted_sum(self.freq_weights, total).unsqueeze(0)
+                - _weighted_sum(self.freq_weights, kept)).t()
 
 
 def _subspace_head(net, dtype):
@@ -534,24 +650,41 @@ def _subspace_head(net, dtype):
 
 
 class RealDFT(nn.Module):
-    """The unitary half spectrum ``(F, 2C, b)`` of ``(b, C, *S)`` by real matrix products.
+    """The unitary half spectrum of ``(b, C, *S)`` as real pairs ``(F, C, b, 2)``, and back.
 
-    What :meth:`ReduNetModule.spectrum` computes with ``torch.fft.rfftn``, as
-    plain ``MatMul`` operations: for ONNX, which has no complex tensors. The
-    last axis is transformed by ``(S_last, S_last//2 + 1)`` cosine and sine
-    matrices, a first axis (2D) by ``(S_0, S_0)`` ones.
+    What :meth:`ReduNetModule.spectrum` computes with ``torch.fft.rfftn``
+    (``torch.view_as_real`` of it), as plain ``MatMul`` operations: for
+    ONNX, which has no complex tensors. The last axis is transformed by
+    ``(S_last, S_last//2 + 1)`` cosine and sine matrices, a first axis (2D) by
+    ``(S_0, S_0)`` ones. :meth:`inverse` is ``torch.fft.irfftn``: each stored
+    frequency counts with its half-spectrum weight (2 where the conjugate twin
+    is not stored), and the imaginary parts of self-conjugate frequencies are
+    ignored, as by ``irfftn``.
     """
+
+    signal_shape: List[int]
 
     def __init__(self, signal_shape, dtype):
         super().__init__()
         self.signal_ndim = len(signal_shape)
+        self.signal_shape: List[int] = [int(s) for s in signal_shape]
         n = int(signal_shape[-1])
+        self.n_last = n // 2 + 1
         self.n_freqs = int(math.prod(signal_shape[:-1]) * (n // 2 + 1))
         t = np.arange(n)
         angle = 2 * np.pi * np.outer(t, np.arange(n // 2 + 1)) / n
         scale = 1 / math.sqrt(math.prod(signal_shape))
         self.register_buffer("cos_last", torch.as_tensor(np.cos(angle) * scale, dtype=dtype))
         self.register_buffer("sin_last", torch.as_tensor(-np.sin(angle) * scale, dtype=dtype))
+        # The inverse on the last axis: twice each frequency whose twin is not stored.
+        twice = np.full(n // 2 + 1, 2.0)
+        twice[0] = 1.0
+        if n % 2 == 0:
+            twice[-1] = 1.0
+        self.register_buffer("icos_last", torch.as_tensor(
+            (np.cos(angle) * scale * twice[None, :]).T, dtype=dtype))
+        self.register_buffer("isin_last", torch.as_tensor(
+            (-np.sin(angle) * scale * twice[None, :]).T, dtype=dtype))
         m = int(signal_shape[0])
         angle = 2 * np.pi * np.outer(np.arange(m), np.arange(m)) / m
         self.register_buffer("cos_first", torch.as_tensor(np.cos(angle), dtype=dtype))
@@ -564,9 +697,21 @@ class RealDFT(nn.Module):
         if self.signal_ndim == 2:  # the first axis: (cos + i sin) (re + i im)
             re, im = (torch.matmul(self.cos_first, re) - torch.matmul(self.sin_first, im),
                       torch.matmul(self.cos_first, im) + torch.matmul(self.sin_first, re))
-        v = torch.cat([re.reshape(b, c, self.n_freqs), im.reshape(b, c, self.n_freqs)],
-                      dim=1)  # (b, 2C, F)
-        return v.permute(2, 1, 0)
+        v = torch.stack([re.reshape(b, c, self.n_freqs), im.reshape(b, c, self.n_freqs)],
+                        dim=-1)  # (b, C, F, 2)
+        return v.permute(2, 1, 0, 3)
+
+    def inverse(self, v: torch.Tensor) -> torch.Tensor:
+        """``(b, C, *S)`` features from real-pair half spectra ``(F, C, b, 2)``."""
+        c, b = v.shape[1], v.shape[2]
+        v = v.permute(2, 1, 0, 3)  # (b, C, F, 2)
+        shape = [b, c] + self.signal_shape[:-1] + [self.n_last]
+        re, im = v[..., 0].reshape(shape), v[..., 1].reshape(shape)
+        if self.signal_ndim == 2:  # the first axis, inverse: (cos - i sin) (re + i im)
+            re, im = (torch.matmul(self.cos_first, re) + torch.matmul(self.sin_first, im),
+                      torch.matmul(self.cos_first, im) - torch.matmul(self.sin_first, re))
+        # Real part of sum_p w_p (re + i im)(cos + i sin): re cos - im sin.
+        return torch.matmul(re, self.icos_last) + torch.matmul(im, self.isin_last)
 
 
 class ReduNetModule(nn.Module):
@@ -605,6 +750,7 @@ class ReduNetModule(nn.Module):
     feature_shape: List[int]
     lifted: Final[bool]
     lifting_bias: Final[bool]
+    use_subspace: Final[bool]
     __jit_ignored_attributes__ = ["_ops_cache", "_ops_key", "_ops_snapshot"]
 
     def __init__(self, lifting, layers, classes, signal_shape, conv, input_shape=None,
@@ -716,16 +862,16 @@ class ReduNetModule(nn.Module):
         return self.lifting(x)
 
     def spectrum(self, z: torch.Tensor) -> torch.Tensor:
-        """The unitary half spectrum of ``(b, C, *S)`` features as real ``(F, 2C, b)``.
+        """The unitary half spectrum of ``(b, C, *S)`` features, complex ``(F, C, b)``.
 
-        Vectors ``(b, d)``: ``(1, 2d, b)`` with zero imaginary parts.
+        Vectors ``(b, d)``: ``(1, d, b)`` with zero imaginary parts.
         """
         if self.signal_ndim == 0:
             zt = z.t().unsqueeze(0)
-            return torch.cat([zt, torch.zeros_like(zt)], dim=1)
+            return torch.complex(zt, torch.zeros_like(zt))
         b, c = z.shape[0], z.shape[1]
-        v = torch.view_as_real(torch.fft.rfftn(z, dim=self.dims, norm="ortho"))
-        return v.reshape(b, c, -1, 2).permute(2, 3, 1, 0).reshape(-1, 2 * c, b).contiguous()
+        v = torch.fft.rfftn(z, dim=self.dims, norm="ortho")
+        return v.reshape(b, c, -1).permute(2, 1, 0).contiguous()
 
     def _enter(self, z: torch.Tensor) -> torch.Tensor:
         """Direct: ``z`` itself; fft: :meth:`spectrum`."""
@@ -736,53 +882,68 @@ class ReduNetModule(nn.Module):
     def _leave(self, v: torch.Tensor) -> torch.Tensor:
         if not self.spectral:
             return v
-        f, c2, b = v.shape
-        c = c2 // 2
+        f, c, b = v.shape
         half: List[int] = self.signal_shape[:-1] + [self.signal_shape[-1] // 2 + 1]
-        parts = v.reshape(f, 2, c, b).permute(3, 2, 0, 1).contiguous()
-        x_hat = torch.view_as_complex(parts).reshape([b, c] + half)
+        x_hat = v.permute(2, 1, 0).reshape([b, c] + half)
         return torch.fft.irfftn(x_hat, s=self.signal_shape, dim=self.dims, norm="ortho")
 
-    def _operators(self) -> List[torch.Tensor]:
+    def _operators(self) -> List[List[torch.Tensor]]:
+        """Per layer its operators (:meth:`ReduNetLayer.operators`), then the head's ``[U^H]``."""
         if self.spectral and not torch.jit.is_scripting() and not torch.jit.is_tracing() \
                 and not torch.is_grad_enabled():
             return self._cached_operators()
-        ops: List[torch.Tensor] = []
+        return self._build_operators()
+
+    def _build_operators(self) -> List[List[torch.Tensor]]:
+        ops: List[List[torch.Tensor]] = []
         for layer in self.layers:
             ops.append(layer.operators())
+        head: List[torch.Tensor] = []
+        if self.use_subspace:
+            head.append(self.head.adjoint_bases())
+        ops.append(head)
         return ops
 
+    def _weights(self) -> List[torch.Tensor]:
+        """The parameters the operators are made from: the layers' kernels, the head's bases."""
+        weights = [layer.conv.weight for layer in self.layers]
+        if self.use_subspace:
+            weights.append(self.head.bases)
+        return weights
+
     @torch.jit.unused
-    def _cached_operators(self) -> List[torch.Tensor]:
-        """The layers' operators, kept while the layers' weights are unchanged.
+    def _cached_operators(self) -> List[List[torch.Tensor]]:
+        """The operators, kept while the weights they are made from are unchanged.
 
         Without autograd the operators are a function of the layers' weights
-        only; building them (an FFT of every kernel and the real blocks) costs
-        as much as running a few hundred 28 x 28 digits. They are kept (when
-        at most ``OPS_CACHE_BYTES``) with a copy of the weights they were built
-        from, and reused only while every weight is the same tensor (storage,
-        dtype, device) holding the same numbers: an exact comparison, so edits
-        that bump no version counter (through ``.data``, or by another tensor
-        sharing the storage) are seen too. The comparison reads the weights
-        and their copy once per call: on one thread, for a 128-channel MNIST-1D
-        network in float32, 1000 signals took 0.98-1.10 s before and
-        1.02-1.14 s after; one signal 32 ms and 37 ms.
+        (and the head's bases) only; building them (a transform of every
+        kernel) costs as much as running a few hundred 28 x 28 digits. They
+        are kept (when at most ``OPS_CACHE_BYTES``) with a copy of the weights
+        they were built from, and reused only while every weight is the same
+        tensor (storage, dtype, device) holding the same numbers: an exact
+        comparison, so edits that bump no version counter (through ``.data``,
+        or by another tensor sharing the storage) are seen too. The comparison
+        reads the weights and their copy once per call: on one thread, for a
+        128-channel MNIST-1D network in float32, 1000 signals took 0.98-1.10 s
+        before and 1.02-1.14 s after; one signal 32 ms and 37 ms.
         """
-        weights = [layer.conv.weight for layer in self.layers]
+        weights = self._weights()
         key = (self.conv,) + tuple((w.data_ptr(), w.dtype, w.device, tuple(w.shape))
                                    for w in weights)
         if self._ops_cache is not None and self._ops_key == key and all(
                 torch.equal(w, copy) for w, copy in zip(weights, self._ops_snapshot)):
             return self._ops_cache
-        ops = [layer.operators() for layer in self.layers]
-        if sum(o.numel() * o.element_size() for o in ops) <= OPS_CACHE_BYTES:
+        ops = self._build_operators()
+        if sum(o.numel() * o.element_size() for layer in ops for o in layer) \
+                <= OPS_CACHE_BYTES:
             self._ops_cache, self._ops_key = ops, key
             self._ops_snapshot = [w.detach().clone() for w in weights]
         else:
             self._ops_cache = self._ops_key = self._ops_snapshot = None
         return ops
 
-    def _run_with(self, x: torch.Tensor, what: int, ops: List[torch.Tensor]) -> torch.Tensor:
+    def _run_with(self, x: torch.Tensor, what: int, ops: List[List[torch.Tensor]]
+                  ) -> torch.Tensor:
         """Features (``what`` 0), last-layer scores ``-lmbda ||C^j z||`` (1) or distances (2)."""
         z = self._enter(self.lift(x))
         for index, layer in enumerate(self.layers):
@@ -793,7 +954,10 @@ class ReduNetModule(nn.Module):
             return self._leave(z)
         if what == 1:  # no layer: no membership
             raise RuntimeError("a network without layers has no membership")
-        return self.head(z if self.spectral else self.spectrum(z))
+        if self.use_subspace:
+            return self.head.distances(z if self.spectral else self.spectrum(z), ops[-1][0])
+        raise RuntimeError("the network was exported without class subspaces "
+                           "(classifier='membership')")
 
     def _run(self, x: torch.Tensor, what: int) -> torch.Tensor:
         """:meth:`_run_with` over blocks of ``chunk_size`` samples (not when tracing).
@@ -883,9 +1047,15 @@ class ExportGraph(nn.Module):
     an ONNX input may be left open, so a Python ``if`` at export time cannot
     decide): any other shape makes that reshape fail (see :func:`export_onnx`).
     Each sample is prescaled by its power of two as in
-    :meth:`ReduNetModule.lift`. The layers run as direct circular
-    convolutions with their operators' kernels computed once, and the class
-    subspaces' half spectrum by :class:`RealDFT`: real operations only.
+    :meth:`ReduNetModule.lift`. Real operations only (ONNX has no complex
+    tensors): the features' half spectrum comes from :class:`RealDFT`, and
+    each layer is one real product per frequency of its operators' spectra
+    ``[Re A; Im A]`` ``(F, 2 (1+k) C, C)`` (computed once, here) with the
+    spectra as real pairs, whose four partial products give
+    ``Re(A v) = Re A Re v - Im A Im v`` and ``Im(A v) = Re A Im v + Im A Re v``;
+    then the module's own update (:func:`update_from_responses`). Layers of
+    short kernels (``choose_conv`` gives ``"direct"``) run as direct circular
+    convolutions instead.
 
     Outputs: ``features`` ``(b, C, *S)`` as ``net.transform``; ``scores``
     ``(b, k)`` what ``labels`` is the argmax of: ``-net.subspace_distances``
@@ -895,9 +1065,21 @@ class ExportGraph(nn.Module):
 
     def __init__(self, module):
         super().__init__()
+        dtype = next(module.parameters()).dtype
+        nd = module.signal_ndim
+        self.spectral = bool(nd and len(module.layers) and choose_conv(
+            module.layers[0].kernel_shape[0], nd) == "fft")
         self.module = module.with_conv("direct")
-        self.dft = RealDFT(module.signal_shape, next(module.parameters()).dtype) \
-            if module.signal_ndim else None
+        self.dft = RealDFT(module.signal_shape, dtype) if nd else None
+        self.n_ops = len(module.layers) if self.spectral else 0
+        with torch.no_grad():
+            for index in range(self.n_ops):
+                hat = module.layers[index].operators_hat()
+                self.register_buffer(f"ops{index}", torch.cat([hat.real, hat.imag], dim=1)
+                                     .contiguous(), persistent=False)
+            if module.use_subspace:
+                self.register_buffer("real_bases", module.head.real_bases().contiguous(),
+                                     persistent=False)
         shapes = _accepted_shapes(module.input_shape, module.signal_ndim, flattened=True)
         self.shape_rule = _shape_rule(module.input_shape, module.signal_ndim, flattened=True)
         width = max(len(shape) for shape in shapes)
@@ -936,14 +1118,42 @@ class ExportGraph(nn.Module):
         flat = torch.index_select(x.reshape(-1), 0, torch.arange(n) + n * (1 - ok))
         return flat.reshape([-1] + module.input_shape)
 
+    def _spectral_layers(self, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The layers on real-pair spectra ``(F, C, b, 2)``: (features, last logits)."""
+        logits = torch.zeros(0, dtype=v.dtype)
+        for index, layer in enumerate(self.module.layers):
+            ops = getattr(self, f"ops{index}")  # (F, 2 R, C)
+            f, c, b = v.shape[0], v.shape[1], v.shape[2]
+            rows = ops.shape[1] // 2
+            p = torch.matmul(ops, v.reshape(f, c, 2 * b)).reshape(f, 2, rows, b, 2)
+            w = torch.stack([p[:, 0, :, :, 0] - p[:, 1, :, :, 1],
+                             p[:, 0, :, :, 1] + p[:, 1, :, :, 0]], dim=-1)
+            v, logits = update_from_responses(
+                v, list(w.reshape(f, layer.n_classes + 1, layer.n_channels, b, 2).unbind(1)),
+                layer.gamma, layer.freq_weights, layer.eta, layer.lmbda)
+        return v, logits
+
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         module = self.module
         z = module.lift(self.checked(x))
+        if self.spectral:
+            v, logits = self._spectral_layers(self.dft(z))
+            z = self.dft.inverse(v)
+            if module.use_subspace:
+                scores = -module.head.from_real_pairs(v, self.real_bases)
+            else:
+                scores = torch.softmax(logits, dim=1)
+            return z, scores, module.classes[torch.argmax(scores, dim=1)]
         logits = torch.zeros(0, dtype=z.dtype)
         for layer in module.layers:
             z, logits = layer(z)
         if module.use_subspace:
-            scores = -module.head(self.dft(z) if self.dft is not None else module.spectrum(z))
+            if self.dft is not None:
+                v = self.dft(z)
+            else:  # vectors: one frequency, zero imaginary parts
+                zt = z.t().unsqueeze(0)
+                v = torch.stack([zt, torch.zeros_like(zt)], dim=-1)
+            scores = -module.head.from_real_pairs(v, self.real_bases)
         else:
             scores = torch.softmax(logits, dim=1)
         return z, scores, module.classes[torch.argmax(scores, dim=1)]

@@ -260,18 +260,18 @@ def _gentle_steps(module, x, step):
 
 def _update_ratio(layer, z):
     """Mean over samples of ``||E z - sum_j gamma_j pi_j C^j z|| / ||z||`` for one layer."""
-    eta = layer.eta
-    layer.eta = 1.0
+    from .export import class_sq_norms
+
     k, c = layer.n_classes, layer.n_channels
     if layer.spectral:
-        f, _, b = z.shape
-        w = torch.matmul(layer.real_operators(), z).reshape(f, k + 1, 2 * c, b)
+        w = layer.responses(z, layer.operators())  # (F, 1+k, C, b, 2)
         cj = w[:, 1:]
-        weight = (torch.softmax(layer._logits(layer._spectral_sq(cj)), dim=1) * layer.gamma).t()
-        update = w[:, 0] - (cj * weight.unsqueeze(1)).sum(dim=1)
-        ratio = torch.sqrt(torch.matmul(layer.freq_weights.unsqueeze(0),
-                                        (update * update).sum(dim=1)) /
-                           torch.matmul(layer.freq_weights.unsqueeze(0), (z * z).sum(dim=1)))
+        logits = layer._logits(class_sq_norms(cj, layer.freq_weights))
+        weight = (torch.softmax(logits, dim=1) * layer.gamma).t()  # (k, b)
+        update = w[:, 0] - (cj * weight[None, :, None, :, None]).sum(dim=1)
+        zr = torch.view_as_real(z)
+        ratio = torch.sqrt(torch.matmul(layer.freq_weights, (update * update).sum(dim=(1, 3))) /
+                           torch.matmul(layer.freq_weights, (zr * zr).sum(dim=(1, 3))))
     else:
         b = z.shape[0]
         w = layer._responses_spatial(z)
@@ -280,7 +280,6 @@ def _update_ratio(layer, z):
         update = w[:, :c].reshape(z.shape) - (cj * weight.reshape(b, k, 1, 1)).sum(
             dim=1).reshape(z.shape)
         ratio = update.reshape(b, -1).norm(dim=1) / z.reshape(b, -1).norm(dim=1)
-    layer.eta = eta
     return float(ratio.mean())
 
 

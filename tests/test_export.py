@@ -215,15 +215,22 @@ def test_blocks_of_samples_give_the_same_result(case, conv):
 
 
 @pytest.mark.parametrize("shape", [(9,), (10,), (6, 4), (5, 7)])
-def test_real_dft_equals_the_module_spectrum(shape):
+def test_real_dft_and_its_inverse_equal_rfftn_and_irfftn(shape):
     from convredunet.export import RealDFT
 
     z = torch.from_numpy(np.random.default_rng(0).standard_normal((3, 2) + shape))
     dims = list(range(2, 2 + len(shape)))
     v = torch.view_as_real(torch.fft.rfftn(z, dim=dims, norm="ortho"))
-    expected = v.reshape(3, 2, -1, 2).permute(2, 3, 1, 0).reshape(-1, 4, 3)
-    np.testing.assert_allclose(RealDFT(shape, torch.float64)(z).numpy(), expected.numpy(),
-                               atol=1e-13)
+    expected = v.reshape(3, 2, -1, 2).permute(2, 1, 0, 3)  # (F, C, b, 2)
+    dft = RealDFT(shape, torch.float64)
+    np.testing.assert_allclose(dft(z).numpy(), expected.numpy(), atol=1e-13)
+    # The inverse of any half spectrum (self-conjugate frequencies' imaginary parts
+    # included) is irfftn's.
+    w = torch.from_numpy(np.random.default_rng(1).standard_normal(tuple(expected.shape)))
+    half = list(shape[:-1]) + [shape[-1] // 2 + 1]
+    w_hat = torch.view_as_complex(w.permute(2, 1, 0, 3).contiguous()).reshape([3, 2] + half)
+    np.testing.assert_allclose(dft.inverse(w).numpy(), torch.fft.irfftn(
+        w_hat, s=shape, dim=dims, norm="ortho").numpy(), atol=1e-13)
 
 
 def test_subspace_head_is_trainable_and_invariant():
