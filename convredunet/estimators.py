@@ -18,6 +18,7 @@ from sklearn.utils.validation import column_or_1d
 from . import io, spectral, subspace
 from ._memory import check_size as _check_size, release_memory
 from ._threads import thread_limits
+from ._fingerprints import sample_fingerprints
 from ._inputs import check_features
 from ._validation import validate_params
 from .backend import resolve
@@ -171,13 +172,19 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
                 bases = subspace.class_subspaces(backend, V, labels, k, params["n_components"],
                                                  params["batch_size"],
                                                  sample_shape=feature_shape)
-        self._set_fitted(network, classes, history, bases)
+        self._set_fitted(network, classes, history, bases, sample_fingerprints(X))
         return self
 
-    def _set_fitted(self, network, classes, history, subspaces=None):
+    def _set_fitted(self, network, classes, history, subspaces=None, fingerprints=None,
+                    hermitian=False):
         self._cache_ = _Cache()
-        self.network_ = network
+        # Operators exactly Hermitian, as a model file stores them (io.hermitian_network):
+        # the network in memory and its file's are the same bit for bit.
+        self.network_ = network if hermitian else io.hermitian_network(network)
         self.subspaces_ = subspaces
+        # One 64-bit hash per training sample (sorted; None after a Dask fit): lets
+        # fine_tune tell held-out signals from the ones the network was fitted on.
+        self.training_fingerprints_ = fingerprints
         self.classes_ = classes
         self.history_ = history
         self.input_shape_ = network.input_shape
@@ -449,19 +456,29 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
 
         return to_torch(self, torch.float32 if dtype is None else dtype, kernel_size, conv)
 
-    def save(self, path):
-        """Write the fitted network to ``path`` (``.npz``, no pickle); see :func:`load`."""
+    def save(self, path, dtype=None):
+        """Write the fitted network to ``path`` (``.npz``, no pickle); see :func:`load`.
+
+        ``dtype``: ``"float32"`` or ``"float64"``, the precision of the stored
+        numbers; None (default) stores the model's own precision, which loads
+        bit for bit. ``"float32"`` halves a float64 model's file; the loaded
+        model computes in float64 from numbers rounded to float32 (its
+        predictions may differ from the original's on a few samples: see the
+        README's model sizes).
+        """
         self._check_fitted()
         classes = np.asarray(self.classes_)
         extra = {}
         if getattr(self, "subspaces_", None) is not None:
             extra["classifier/bases"] = self.subspaces_
+        if getattr(self, "training_fingerprints_", None) is not None:
+            extra["training/fingerprints"] = self.training_fingerprints_
         io.save_network(path, self.network_, {
             "estimator": type(self).__name__,
             "params": self.get_params(),
             "classes": classes,
             "history": self.history_,
-        }, extra)
+        }, extra, dtype=dtype)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -564,7 +581,8 @@ def load(path):
     estimator = estimators[model.estimator](**model.params)
     network = model.network.to(estimator._workspace())
     estimator._set_fitted(network, model.classes, model.history,
-                          model.arrays.get("classifier/bases"))
+                          model.arrays.get("classifier/bases"),
+                          model.arrays.get("training/fingerprints"), hermitian=model.version >= 3)
     return estimator
 
 
