@@ -458,19 +458,45 @@ def cmd_finetune(args):
             x = torch.as_tensor(np.asarray(X_test), dtype=dtype)
             return float(np.mean(m.predict(x).numpy() == np.asarray(y_test)))
 
+    # fine_tune's own checks of these first: a bad value is named before anything else.
+    from ._validation import check_int, check_real
+
+    if args.epochs is not None:
+        check_int(args.epochs, "epochs", rule="a positive integer")
+    check_real(args.validation_fraction, "validation_fraction", "a number in [0, 1)",
+               lambda v: 0 <= v < 1)
+    validation = None
+    if args.validation_data is not None:
+        X_val, y_val, _, _, _ = load_data(args.validation_data)
+        validation = (X_val, y_val)
+    elif args.validation_fraction > 0:
+        from ._fingerprints import seen
+
+        fitted = seen(getattr(net, "training_fingerprints_", None), np.asarray(X_train))
+        if fitted.all():
+            raise CLIError(f"model '{args.model_file}' was fitted on all {len(X_train)} "
+                           f"training signals of --data {args.data}, so a validation split "
+                           "of them would keep the start; pass --validation-data PATH.npz "
+                           "(X, y held out from the fit) or --validation-fraction 0 (keep the "
+                           "last epoch)")
     before = test_accuracy(module)
     epochs = {} if args.epochs is None else {"epochs": args.epochs}
     tuned = fine_tune(module, X_train, y_train, teacher=net if mode == "distill" else None,
                       lr=args.lr, batch_size=args.batch_size, **epochs,
-                      validation_fraction=args.validation_fraction, random_state=args.seed,
+                      validation_fraction=args.validation_fraction,
+                      validation_data=validation, random_state=args.seed,
                       verbose=not args.quiet)
     after = test_accuracy(tuned)
     with _atomic_file(out) as tmp:
         torch.jit.script(tuned).save(str(tmp))
     best = tuned.fine_tune_best_epoch
     record = tuned.fine_tune_history[best]
-    print(f"{mode}: kept epoch {best} of {len(tuned.fine_tune_history) - 1} (validation accuracy "
-          f"{record['validation_accuracy']:.4f})")
+    n_epochs = len(tuned.fine_tune_history) - 1
+    if np.isnan(record["validation_accuracy"]):
+        print(f"{mode}: kept epoch {best} of {n_epochs} (the last: no validation signals)")
+    else:
+        print(f"{mode}: kept epoch {best} of {n_epochs} (validation accuracy "
+              f"{record['validation_accuracy']:.4f})")
     if before is not None:
         print(f"test accuracy (module's own prediction): {before:.4f} -> {after:.4f}")
     print(f"wrote {out} (TorchScript, {args.dtype}"
@@ -560,7 +586,12 @@ def build_parser():
     finetune.add_argument("--lr", type=float, default=None,
                           help="relative Adam step (default: fine_tune's, by mode)")
     finetune.add_argument("--batch-size", type=int, default=64)
-    finetune.add_argument("--validation-fraction", type=float, default=0.1)
+    finetune.add_argument("--validation-fraction", type=float, default=0.1,
+                          help="share of the training signals, among those the model was not "
+                               "fitted on, that chooses the epoch kept (0: the last epoch)")
+    finetune.add_argument("--validation-data", default=None,
+                          help="PATH.npz (X, y) of signals held out from the model's fit that "
+                               "choose the epoch kept (replaces --validation-fraction)")
     finetune.add_argument("--conv", choices=("auto", "fft", "direct"), default="auto")
     finetune.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     finetune.add_argument("--force", action="store_true", help="overwrite --out")

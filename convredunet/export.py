@@ -762,7 +762,8 @@ class ReduNetModule(nn.Module):
     lifted: Final[bool]
     lifting_bias: Final[bool]
     use_subspace: Final[bool]
-    __jit_ignored_attributes__ = ["_ops_cache", "_ops_key", "_ops_snapshot"]
+    __jit_ignored_attributes__ = ["_ops_cache", "_ops_key", "_ops_snapshot",
+                                  "training_fingerprints"]
 
     def __init__(self, lifting, layers, classes, signal_shape, conv, input_shape=None,
                  head=None, dtype=None):
@@ -805,6 +806,9 @@ class ReduNetModule(nn.Module):
         self._ops_cache = None
         self._ops_key = None
         self._ops_snapshot = None
+        # Fingerprints of the signals the exported network was fitted on (to_torch sets
+        # them): fine_tune keeps its validation signals out of them.
+        self.training_fingerprints = None
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -813,6 +817,7 @@ class ReduNetModule(nn.Module):
 
     def __setstate__(self, state):
         state.setdefault("_ops_snapshot", None)  # modules pickled before the snapshot existed
+        state.setdefault("training_fingerprints", None)
         super().__setstate__(state)
 
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -1367,6 +1372,8 @@ def to_torch(net, dtype=torch.float32, kernel_size=None, conv="auto"):
     head = None
     if net.classifier == "subspace":
         head = _subspace_head(net, dtype)
-    return ReduNetModule(lifting, layers, np.asarray(classes), signal_shape,
-                         "direct" if mode == "linear" else mode, parts["input_shape"], head,
-                         dtype)
+    module = ReduNetModule(lifting, layers, np.asarray(classes), signal_shape,
+                           "direct" if mode == "linear" else mode, parts["input_shape"], head,
+                           dtype)
+    module.training_fingerprints = getattr(net, "training_fingerprints_", None)
+    return module
