@@ -28,8 +28,12 @@ __all__ = ["main"]
 EXIT_USAGE = 2
 # Test signals on which the demo compares the exported module with transform.
 EXPORT_CHECK_SAMPLES = 250
-# demo --quick: fewer layers and test signals (a smoke run, not the result).
-QUICK_LAYERS, QUICK_TEST = 3, 200
+# Test signals whose every prediction the demo checks under every cyclic shift (40 each).
+SHIFT_CHECK_SAMPLES = 250
+# Test signals of the demo's similarity figure, per class.
+FIGURE_PER_CLASS = 30
+# demo --quick: a small network on part of the data (a smoke run, not the result).
+QUICK_CHANNELS, QUICK_COMPONENTS, QUICK_TRAIN, QUICK_TEST = 16, 4, 500, 100
 
 
 class CLIError(Exception):
@@ -181,13 +185,18 @@ def layer_table(history):
     return lines
 
 
-def _shift_report(net, X_test, y_test, seed, all_shifts=False):
-    """Accuracy on randomly shifted test signals and the invariance check."""
+def _shift_report(net, X_test, y_test, seed, all_shifts=False, quiet=False):
+    """Accuracy, accuracy on randomly shifted test signals, and the invariance check.
+
+    ``all_shifts``: True checks every test signal under every cyclic shift, an
+    integer ``n`` the first ``n`` test signals; each prediction is compared
+    with the signal's own.
+    """
     from .datasets import random_cyclic_shift
 
     ndim = len(net.signal_shape_)
     predictions = net.predict(X_test)
-    report = {"accuracy": float(np.mean(predictions == y_test))}
+    report = {"accuracy": float(np.mean(predictions == y_test)), "predictions": predictions}
     if ndim == 0:
         return report
     shifted, _ = random_cyclic_shift(X_test, ndim, random_state=seed)
@@ -195,14 +204,25 @@ def _shift_report(net, X_test, y_test, seed, all_shifts=False):
     report["shifted_accuracy"] = float(np.mean(shifted_pred == y_test))
     report["changed_by_random_shift"] = int(np.sum(shifted_pred != predictions))
     if all_shifts:
+        from tqdm.auto import tqdm
+
         from .testing import all_shifts as every
 
-        changed = 0
+        n = len(X_test) if all_shifts is True else min(int(all_shifts), len(X_test))
+        checked, own = np.asarray(X_test)[:n], predictions[:n]
         shifts = every(net.signal_shape_)
-        for shift in shifts:
-            rolled = np.roll(X_test, shift, axis=tuple(range(-ndim, 0)))
-            changed += int(np.sum(net.predict(rolled) != predictions))
+        axes = tuple(range(-ndim, 0))
+        changed = 0
+        verbose = net.verbose
+        net.verbose = False  # one bar over the shifts instead of one per prediction
+        try:
+            for shift in tqdm(shifts, desc=f"predictions under all {len(shifts)} shifts",
+                              unit="shift", disable=quiet, leave=False, delay=0.5):
+                changed += int(np.sum(net.predict(np.roll(checked, shift, axis=axes)) != own))
+        finally:
+            net.verbose = verbose
         report["shifts_checked"] = len(shifts)
+        report["signals_checked_under_all_shifts"] = n
         report["changed_by_any_shift"] = changed
     return report
 
@@ -241,42 +261,63 @@ def cmd_demo(args):
     _check_new(out, args.force, "output folder")
     started = time.perf_counter()
     X_train, y_train, X_test, y_test = load_mnist1d()
+    if args.quick:
+        X_train, y_train = X_train[:QUICK_TRAIN], y_train[:QUICK_TRAIN]
+        X_test, y_test = X_test[:QUICK_TEST], y_test[:QUICK_TEST]
     print(f"MNIST-1D: {len(X_train)} training and {len(X_test)} test signals of length "
           f"{X_train.shape[-1]}, {len(np.unique(y_train))} classes")
+    seconds = {}
     with _atomic_dir(out, args.force) as tmp:
         net = ReduNet1D(random_state=0, verbose=not args.quiet)
         if args.quick:
-            net.set_params(n_layers=min(QUICK_LAYERS, net.n_layers))
-            X_test, y_test = X_test[:QUICK_TEST], y_test[:QUICK_TEST]
+            net.set_params(n_channels=QUICK_CHANNELS, n_components=QUICK_COMPONENTS)
         params = {k: v for k, v in net.get_params().items() if k != "verbose"}
         print("ReduNet1D(" + ", ".join(f"{k}={v!r}" for k, v in params.items()) + ")")
         t0 = time.perf_counter()
         net.fit(X_train, y_train)
-        fit_seconds = time.perf_counter() - t0
-        print(f"built {len(net.layers_)} layers in {fit_seconds:.1f} s")
+        seconds["fit"] = time.perf_counter() - t0
+        print(f"built {len(net.layers_)} layer(s) in {seconds['fit']:.1f} s")
         for line in layer_table(net.history_):
             print(line)
         t0 = time.perf_counter()
-        report = _shift_report(net, X_test, y_test, seed=0, all_shifts=True)
-        shift_seconds = time.perf_counter() - t0
-        # The export check runs in float64 on a subset: full-length convolution
-        # kernels make the exported CNN slower than the spectral transform.
+        n_check = min(SHIFT_CHECK_SAMPLES, len(X_test))
+        report = _shift_report(net, X_test, y_test, seed=0, all_shifts=n_check,
+                               quiet=args.quiet)
+        seconds["predict_and_shift_check"] = time.perf_counter() - t0
+        # The export check runs in float64 on a subset of the test signals; the
+        # network's own predictions of them are the report's.
+        t0 = time.perf_counter()
         module = net.to_torch(dtype=torch.float64)
         subset = X_test[:EXPORT_CHECK_SAMPLES]
         with torch.no_grad():
             x = torch.from_numpy(subset)
             export_error = float(np.max(np.abs(module(x).numpy() - net.transform(subset))))
-            export_same = bool(np.array_equal(module.predict(x).numpy(), net.predict(subset)))
+            export_same = bool(np.array_equal(module.predict(x).numpy(),
+                                              report.pop("predictions")[:len(subset)]))
+        seconds["export_check"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         net.save(tmp / "model.npz")
-        scripted = torch.jit.script(net.to_torch(dtype=torch.float32))
-        scripted.save(str(tmp / "module.pt"))
-        plot_rates(net.history_, tmp / "rates.png", test=net.rate_history(X_test, y_test),
-                   title="MNIST-1D: rates per layer (test: dashed)")
-        plot_cosine_similarity(X_test, net.transform(X_test), y_test, tmp / "cosine.png",
-                               titles=("before (input)", "after the network"))
+        torch.jit.script(module.float()).save(str(tmp / "module.pt"))  # float32
+        seconds["save"] = time.perf_counter() - t0
+        # Figures from FIGURE_PER_CLASS test signals of each class: the test rates
+        # and the features come from one pass (layer_features).
+        t0 = time.perf_counter()
+        shown = np.concatenate([np.flatnonzero(y_test == c)[:FIGURE_PER_CLASS]
+                                for c in np.unique(y_test)])
+        features = net.layer_features(X_test[shown])
+        from .operators import rate_reduction
+
+        labels = np.searchsorted(net.classes_, y_test[shown])
+        test_rates = [rate_reduction(z, labels, eps2=net.eps2) for z in features]
+        plot_rates(net.history_, tmp / "rates.png", test=test_rates,
+                   title=f"MNIST-1D: rates per layer (test, {len(shown)} signals: dashed)")
+        plot_cosine_similarity(X_test[shown], features[-1], y_test[shown],
+                               tmp / "cosine.png", titles=("before (input)", "after the network"))
+        seconds["figures"] = time.perf_counter() - t0
         summary = {
-            "dataset": "mnist1d", "params": params, "fit_seconds": fit_seconds,
-            "test": report, "shift_check_seconds": shift_seconds,
+            "dataset": "mnist1d", "params": params, "fit_seconds": seconds["fit"],
+            "seconds": seconds, "test": report,
+            "shift_check_seconds": seconds["predict_and_shift_check"],
             "export": {"max_abs_error_float64": export_error, "same_predictions": export_same,
                        "samples_checked": len(subset)},
             "history": net.history_,
@@ -287,11 +328,11 @@ def cmd_demo(args):
     print(f"test accuracy (network's own prediction): {report['accuracy']:.4f}")
     print(f"test accuracy on randomly shifted signals: {report['shifted_accuracy']:.4f}")
     print(f"invariance: {report['changed_by_any_shift']} of "
-          f"{report['shifts_checked'] * len(X_test)} predictions changed under all "
-          f"{report['shifts_checked']} cyclic shifts of {len(X_test)} test signals")
+          f"{report['shifts_checked'] * n_check} predictions changed under all "
+          f"{report['shifts_checked']} cyclic shifts of {n_check} test signals")
     print(f"PyTorch export (Conv1d, circular): max |difference| {export_error:.2e} in float64,"
           f" predictions {'identical' if export_same else 'DIFFERENT'} on "
-          f"{len(X_test[:EXPORT_CHECK_SAMPLES])} test signals")
+          f"{len(subset)} test signals")
     print(f"wrote {out}/ (model.npz, module.pt, rates.png, cosine.png, summary.json) "
           f"in {total:.0f} s")
     return 0 if export_same and report["changed_by_any_shift"] == 0 else 1
@@ -361,6 +402,7 @@ def cmd_evaluate(args):
 
     plan = _dask_cli.plan(args)
     model = load(args.model_file)
+    model.verbose = not args.quiet  # progress over the predictions (the file's setting aside)
     if plan.n_generated is None:
         X_train, y_train, X_test, y_test, _ = load_data(
             args.data, None, args.n_train_per_class, args.n_test_per_class, args.seed)
@@ -383,8 +425,11 @@ def cmd_evaluate(args):
                                             (X_train, y_train, X_test, y_test))
         if X_test is None:
             raise CLIError(f"--data '{args.data}' has no X_test/y_test to evaluate on")
-        report = _shift_report(net, X_test, y_test, args.seed, all_shifts=args.all_shifts)
-        report.update(_reference_classifiers(net, X_train, y_train, X_test, y_test))
+        report = _shift_report(net, X_test, y_test, args.seed, all_shifts=args.all_shifts,
+                               quiet=args.quiet)
+        report.pop("predictions")
+        if args.baselines:
+            report.update(_reference_classifiers(net, X_train, y_train, X_test, y_test))
     report["n_test"] = int(len(X_test))
     if args.json:
         print(json.dumps(report, indent=2))
@@ -392,10 +437,11 @@ def cmd_evaluate(args):
     rows = [("network's own prediction", report["accuracy"])]
     if "shifted_accuracy" in report:
         rows.append(("own prediction, randomly shifted test", report["shifted_accuracy"]))
-    rows += [("linear SVM on features", report["svm_features"]),
-             ("5-NN on features", report["knn5_features"]),
-             ("linear SVM on raw input", report["svm_raw"]),
-             ("5-NN on raw input", report["knn5_raw"])]
+    if args.baselines:
+        rows += [("linear SVM on features", report["svm_features"]),
+                 ("5-NN on features", report["knn5_features"]),
+                 ("linear SVM on raw input", report["svm_raw"]),
+                 ("5-NN on raw input", report["knn5_raw"])]
     width = max(len(r[0]) for r in rows)
     print(f"{'classifier':<{width}}  accuracy   ({report['n_test']} test samples)")
     for name, value in rows:
@@ -404,7 +450,8 @@ def cmd_evaluate(args):
         print(f"predictions changed by a random cyclic shift: {report['changed_by_random_shift']}")
     if "changed_by_any_shift" in report:
         print(f"predictions changed by any of {report['shifts_checked']} shifts: "
-              f"{report['changed_by_any_shift']}")
+              f"{report['changed_by_any_shift']} of "
+              f"{report['shifts_checked'] * report['signals_checked_under_all_shifts']}")
     return 0
 
 
@@ -533,7 +580,8 @@ def build_parser():
     demo.add_argument("--force", action="store_true", help="replace an existing --out")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.add_argument("--quick", action="store_true",
-                      help=f"smoke run: {QUICK_LAYERS} layers, {QUICK_TEST} test signals")
+                      help=f"smoke run: {QUICK_CHANNELS} channels, {QUICK_TRAIN} training and "
+                           f"{QUICK_TEST} test signals")
     demo.set_defaults(func=cmd_demo)
 
     fit = sub.add_parser("fit", help="build a network and save it")
@@ -550,8 +598,11 @@ def build_parser():
     _add_data_options(evaluate)
     evaluate.add_argument("--all-shifts", action="store_true",
                           help="check predictions under every cyclic shift")
+    evaluate.add_argument("--baselines", action="store_true",
+                          help="also fit reference classifiers (linear SVM and 5-NN) on the raw "
+                               "input and on the network's features (slower)")
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")
-    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_scheduler_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 

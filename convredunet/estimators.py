@@ -265,12 +265,18 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         workspace = self._workspace()
         network = self._network(workspace)
         size = network.chunk_size(self.batch_size, workspace.backend.itemsize(workspace.like))
-        with thread_limits():
-            start = 0
-            for z, pi in network.stream((network.working(x) for x in array_chunks(X, size)),
-                                        spectra=spectra):
-                yield start, z, pi
-                start += z.shape[-1] if spectra else z.shape[0]
+        progress = sample_progress(X.shape[0], self.verbose, type(self).__name__)
+        try:
+            with thread_limits():
+                start = 0
+                for z, pi in network.stream((network.working(x) for x in array_chunks(X, size)),
+                                            spectra=spectra):
+                    yield start, z, pi
+                    n = z.shape[-1] if spectra else z.shape[0]
+                    start += n
+                    progress.update(n)
+        finally:
+            progress.close()
 
     def _forward(self, X, name="X", features=True, distances=False, membership=True):
         """Features after the last layer (None unless ``features``) and the membership.
@@ -486,6 +492,17 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         return tags
 
 
+def sample_progress(total, verbose, name):
+    """A progress bar over the samples of an inference pass (``verbose``; after 0.5 s).
+
+    The delay keeps short passes (a few chunks) from flashing a bar.
+    """
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"{name} inference", unit="signal", unit_scale=True,
+                disable=not verbose, leave=False, delay=0.5)
+
+
 class _Cache(dict):
     """Arrays derived from fitted attributes for inference; never pickled (rebuilt on use)."""
 
@@ -643,7 +660,9 @@ class ReduNet1D(_ReduNet):
     batch_size : int or None
         Samples per chunk in construction and inference (bounds memory).
     verbose : bool
-        Show a progress bar over the layers.
+        Show progress bars: over the layers while fitting, over the samples
+        of ``predict``, ``transform`` and the other inference passes (those
+        that take more than half a second).
 
     Input ``X``: ``(n_samples, T)`` or ``(n_samples, C_in, T)``.
 

@@ -240,12 +240,12 @@ def _teacher_targets(teacher, X, X_cal, labels_cal, batch):
     """The teacher's class probabilities on ``X`` softened as in the module docstring.
 
     The temperature is the one that fits ``labels_cal`` best on ``X_cal``
-    (held-out samples where there are any). Returns ``(n, k)`` float64
-    probabilities.
+    (held-out samples where there are any; None: ``X`` itself). Returns
+    ``(n, k)`` float64 probabilities.
     """
     scores = _teacher_scores(teacher, X, batch)
     scale = float(-scores.mean())
-    cal = _teacher_scores(teacher, X_cal, batch) / scale
+    cal = (scores if X_cal is None else _teacher_scores(teacher, X_cal, batch)) / scale
     return torch.softmax(scores / scale * _best_temperature(cal, labels_cal), dim=1)
 
 
@@ -267,7 +267,7 @@ def distillation_loss(module, teacher, X, y):
     X, labels = _check_data(module, X, y)
     dtype = next(module.parameters()).dtype
     x, labels = torch.as_tensor(X, dtype=dtype), torch.as_tensor(labels)
-    targets = _teacher_targets(teacher, X, X, labels, 256)
+    targets = _teacher_targets(teacher, X, None, labels, 256)
     scores = _scores(module, x, 256).double()
     scores = scores / float(-scores.mean())
     log_p = torch.log_softmax(scores * _best_temperature(scores, labels), dim=1)
@@ -508,8 +508,8 @@ def fine_tune(module, X, y, *, teacher=None, epochs=10, lr=None, batch_size=64,
                            dtype=dtype, requires_grad=True)
     soft_targets = None
     if teacher is not None:
-        soft_targets = _teacher_targets(teacher, X[train_idx], X[val_idx] if has_val else
-                                        X[train_idx], y_cal, eval_batch)
+        soft_targets = _teacher_targets(teacher, X[train_idx], X[val_idx] if has_val else None,
+                                        y_cal, eval_batch)
         if not bool(torch.isfinite(soft_targets).all()):
             raise ValueError("the teacher's class probabilities on X are not finite; check "
                              "that teacher is the network the module was exported from")
