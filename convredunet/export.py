@@ -69,6 +69,7 @@ AUTO_DIRECT_MAX_TAPS = 4
 CHUNK_BYTES = 256 << 20
 SPECTRAL_CHUNK_BYTES = 10 << 20
 MIN_CHUNK = 64
+MIN_SPECTRAL_CHUNK = 16
 # Inference without autograd keeps the layers' operators (the kernels' spectra as
 # real blocks) between calls when all of them take at most this much memory.
 OPS_CACHE_BYTES = 1 << 30
@@ -154,16 +155,18 @@ def _conv_modules(kernels, dtype, bias=None):
     """
     nd = kernels.ndim - 2
     sizes = kernels.shape[2:]
-    weight = np.flip(kernels, axis=tuple(range(2, 2 + nd))).copy()
     pads = []
     for k in reversed(sizes):  # torch pads the last axis first
         pads += [k - 1 - (k - 1) // 2, (k - 1) // 2]
     conv_cls, pad_cls = (nn.Conv1d, nn.CircularPad1d) if nd == 1 else (nn.Conv2d,
                                                                          nn.CircularPad2d)
-    conv = conv_cls(kernels.shape[1], kernels.shape[0], tuple(sizes), bias=bias is not None,
-                    dtype=dtype)
+    # skip_init: no random initialization of weights about to be overwritten.
+    conv = nn.utils.skip_init(conv_cls, kernels.shape[1], kernels.shape[0], tuple(sizes),
+                              bias=bias is not None, dtype=dtype)
     with torch.no_grad():
-        conv.weight.copy_(torch.from_numpy(weight))
+        # The weight is the kernel flipped (a cross-correlation): one copy, flip and cast.
+        conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernels)).flip(
+            list(range(2, 2 + nd))))
         if bias is not None:
             conv.bias.copy_(torch.from_numpy(np.asarray(bias)))
     return pad_cls(tuple(pads)), conv
@@ -328,15 +331,20 @@ def _weighted_sum(freq_weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.matmul(freq_weights, x.reshape(x.shape[0], -1)).reshape(shape)
 
 
-def _sq_norms(x: torch.Tensor) -> torch.Tensor:
-    """``sum_c |x[p, c, b]|^2`` ``(F, b)`` of real-pair spectra ``(F, C, b, 2)``.
+def _pair_sums(x: torch.Tensor) -> torch.Tensor:
+    """``sum_{c, part} x[n, c, b, part]`` ``(N, b)`` of ``(N, C, b, 2)`` real pairs.
 
     Summed over the channels first, with the sample and part axes together
     as the contiguous inner axis: a reduction over the axes (1, 3) at once
     was 17 times slower (float64, 256 channels, 148 samples).
     """
-    f, c, b = x.shape[0], x.shape[1], x.shape[2]
-    return (x * x).reshape(f, c, 2 * b).sum(dim=1).reshape(f, b, 2).sum(dim=-1)
+    n, c, b = x.shape[0], x.shape[1], x.shape[2]
+    return x.reshape(n, c, 2 * b).sum(dim=1).reshape(n, b, 2).sum(dim=-1)
+
+
+def _sq_norms(x: torch.Tensor) -> torch.Tensor:
+    """``sum_c |x[p, c, b]|^2`` ``(F, b)`` of real-pair spectra ``(F, C, b, 2)``."""
+    return _pair_sums(x * x)
 
 
 def update_from_responses(z: torch.Tensor, responses: List[torch.Tensor], gamma: torch.Tensor,
@@ -352,18 +360,33 @@ def update_from_responses(z: torch.Tensor, responses: List[torch.Tensor], gamma:
     with the half-spectrum weights) and ``-lmbda ||C^j z||_F`` ``(b, k)``.
 
     Written once for every way the products are formed: complex matrix
-    products in the module, real ones in an ONNX graph (:class:`ExportGraph`).
-    Made of operations every ONNX opset the exporter writes has.
+    products in the module, real ones in an ONNX graph (:class:`ExportGraph`);
+    with low-rank classes (:meth:`ReduNetLayer.step`) the norms and the
+    compression come from the Woodbury factors, and :func:`membership_weights`
+    and :func:`finish_step` are shared. Made of operations every ONNX opset
+    the exporter writes has.
     """
     classes = responses[1:]
-    logits = -lmbda * torch.sqrt(class_sq_norms(classes, freq_weights).clamp_min(0.0))
-    weight = (torch.softmax(logits, dim=1) * gamma).t().unsqueeze(-1)  # (k, b, 1)
-    step = responses[0]
-    for j, cj in enumerate(classes):
-        step = torch.addcmul(step, cj, weight[j], value=-1.0)
-    step = torch.add(z, step, alpha=eta)
+    logits, weight = membership_weights(class_sq_norms(classes, freq_weights), gamma, lmbda)
+    compressed = classes[0] * weight[0].unsqueeze(-1)
+    for j in range(1, len(classes)):
+        compressed = torch.addcmul(compressed, classes[j], weight[j].unsqueeze(-1))
+    return finish_step(z, responses[0], compressed, eta, freq_weights), logits
+
+
+def membership_weights(sq: torch.Tensor, gamma: torch.Tensor,
+                       lmbda: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(-lmbda ||C^j z||, gamma_j pi_j)``: ``(b, k)`` and ``(k, b)`` from ``||C^j z||^2``."""
+    logits = -lmbda * torch.sqrt(sq.clamp_min(0.0))
+    return logits, (torch.softmax(logits, dim=1) * gamma).t()
+
+
+def finish_step(z: torch.Tensor, ez: torch.Tensor, compressed: torch.Tensor, eta: float,
+                freq_weights: torch.Tensor) -> torch.Tensor:
+    """``normalize(z + eta (E z - compressed))`` on real-pair spectra ``(F, C, b, 2)``."""
+    step = torch.add(z, ez - compressed, alpha=eta)
     total = torch.sqrt(_weighted_sum(freq_weights, _sq_norms(step)))
-    return step / total.clamp_min(1e-30).unsqueeze(-1), logits
+    return step / total.clamp_min(1e-30).unsqueeze(-1)
 
 
 def class_sq_norms(classes: List[torch.Tensor], freq_weights: torch.Tensor) -> torch.Tensor:
@@ -507,7 +530,9 @@ class ReduNetLayer(nn.Module):
         spectrum = torch.fft.rfftn(weight.permute(self.freq_first), s=self.signal_shape,
                                    dim=self.freq_dims)
         phase = torch.complex(self.phase[:, 0], self.phase[:, 1])
-        return spectrum.reshape(-1, c, c).conj() * phase[:, None, None]
+        # contiguous: the transform of the permuted weights keeps their strides, and a
+        # batched product copies every matrix of a strided operand.
+        return (spectrum.reshape(-1, c, c).conj() * phase[:, None, None]).contiguous()
 
     def operators_hat(self) -> torch.Tensor:
         """Every operator's spectrum stacked, ``(F, (1+k) C, C)`` complex: ``E``, then each ``C^j``."""
@@ -541,6 +566,78 @@ class ReduNetLayer(nn.Module):
             out.append(torch.view_as_real(torch.matmul(ops[index], z)))
         return out
 
+    def _factored(self, z: torch.Tensor, ops: List[torch.Tensor]
+                  ) -> Tuple[torch.Tensor, List[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Closed-form factors applied to ``z``: ``(||C^j z||^2 (b, k), dense responses, q, p)``.
+
+        Dense responses (real pairs) are listed for the operators whose spectra
+        ``ops`` holds (``E`` first when dense); for a low-rank class, with
+        ``p = V_j^H z`` and ``q = M_j^-1 p`` (``M_j = I + alpha_j V_j^H V_j``),
+        ``||C^j z||^2 = alpha_j^2 sum_p w_p (|z|^2 - alpha_j (Re p^H q + |q|^2))``
+        as in the library (:meth:`convredunet.network.Layer.__call__`).
+        """
+        n_ops = self.n_classes + 1
+        v, vh, m_inv, alphas, classes = ops[n_ops], ops[n_ops + 1], ops[n_ops + 2], \
+            ops[n_ops + 3], ops[n_ops + 4]
+        f, g, w = m_inv.shape[0], m_inv.shape[1], m_inv.shape[2]
+        b = z.shape[2]
+        p = torch.matmul(vh, z)  # (F, g w, b)
+        q = torch.matmul(m_inv, p.reshape(f, g, w, b))  # (F, g, w, b)
+        zr = torch.view_as_real(z)
+        qr = torch.view_as_real(q).reshape(f * g, w, b, 2)
+        # Re p^H q + |q|^2 = Re (p + q)^H q, summed over each class's w columns: (F, g, b)
+        pq = _pair_sums((torch.view_as_real(p).reshape(f * g, w, b, 2) + qr) * qr).reshape(
+            f, g, b)
+        inner = _sq_norms(zr).unsqueeze(1) - alphas[None, :, None] * pq
+        lowrank_sq = (alphas * alphas)[:, None] * _weighted_sum(self.freq_weights, inner)
+        dense: List[torch.Tensor] = []
+        sq_cols: List[torch.Tensor] = []
+        for index in range(n_ops):
+            if ops[index].numel() > 0:
+                r = torch.view_as_real(torch.matmul(ops[index], z))
+                dense.append(r)
+                if index > 0:
+                    sq_cols.append(_weighted_sum(self.freq_weights, _sq_norms(r)))
+            elif index > 0:
+                group = int((classes == index - 1).nonzero()[0, 0])
+                sq_cols.append(lowrank_sq[group])
+        return torch.stack(sq_cols, dim=1), dense, q, p
+
+    def _factored_step(self, z: torch.Tensor, ops: List[torch.Tensor]
+                       ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`step` with the closed form's factors (:func:`closed_form_operators`).
+
+        ``sum_j g_j C^j z = (sum_j g_j alpha_j) z - V (alpha_j^2 g_j q_j)`` over
+        the low-rank classes: one product with ``V`` for all of them, as in the
+        library; a low-rank ``E`` shares ``p``.
+        """
+        n_ops = self.n_classes + 1
+        v, alphas, classes, e_inv, alpha_e = ops[n_ops], ops[n_ops + 3], ops[n_ops + 4], \
+            ops[n_ops + 5], ops[n_ops + 6]
+        sq, dense, q, p = self._factored(z, ops)
+        logits, weight = membership_weights(sq, self.gamma, self.lmbda)  # weight (k, b)
+        f, g, w, b = q.shape
+        low = weight[classes]  # (g, b)
+        coef = (alphas[:, None] * low).sum(dim=0)  # (b,)
+        scaled = q * ((alphas * alphas)[:, None] * low).to(q.dtype)[None, :, None, :]
+        back = torch.matmul(v, scaled.reshape(f, g * w, b))  # (F, C, b)
+        zr = torch.view_as_real(z)
+        compressed = torch.view_as_real(back) * -1.0 + zr * coef[:, None]
+        position = 0
+        if ops[0].numel() > 0:
+            ez = dense[0]
+            position = 1
+        else:  # E = alpha_E (I - alpha_E V M_E^-1 V^H)
+            a = float(alpha_e[0])
+            ez = zr * a - torch.view_as_real(torch.matmul(v, torch.matmul(e_inv, p))) * (a * a)
+        for index in range(1, n_ops):
+            if ops[index].numel() > 0:
+                compressed = torch.addcmul(compressed, dense[position],
+                                           weight[index - 1].unsqueeze(-1))
+                position += 1
+        step = finish_step(zr, ez, compressed, self.eta, self.freq_weights)
+        return torch.view_as_complex(step), logits
+
     def scores(self, z: torch.Tensor) -> torch.Tensor:
         """``-lmbda ||C^j z||_F`` per class, ``(b, k)``, without the layer's step."""
         return self.scores_with(z, self.operators())
@@ -549,6 +646,8 @@ class ReduNetLayer(nn.Module):
         """:meth:`scores` with ``ops = self.operators()`` given."""
         k, c = self.n_classes, self.n_channels
         if self.spectral:
+            if len(ops) > k + 1:
+                return self._logits(self._factored(z, ops)[0])
             return self._logits(class_sq_norms(self.responses(z, ops, 1), self.freq_weights))
         b = z.shape[0]
         cj = self._responses_spatial(z)[:, c:].reshape(b, k, c, self.n_positions)
@@ -565,6 +664,8 @@ class ReduNetLayer(nn.Module):
         """:meth:`forward` with ``ops = self.operators()`` given."""
         k, c = self.n_classes, self.n_channels
         if self.spectral:
+            if len(ops) > k + 1:
+                return self._factored_step(z, ops)
             step, logits = update_from_responses(torch.view_as_real(z), self.responses(z, ops),
                                                  self.gamma, self.freq_weights, self.eta,
                                                  self.lmbda)
@@ -729,6 +830,51 @@ class RealDFT(nn.Module):
         return torch.matmul(re, self.icos_last) + torch.matmul(im, self.isin_last)
 
 
+def closed_form_operators(layer, dtype):
+    """A closed-form layer's operators as :meth:`ReduNetLayer.step` takes them.
+
+    ``layer``: a fitted :class:`convredunet.network.Layer` (numpy arrays).
+    Returns a list of tensors: ``1 + k`` entries, ``E`` then each ``C^j``,
+    each the operator's spectrum ``(F, C, C)`` (from the layer's stacked
+    array) or, for an operator held in low-rank form, empty; then, when any
+    is low rank, the Woodbury factors the library applies them with: ``V``
+    ``(F, C, g w)``, ``V^H``, ``M^-1`` ``(F, g, w, w)``, the ``alpha_j``
+    ``(g,)``, the low-rank classes ``(g,)``, and for a low-rank ``E``
+    ``M_E^-1`` ``(F, g w, g w)`` and ``alpha_E`` ``(1,)`` (else two empty
+    tensors). A low-rank class costs ``O(C m_j)`` per frequency instead of the
+    ``O(C^2)`` of its spectrum. ``dtype``: the module's real dtype.
+    """
+    complex_dtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+    solution = layer.solution
+    k, c = layer.n_classes, layer.n_channels
+
+    def tensor(a):
+        return torch.from_numpy(np.ascontiguousarray(a)).to(complex_dtype)
+
+    empty = torch.zeros(0, dtype=complex_dtype)
+    ops = [empty] * (k + 1)
+    if solution.stacked is not None:
+        stacked = np.asarray(solution.stacked)
+        rows = 0
+        if not solution.e_lowrank:
+            ops[0] = tensor(stacked[:, :c])
+            rows = c
+        for j in layer.dense_classes:
+            ops[1 + j] = tensor(stacked[:, rows:rows + c])
+            rows += c
+    if not layer.lowrank_classes:
+        return ops
+    v = tensor(solution.V)
+    ops += [v, v.conj().transpose(1, 2).contiguous(), tensor(solution.M_inv),
+            torch.as_tensor(np.asarray(solution.alphas), dtype=dtype),
+            torch.as_tensor(layer.lowrank_classes, dtype=torch.long)]
+    if solution.e_lowrank:
+        ops += [tensor(solution.E_M_inv), torch.tensor([solution.alpha_E], dtype=dtype)]
+    else:
+        ops += [empty, torch.zeros(0, dtype=dtype)]
+    return ops
+
+
 def _chunk_size(layers, signal_shape, spectral):
     """Samples per block of :meth:`ReduNetModule._run` (see ``CHUNK_BYTES``).
 
@@ -742,7 +888,7 @@ def _chunk_size(layers, signal_shape, spectral):
     if spectral:
         n_freqs = spectral_n_freqs(signal_shape)
         per_sample = weight.shape[1] * n_freqs * 2 * weight.element_size()
-        return max(MIN_CHUNK, SPECTRAL_CHUNK_BYTES // per_sample)
+        return max(MIN_SPECTRAL_CHUNK, SPECTRAL_CHUNK_BYTES // per_sample)
     per_sample = weight.shape[0] * max(1, math.prod(signal_shape)) * 2 * weight.element_size()
     return max(MIN_CHUNK, CHUNK_BYTES // per_sample)
 
@@ -979,6 +1125,30 @@ class ReduNetModule(nn.Module):
         else:
             self._ops_cache = self._ops_key = self._ops_snapshot = None
         return ops
+
+    @torch.jit.unused
+    def _seed_operators(self, layer_ops: List[List[torch.Tensor]]):
+        """Start the operator cache with the closed form's own operators (``to_torch``).
+
+        With every kernel exported whole, the closed form's spectra and
+        Woodbury factors are the operators of the module's weights (to
+        rounding), and the library's own way to apply them: low-rank classes
+        cost ``O(C m_j)`` per frequency instead of the ``O(C^2)`` of their
+        kernels' spectra. They serve until the weights change (the cache's
+        exact comparison), then the operators are rebuilt from the weights.
+        """
+        if sum(o.numel() * o.element_size() for ops in layer_ops for o in ops) \
+                > OPS_CACHE_BYTES:
+            return
+        head: List[torch.Tensor] = []
+        if self.use_subspace:
+            with torch.no_grad():
+                head.append(self.head.adjoint_bases())
+        weights = self._weights()
+        self._ops_cache = list(layer_ops) + [head]
+        self._ops_key = (self.conv,) + tuple((w.data_ptr(), w.dtype, w.device, tuple(w.shape))
+                                             for w in weights)
+        self._ops_snapshot = [w.detach().clone() for w in weights]
 
     def _run_with(self, x: torch.Tensor, what: int, ops: List[List[torch.Tensor]]
                   ) -> torch.Tensor:
@@ -1383,10 +1553,10 @@ def to_torch(net, dtype=torch.float32, kernel_size=None, conv="auto"):
                                 nn.Sequential(*modules, Normalize()))
     layers = []
     for layer, (e, c) in zip(parts["layers"], _layer_kernels(parts)):
-        stacked = np.concatenate([e[None], c], axis=0)  # (1+k, C, C, *S)
-        stacked = stacked.reshape((-1,) + stacked.shape[2:])
-        if nd:
-            stacked = centred_kernels(stacked, kernel_size)
+        c = c.reshape((-1,) + c.shape[2:])  # every C^j's rows in class order: (k C, C, ...)
+        if nd:  # the central taps, taken before stacking (one copy of the smaller arrays)
+            e, c = centred_kernels(e, kernel_size), centred_kernels(c, kernel_size)
+        stacked = np.concatenate([e, c], axis=0)  # ((1+k) C, C, *K): E on top
         layers.append(ReduNetLayer(stacked, layer.gamma, layer.eta, layer.lmbda, signal_shape,
                                    mode, dtype))
     classes = parts["classes"]
@@ -1399,4 +1569,7 @@ def to_torch(net, dtype=torch.float32, kernel_size=None, conv="auto"):
                            "direct" if mode == "linear" else mode, parts["input_shape"], head,
                            dtype)
     module.training_fingerprints = getattr(net, "training_fingerprints_", None)
+    if module.spectral and kernel_size is None:
+        module._seed_operators([closed_form_operators(layer, dtype)
+                                for layer in parts["layers"]])
     return module

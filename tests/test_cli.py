@@ -223,3 +223,20 @@ def test_sample_progress_is_shown_when_verbose(capsys):
     bar.close()
     assert "ReduNet1D inference" in capsys.readouterr().err
     assert sample_progress(10, False, "ReduNet1D").disable
+
+
+def test_shift_report_reuses_the_check_for_random_shifts():
+    from convredunet.cli import _shift_report
+    from convredunet.datasets import random_cyclic_shift
+
+    X, y = _signals(30, (1, 8), k=3)
+    net = crn.ReduNet1D(n_layers=1, n_channels=4, kernel_size=3, eps2=0.1).fit(X, y)
+    shifted, _ = random_cyclic_shift(X, 1, random_state=3)
+    expected = net.predict(shifted)
+    for check in (False, 10, True):
+        report = _shift_report(net, X, y, seed=3, all_shifts=check, quiet=True)
+        assert report["shifted_accuracy"] == pytest.approx(np.mean(expected == y))
+        assert report["changed_by_random_shift"] == int(np.sum(expected != net.predict(X)))
+        if check:
+            assert report["signals_checked_under_all_shifts"] == (30 if check is True else 10)
+            assert report["changed_by_any_shift"] == 0
