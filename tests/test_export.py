@@ -277,3 +277,40 @@ def test_operator_cache_follows_the_parameters():
     import pickle
 
     assert pickle.loads(pickle.dumps(module))._ops_cache is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_closed_form_operators_serve_until_the_weights_change(dtype):
+    # 10 signals per class: low-rank classes with 30 channels (30 signals: E dense), and
+    # with 40 channels and 20 signals E low rank too.
+    for n, n_channels in ((30, 30), (20, 40)):
+        X, y = _signals(n, (1, 10), k=n // 10)
+        net = crn.ReduNet1D(eps2=0.1, n_layers=2, n_channels=n_channels, kernel_size=3,
+                            n_components=3).fit(X, y)
+        assert net.layers_[0].lowrank_classes == list(range(n // 10))
+        assert net.layers_[0].solution.e_lowrank == (n < n_channels)
+        module = net.to_torch(dtype=dtype, conv="fft")
+        k = len(net.classes_)
+        assert len(module._ops_cache[0]) > k + 1  # the Woodbury factors
+        x = torch.as_tensor(X, dtype=dtype)
+        tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-3,
+                                                                                 atol=1e-4)
+        with torch.no_grad():
+            np.testing.assert_allclose(module(x).numpy(), net.transform(X), **tol)
+            np.testing.assert_array_equal(module.predict(x).numpy(), net.predict(X))
+            np.testing.assert_allclose(module.subspace_distances(x).numpy(),
+                                       net.subspace_distances(X), **tol)
+            if dtype == torch.float64:  # the last layer's scores: its own membership
+                np.testing.assert_allclose(module.membership(x).numpy(), net.predict_proba(X),
+                                           atol=1e-8)
+            # The same module with its operators rebuilt from the weights agrees.
+            rebuilt = module.with_conv("fft")
+            assert rebuilt._ops_cache is None
+            np.testing.assert_allclose(rebuilt(x).numpy(), module(x).numpy(), **tol)
+            # Once the weights change, the operators are the new weights'.
+            module.layers[0].conv.weight.mul_(0.5)
+            rebuilt.layers[0].conv.weight.mul_(0.5)
+            np.testing.assert_allclose(module(x).numpy(), rebuilt(x).numpy(), **tol)
+            assert len(module._ops_cache[0]) == k + 1
+    # Truncated kernels are not the closed form: no factors.
+    assert net.to_torch(dtype=dtype, kernel_size=3, conv="fft")._ops_cache is None
