@@ -368,9 +368,10 @@ def update_from_responses(z: torch.Tensor, responses: List[torch.Tensor], gamma:
     """
     classes = responses[1:]
     logits, weight = membership_weights(class_sq_norms(classes, freq_weights), gamma, lmbda)
+    # One work array, accumulated in place (its gradient needs none of its values).
     compressed = classes[0] * weight[0].unsqueeze(-1)
     for j in range(1, len(classes)):
-        compressed = torch.addcmul(compressed, classes[j], weight[j].unsqueeze(-1))
+        compressed.addcmul_(classes[j], weight[j].unsqueeze(-1))
     return finish_step(z, responses[0], compressed, eta, freq_weights), logits
 
 
@@ -385,8 +386,8 @@ def finish_step(z: torch.Tensor, ez: torch.Tensor, compressed: torch.Tensor, eta
                 freq_weights: torch.Tensor) -> torch.Tensor:
     """``normalize(z + eta (E z - compressed))`` on real-pair spectra ``(F, C, b, 2)``."""
     step = torch.add(z, ez - compressed, alpha=eta)
-    total = torch.sqrt(_weighted_sum(freq_weights, _sq_norms(step)))
-    return step / total.clamp_min(1e-30).unsqueeze(-1)
+    total = torch.sqrt(_weighted_sum(freq_weights, _sq_norms(step))).clamp_min(1e-30)
+    return step / total.unsqueeze(-1)
 
 
 def class_sq_norms(classes: List[torch.Tensor], freq_weights: torch.Tensor) -> torch.Tensor:
