@@ -298,11 +298,13 @@ def _update_ratio(layer, z):
 
     k, c = layer.n_classes, layer.n_channels
     if layer.spectral:
-        w = layer.responses(z, layer.operators())  # (F, 1+k, C, b, 2)
-        cj = w[:, 1:]
-        logits = layer._logits(class_sq_norms(cj, layer.freq_weights))
-        weight = (torch.softmax(logits, dim=1) * layer.gamma).t()  # (k, b)
-        update = w[:, 0] - (cj * weight[None, :, None, :, None]).sum(dim=1)
+        responses = layer.responses(z, layer.operators())  # E z, then each C^j z: (F, C, b, 2)
+        classes = responses[1:]
+        weight = (torch.softmax(layer._logits(class_sq_norms(classes, layer.freq_weights)),
+                                dim=1) * layer.gamma).t()  # (k, b)
+        update = responses[0]
+        for j, cj in enumerate(classes):
+            update = update - cj * weight[j][:, None]
         zr = torch.view_as_real(z)
         ratio = torch.sqrt(torch.matmul(layer.freq_weights, (update * update).sum(dim=(1, 3))) /
                            torch.matmul(layer.freq_weights, (zr * zr).sum(dim=(1, 3))))

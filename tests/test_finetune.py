@@ -246,3 +246,30 @@ def test_progress_bar_by_default_only_for_long_runs(toy, capsys):
     assert "fine-tuning" in capsys.readouterr().err
     with pytest.raises(TypeError, match="verbose must be True or False"):
         fine_tune(module, X, y, epochs=1, validation_fraction=0, verbose="yes")
+
+
+def test_student_step_sizes_each_layer_the_same_in_both_modes(toy):
+    from convredunet.finetune import _gentle_steps
+
+    net, X, y = toy
+    x = torch.from_numpy(X)
+    etas = {}
+    for conv in ("fft", "direct"):
+        student = net.to_torch(dtype=torch.float64, kernel_size=3, conv=conv)
+        _gentle_steps(student, x, 0.05)
+        etas[conv] = [layer.eta for layer in student.layers]
+        # The update of each layer is 5 % of its features' norm (mean over samples).
+        with torch.no_grad():
+            z = student.lift(student.check_input(x))
+            for layer in student.layers:
+                if conv == "fft":
+                    z = student.spectrum(z)
+                z_next, _ = layer.step(z, layer.operators()) if conv == "fft" else layer(z)
+                if conv == "fft":
+                    z, z_next = student._leave(z), student._leave(z_next)
+                assert torch.isfinite(z_next).all()
+                z = z_next
+    np.testing.assert_allclose(etas["fft"], etas["direct"], rtol=1e-9)
+    tuned = fine_tune(net.to_torch(dtype=torch.float64, kernel_size=3), X, y, teacher=net,
+                      student_step=0.05, epochs=1, validation_fraction=0)
+    np.testing.assert_allclose([layer.eta for layer in tuned.layers], etas["fft"], rtol=1e-9)
