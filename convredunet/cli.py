@@ -488,7 +488,7 @@ def cmd_export(args):
         else:
             from .export import export_onnx
 
-            # Outputs "features", "scores" (membership) and "labels"; direct convolutions.
+            # Outputs "features", "scores" and "labels"; real per-frequency products.
             export_onnx(module, tmp)
     print(f"wrote {out} ({args.format}, {args.dtype}"
           f"{'' if args.kernel_size is None else f', kernel_size={args.kernel_size}'})")

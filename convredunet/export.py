@@ -11,12 +11,13 @@ kernels as the weight of an ordinary ``nn.Conv1d`` / ``nn.Conv2d`` (behind an
 ``"fft"``
     The same convolution as a per-frequency channel mix (SPEC.md): the
     features' unitary half spectrum ``torch.fft.rfftn`` ``(F, C, b)``, one
-    batched complex product with the kernels' spectra ``(F, (1+k) C, C)``,
-    the membership norms from the half spectrum with its weights (2 for a
-    frequency whose conjugate twin is not stored), and the normalization by
-    Parseval, so the layers never leave the frequency domain; one
-    ``irfftn`` at the end. Cheap for full-size kernels. Scripts and traces;
-    the ONNX exporter has no complex tensors, so ONNX files use ``"direct"``.
+    batched complex product per operator with its kernels' spectrum
+    ``(F, C, C)``, the membership norms from the half spectrum with its
+    weights (2 for a frequency whose conjugate twin is not stored), and the
+    normalization by Parseval, so the layers never leave the frequency
+    domain; one ``irfftn`` at the end. Cheap for full-size kernels. Scripts
+    and traces. The ONNX exporter has no complex tensors: an ONNX file runs
+    the same per-frequency products in real arithmetic (:class:`ExportGraph`).
 ``"auto"``
     ``"direct"`` when the kernels are short, ``"fft"`` otherwise (see
     :func:`choose_conv`).
@@ -450,11 +451,13 @@ class ReduNetLayer(nn.Module):
     ``(b, C, *S)``), ``"fft"`` (unitary half spectra ``(F, C, b)``, complex)
     or ``"linear"`` (vectors ``(b, d)``, ``conv`` an ``nn.Linear``).
 
-    In ``"fft"`` mode the operators are the kernels' spectra ``(F, (1+k) C, C)``
-    (complex, :meth:`operators_hat`): for 1D signals one real matrix product of
-    the weights with the kernels' DFT matrix, for 2D ``torch.fft.rfftn``; the
-    step is one batched complex product per frequency, then
-    :func:`update_from_responses`.
+    In ``"fft"`` mode the operators are the kernels' spectra, one ``(F, C, C)``
+    complex block per operator (:meth:`operators`, :meth:`block_hat`): for 1D
+    signals one real matrix product of the weights with the kernels' DFT
+    matrix, for 2D ``torch.fft.rfftn``; the step is one batched complex product
+    per operator, then :func:`update_from_responses`. The closed form's own
+    operators (:func:`closed_form_operators`, with Woodbury factors for
+    low-rank classes) are applied by the same :meth:`step`.
     """
 
     signal_shape: List[int]
@@ -1398,10 +1401,11 @@ def export_onnx(module, path, opset=ONNX_OPSET, any_rank=True):
     undeclared, which the ONNX IR allows for "a tensor of any shape" and
     onnxruntime accepts (``onnx.checker`` insists on a declared shape for
     graph inputs: onnx/onnx#2932). ``any_rank=False`` declares
-    ``(batch, *input_shape)``. ONNX has no complex tensors, so the layers are
-    exported as direct circular convolutions (``module.with_conv("direct")``,
-    same numbers) and the subspace head's spectrum as real matrix products;
-    opset 17 by default, through the TorchScript-based exporter.
+    ``(batch, *input_shape)``. ONNX has no complex tensors, so the spectra are
+    real pairs and every product real (:class:`ExportGraph`: the layers as
+    per-frequency products with their operators' spectra, stored in the file;
+    kernels of at most 4 taps as direct circular convolutions); opset 17 by
+    default, through the TorchScript-based exporter.
 
     What the file refuses. Any other input shape (another length, channel
     count or rank, or a reshuffle such as ``(b, 2, 8)`` for ``(b, 16)``):
