@@ -124,23 +124,21 @@ def _stacked_blocks(stacked):
 
 
 def hermitian_network(network):
-    """The network with every operator replaced by its exactly Hermitian upper triangle.
+    """Replace every operator of ``network`` by its exactly Hermitian upper triangle.
 
     The solves give Hermitian operators up to rounding (the two triangles of a
     block can differ in their last bits); a model file stores one triangle.
     Projecting the fitted network once makes the network in memory and the
-    one read back from its file the same, bit for bit. The layers' rates are
-    kept. Returns a new :class:`Network` in the same workspace.
+    one read back from its file the same, bit for bit. Layer by layer, in
+    place (one layer's arrays are copied at a time); the rates are kept.
+    Returns ``network``.
     """
     from .network import Layer
 
     numpy_backend = workspace_of(np.zeros(0)).backend
-    arrays = network.to_arrays()
-    layers = []
+    backend = network.workspace.backend
     for index, layer in enumerate(network.layers):
-        prefix = f"layer{index}/"
-        own = {key[len(prefix):]: value for key, value in arrays.items()
-               if key.startswith(prefix)}
+        own = layer.to_arrays(backend)
         if "stacked" in own:
             own["stacked"] = _hermitian(_stacked_blocks(own["stacked"])).reshape(
                 own["stacked"].shape)
@@ -149,8 +147,8 @@ def hermitian_network(network):
                 own[key] = _hermitian(own[key])
         rebuilt = Layer.from_arrays(numpy_backend, own, layer.eta, layer.lmbda,
                                     network.signal_shape, rates=layer.rates)
-        layers.append(rebuilt.to(numpy_backend, network.workspace))
-    return Network(network.lifting, layers, network.input_shape, network.workspace)
+        network.layers[index] = rebuilt.to(numpy_backend, network.workspace)
+    return network
 
 
 # --- writing -------------------------------------------------------------------------------

@@ -85,12 +85,16 @@ def test_fitted_operators_are_hermitian_and_files_load_bit_for_bit(nets, tmp_pat
             np.testing.assert_array_equal(first[key], second[key], err_msg=key)
 
 
-def test_hermitian_projection_changes_only_rounding(nets):
+def test_hermitian_projection_is_idempotent_and_keeps_the_rates(nets):
     net, X = nets["dense"]
-    again = io.hermitian_network(net.network_)
-    for a, b in zip(net.network_.layers, again.layers):
+    before = list(net.network_.layers)
+    features = net.transform(X)
+    assert io.hermitian_network(net.network_) is net.network_  # layer by layer, in place
+    for a, b in zip(before, net.network_.layers):
+        assert a is not b
         np.testing.assert_array_equal(a.stacked, b.stacked)  # already exact: unchanged
         assert b.rates is a.rates
+    np.testing.assert_array_equal(net.transform(X), features)
 
 
 @pytest.mark.parametrize("name", ["dense", "lowrank", "2d"])
