@@ -171,6 +171,26 @@ def _atomic_dir(path, force):
 
 
 # --- reports ----------------------------------------------------------------------------------
+class step_progress:
+    """A progress bar over named steps (stderr), the current one's name beside it."""
+
+    def __init__(self, names, quiet):
+        from tqdm.auto import tqdm
+
+        self.names = list(names)
+        self.bar = tqdm(total=len(self.names), unit="step", disable=quiet, leave=False,
+                        desc=self.names[0])
+
+    def update(self, n):
+        self.bar.update(n)
+        if self.bar.n < len(self.names):
+            self.bar.set_description(self.names[self.bar.n])
+
+    def close(self):
+        self.bar.close()
+
+
+
 def _print(args, *lines):
     if not getattr(args, "json", False):
         for line in lines:
@@ -477,9 +497,13 @@ def cmd_export(args):
     if args.format == "onnx" and args.dtype != "float32":
         raise CLIError(f"--format onnx needs --dtype float32: onnxruntime implements no "
                        f"{args.dtype} Conv, so the file could not run")
+    steps = step_progress(["read the model", "export to PyTorch", f"write {args.format}"],
+                          args.quiet)
     net = load(args.model_file)
+    steps.update(1)
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     module = net.to_torch(dtype=dtype, kernel_size=args.kernel_size, conv=args.conv).eval()
+    steps.update(1)
     with _atomic_file(out) as tmp:
         if args.format == "torchscript":
             torch.jit.script(module).save(str(tmp))
@@ -490,6 +514,8 @@ def cmd_export(args):
 
             # Outputs "features", "scores" and "labels"; real per-frequency products.
             export_onnx(module, tmp)
+    steps.update(1)
+    steps.close()
     print(f"wrote {out} ({args.format}, {args.dtype}"
           f"{'' if args.kernel_size is None else f', kernel_size={args.kernel_size}'})")
     return 0
@@ -633,6 +659,7 @@ def build_parser():
                              "(ONNX files always use direct)")
     export.add_argument("--out", required=True)
     export.add_argument("--force", action="store_true")
+    export.add_argument("--quiet", action="store_true", help="no progress bar")
     export.set_defaults(func=cmd_export)
 
     finetune = sub.add_parser("finetune", help="fine-tune an exported model by backprop "

@@ -240,3 +240,11 @@ def test_shift_report_reuses_the_check_for_random_shifts():
         if check:
             assert report["signals_checked_under_all_shifts"] == (30 if check is True else 10)
             assert report["changed_by_any_shift"] == 0
+
+
+def test_export_shows_its_steps_unless_quiet(model, tmp_path, capsys):
+    pytest.importorskip("torch")
+    status, _, err = run(capsys, "export", model, "--out", tmp_path / "a.pt")
+    assert status == 0 and "export to PyTorch" in err and "write torchscript" in err
+    status, _, err = run(capsys, "export", model, "--out", tmp_path / "b.pt", "--quiet")
+    assert status == 0 and err == ""
