@@ -172,19 +172,22 @@ def _atomic_dir(path, force):
 
 # --- reports ----------------------------------------------------------------------------------
 class step_progress:
-    """A progress bar over named steps (stderr), the current one's name beside it."""
+    """A progress bar over named steps (stderr), the current one's name beside it.
+
+    Shown after one second, so that input refused at once stays one line.
+    """
 
     def __init__(self, names, quiet):
         from tqdm.auto import tqdm
 
         self.names = list(names)
         self.bar = tqdm(total=len(self.names), unit="step", disable=quiet, leave=False,
-                        desc=self.names[0])
+                        desc=self.names[0], delay=1.0)
 
     def update(self, n):
         self.bar.update(n)
         if self.bar.n < len(self.names):
-            self.bar.set_description(self.names[self.bar.n])
+            self.bar.set_description(self.names[self.bar.n], refresh=False)
 
     def close(self):
         self.bar.close()
@@ -499,23 +502,25 @@ def cmd_export(args):
                        f"{args.dtype} Conv, so the file could not run")
     steps = step_progress(["read the model", "export to PyTorch", f"write {args.format}"],
                           args.quiet)
-    net = load(args.model_file)
-    steps.update(1)
-    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
-    module = net.to_torch(dtype=dtype, kernel_size=args.kernel_size, conv=args.conv).eval()
-    steps.update(1)
-    with _atomic_file(out) as tmp:
-        if args.format == "torchscript":
-            torch.jit.script(module).save(str(tmp))
-        elif args.format == "state_dict":
-            torch.save(module.state_dict(), str(tmp))
-        else:
-            from .export import export_onnx
+    try:
+        net = load(args.model_file)
+        steps.update(1)
+        dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+        module = net.to_torch(dtype=dtype, kernel_size=args.kernel_size, conv=args.conv).eval()
+        steps.update(1)
+        with _atomic_file(out) as tmp:
+            if args.format == "torchscript":
+                torch.jit.script(module).save(str(tmp))
+            elif args.format == "state_dict":
+                torch.save(module.state_dict(), str(tmp))
+            else:
+                from .export import export_onnx
 
-            # Outputs "features", "scores" and "labels"; real per-frequency products.
-            export_onnx(module, tmp)
-    steps.update(1)
-    steps.close()
+                # Outputs "features", "scores" and "labels"; real per-frequency products.
+                export_onnx(module, tmp)
+        steps.update(1)
+    finally:
+        steps.close()
     print(f"wrote {out} ({args.format}, {args.dtype}"
           f"{'' if args.kernel_size is None else f', kernel_size={args.kernel_size}'})")
     return 0

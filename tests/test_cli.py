@@ -242,9 +242,20 @@ def test_shift_report_reuses_the_check_for_random_shifts():
             assert report["changed_by_any_shift"] == 0
 
 
-def test_export_shows_its_steps_unless_quiet(model, tmp_path, capsys):
+def test_export_shows_its_steps_unless_quiet(model, tmp_path, capsys, monkeypatch):
     pytest.importorskip("torch")
+    shown = []
+    original = cli.step_progress
+
+    class recording(original):
+        def __init__(self, names, quiet):
+            super().__init__(names, quiet)
+            self.bar.delay = 0  # small models export in well under the bar's delay
+            shown.append((names, quiet))
+
+    monkeypatch.setattr(cli, "step_progress", recording)
     status, _, err = run(capsys, "export", model, "--out", tmp_path / "a.pt")
-    assert status == 0 and "export to PyTorch" in err and "write torchscript" in err
+    assert status == 0 and shown[-1] == (["read the model", "export to PyTorch",
+                                          "write torchscript"], False)
     status, _, err = run(capsys, "export", model, "--out", tmp_path / "b.pt", "--quiet")
-    assert status == 0 and err == ""
+    assert status == 0 and err == "" and shown[-1][1] is True
