@@ -276,7 +276,8 @@ PARAMETERS = {p.name: p for p in [
     Parameter("batch_size", check_batch_size,
               "samples per chunk in construction and inference (bounds memory)",
               _none_or(int)),
-    Parameter("verbose", check_verbose, "show a progress bar over the layers"),
+    Parameter("verbose", check_verbose, "show progress bars (layers while fitting, samples "
+              "while predicting)"),
 ]}
 
 

@@ -28,8 +28,12 @@ __all__ = ["main"]
 EXIT_USAGE = 2
 # Test signals on which the demo compares the exported module with transform.
 EXPORT_CHECK_SAMPLES = 250
-# demo --quick: fewer layers and test signals (a smoke run, not the result).
-QUICK_LAYERS, QUICK_TEST = 3, 200
+# Test signals whose every prediction the demo checks under every cyclic shift (40 each).
+SHIFT_CHECK_SAMPLES = 250
+# Test signals of the demo's similarity figure, per class.
+FIGURE_PER_CLASS = 30
+# demo --quick: a small network on part of the data (a smoke run, not the result).
+QUICK_CHANNELS, QUICK_COMPONENTS, QUICK_TRAIN, QUICK_TEST = 16, 4, 500, 100
 
 
 class CLIError(Exception):
@@ -167,6 +171,29 @@ def _atomic_dir(path, force):
 
 
 # --- reports ----------------------------------------------------------------------------------
+class step_progress:
+    """A progress bar over named steps (stderr), the current one's name beside it.
+
+    Shown after one second, so that input refused at once stays one line.
+    """
+
+    def __init__(self, names, quiet):
+        from tqdm.auto import tqdm
+
+        self.names = list(names)
+        self.bar = tqdm(total=len(self.names), unit="step", disable=quiet, leave=False,
+                        desc=self.names[0], delay=1.0)
+
+    def update(self, n):
+        self.bar.update(n)
+        if self.bar.n < len(self.names):
+            self.bar.set_description(self.names[self.bar.n], refresh=False)
+
+    def close(self):
+        self.bar.close()
+
+
+
 def _print(args, *lines):
     if not getattr(args, "json", False):
         for line in lines:
@@ -181,29 +208,58 @@ def layer_table(history):
     return lines
 
 
-def _shift_report(net, X_test, y_test, seed, all_shifts=False):
-    """Accuracy on randomly shifted test signals and the invariance check."""
+def _shift_report(net, X_test, y_test, seed, all_shifts=False, quiet=False):
+    """Accuracy, accuracy on randomly shifted test signals, and the invariance check.
+
+    ``all_shifts``: True checks every test signal under every cyclic shift, an
+    integer ``n`` the first ``n`` test signals; each prediction is compared
+    with the signal's own. The randomly shifted copy of a checked signal is
+    one of its shifts, so its prediction is taken from the check.
+    """
     from .datasets import random_cyclic_shift
 
+    X_test = np.asarray(X_test)
     ndim = len(net.signal_shape_)
     predictions = net.predict(X_test)
-    report = {"accuracy": float(np.mean(predictions == y_test))}
+    report = {"accuracy": float(np.mean(predictions == y_test)), "predictions": predictions}
     if ndim == 0:
         return report
-    shifted, _ = random_cyclic_shift(X_test, ndim, random_state=seed)
-    shifted_pred = net.predict(shifted)
-    report["shifted_accuracy"] = float(np.mean(shifted_pred == y_test))
-    report["changed_by_random_shift"] = int(np.sum(shifted_pred != predictions))
+    shifted, offsets = random_cyclic_shift(X_test, ndim, random_state=seed)
+    n = 0
     if all_shifts:
+        from tqdm.auto import tqdm
+
         from .testing import all_shifts as every
 
-        changed = 0
+        n = len(X_test) if all_shifts is True else min(int(all_shifts), len(X_test))
+        checked = X_test[:n]
         shifts = every(net.signal_shape_)
-        for shift in shifts:
-            rolled = np.roll(X_test, shift, axis=tuple(range(-ndim, 0)))
-            changed += int(np.sum(net.predict(rolled) != predictions))
+        axes = tuple(range(-ndim, 0))
+        under = np.empty((n, len(shifts)), dtype=predictions.dtype)  # prediction per shift
+        verbose = net.verbose
+        net.verbose = False  # one bar over the shifts instead of one per prediction
+        try:
+            for index, shift in enumerate(tqdm(
+                    shifts, desc=f"predictions under all {len(shifts)} shifts", unit="shift",
+                    disable=quiet, leave=False, delay=0.5)):
+                under[:, index] = net.predict(np.roll(checked, shift, axis=axes))
+        finally:
+            net.verbose = verbose
         report["shifts_checked"] = len(shifts)
-        report["changed_by_any_shift"] = changed
+        report["signals_checked_under_all_shifts"] = n
+        report["changed_by_any_shift"] = int(np.sum(under != predictions[:n, None]))
+        position = {tuple(int(v) for v in np.atleast_1d(s)): i for i, s in enumerate(shifts)}
+        keys = offsets[:n, None] if ndim == 1 else offsets[:n]
+        own_shift = np.array([position[tuple(int(v) for v in k)] for k in keys], dtype=int)
+    if n:
+        parts = [under[np.arange(n), own_shift]]
+        if n < len(X_test):
+            parts.append(net.predict(shifted[n:]))
+        shifted_pred = np.concatenate(parts)
+    else:
+        shifted_pred = net.predict(shifted)
+    report["shifted_accuracy"] = float(np.mean(shifted_pred == y_test))
+    report["changed_by_random_shift"] = int(np.sum(shifted_pred != predictions))
     return report
 
 
@@ -241,42 +297,63 @@ def cmd_demo(args):
     _check_new(out, args.force, "output folder")
     started = time.perf_counter()
     X_train, y_train, X_test, y_test = load_mnist1d()
+    if args.quick:
+        X_train, y_train = X_train[:QUICK_TRAIN], y_train[:QUICK_TRAIN]
+        X_test, y_test = X_test[:QUICK_TEST], y_test[:QUICK_TEST]
     print(f"MNIST-1D: {len(X_train)} training and {len(X_test)} test signals of length "
           f"{X_train.shape[-1]}, {len(np.unique(y_train))} classes")
+    seconds = {}
     with _atomic_dir(out, args.force) as tmp:
         net = ReduNet1D(random_state=0, verbose=not args.quiet)
         if args.quick:
-            net.set_params(n_layers=min(QUICK_LAYERS, net.n_layers))
-            X_test, y_test = X_test[:QUICK_TEST], y_test[:QUICK_TEST]
+            net.set_params(n_channels=QUICK_CHANNELS, n_components=QUICK_COMPONENTS)
         params = {k: v for k, v in net.get_params().items() if k != "verbose"}
         print("ReduNet1D(" + ", ".join(f"{k}={v!r}" for k, v in params.items()) + ")")
         t0 = time.perf_counter()
         net.fit(X_train, y_train)
-        fit_seconds = time.perf_counter() - t0
-        print(f"built {len(net.layers_)} layers in {fit_seconds:.1f} s")
+        seconds["fit"] = time.perf_counter() - t0
+        print(f"built {len(net.layers_)} layer(s) in {seconds['fit']:.1f} s")
         for line in layer_table(net.history_):
             print(line)
         t0 = time.perf_counter()
-        report = _shift_report(net, X_test, y_test, seed=0, all_shifts=True)
-        shift_seconds = time.perf_counter() - t0
-        # The export check runs in float64 on a subset: full-length convolution
-        # kernels make the exported CNN slower than the spectral transform.
+        n_check = min(SHIFT_CHECK_SAMPLES, len(X_test))
+        report = _shift_report(net, X_test, y_test, seed=0, all_shifts=n_check,
+                               quiet=args.quiet)
+        seconds["predict_and_shift_check"] = time.perf_counter() - t0
+        # The export check runs in float64 on a subset of the test signals; the
+        # network's own predictions of them are the report's.
+        t0 = time.perf_counter()
         module = net.to_torch(dtype=torch.float64)
         subset = X_test[:EXPORT_CHECK_SAMPLES]
         with torch.no_grad():
             x = torch.from_numpy(subset)
             export_error = float(np.max(np.abs(module(x).numpy() - net.transform(subset))))
-            export_same = bool(np.array_equal(module.predict(x).numpy(), net.predict(subset)))
+            export_same = bool(np.array_equal(module.predict(x).numpy(),
+                                              report.pop("predictions")[:len(subset)]))
+        seconds["export_check"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         net.save(tmp / "model.npz")
-        scripted = torch.jit.script(net.to_torch(dtype=torch.float32))
-        scripted.save(str(tmp / "module.pt"))
-        plot_rates(net.history_, tmp / "rates.png", test=net.rate_history(X_test, y_test),
-                   title="MNIST-1D: rates per layer (test: dashed)")
-        plot_cosine_similarity(X_test, net.transform(X_test), y_test, tmp / "cosine.png",
-                               titles=("before (input)", "after the network"))
+        torch.jit.script(module.float()).save(str(tmp / "module.pt"))  # float32
+        seconds["save"] = time.perf_counter() - t0
+        # Figures from FIGURE_PER_CLASS test signals of each class: the test rates
+        # and the features come from one pass (layer_features).
+        t0 = time.perf_counter()
+        shown = np.concatenate([np.flatnonzero(y_test == c)[:FIGURE_PER_CLASS]
+                                for c in np.unique(y_test)])
+        features = net.layer_features(X_test[shown])
+        from .operators import rate_reduction
+
+        labels = np.searchsorted(net.classes_, y_test[shown])
+        test_rates = [rate_reduction(z, labels, eps2=net.eps2) for z in features]
+        plot_rates(net.history_, tmp / "rates.png", test=test_rates,
+                   title=f"MNIST-1D: rates per layer (test, {len(shown)} signals: dashed)")
+        plot_cosine_similarity(X_test[shown], features[-1], y_test[shown],
+                               tmp / "cosine.png", titles=("before (input)", "after the network"))
+        seconds["figures"] = time.perf_counter() - t0
         summary = {
-            "dataset": "mnist1d", "params": params, "fit_seconds": fit_seconds,
-            "test": report, "shift_check_seconds": shift_seconds,
+            "dataset": "mnist1d", "params": params, "fit_seconds": seconds["fit"],
+            "seconds": seconds, "test": report,
+            "shift_check_seconds": seconds["predict_and_shift_check"],
             "export": {"max_abs_error_float64": export_error, "same_predictions": export_same,
                        "samples_checked": len(subset)},
             "history": net.history_,
@@ -287,11 +364,11 @@ def cmd_demo(args):
     print(f"test accuracy (network's own prediction): {report['accuracy']:.4f}")
     print(f"test accuracy on randomly shifted signals: {report['shifted_accuracy']:.4f}")
     print(f"invariance: {report['changed_by_any_shift']} of "
-          f"{report['shifts_checked'] * len(X_test)} predictions changed under all "
-          f"{report['shifts_checked']} cyclic shifts of {len(X_test)} test signals")
+          f"{report['shifts_checked'] * n_check} predictions changed under all "
+          f"{report['shifts_checked']} cyclic shifts of {n_check} test signals")
     print(f"PyTorch export (Conv1d, circular): max |difference| {export_error:.2e} in float64,"
           f" predictions {'identical' if export_same else 'DIFFERENT'} on "
-          f"{len(X_test[:EXPORT_CHECK_SAMPLES])} test signals")
+          f"{len(subset)} test signals")
     print(f"wrote {out}/ (model.npz, module.pt, rates.png, cosine.png, summary.json) "
           f"in {total:.0f} s")
     return 0 if export_same and report["changed_by_any_shift"] == 0 else 1
@@ -364,6 +441,7 @@ def cmd_evaluate(args):
 
     plan = _dask_cli.plan(args)
     model = load(args.model_file)
+    model.verbose = not args.quiet  # progress over the predictions (the file's setting aside)
     if plan.n_generated is None:
         X_train, y_train, X_test, y_test, _ = load_data(
             args.data, None, args.n_train_per_class, args.n_test_per_class, args.seed)
@@ -386,8 +464,11 @@ def cmd_evaluate(args):
                                             (X_train, y_train, X_test, y_test))
         if X_test is None:
             raise CLIError(f"--data '{args.data}' has no X_test/y_test to evaluate on")
-        report = _shift_report(net, X_test, y_test, args.seed, all_shifts=args.all_shifts)
-        report.update(_reference_classifiers(net, X_train, y_train, X_test, y_test))
+        report = _shift_report(net, X_test, y_test, args.seed, all_shifts=args.all_shifts,
+                               quiet=args.quiet)
+        report.pop("predictions")
+        if args.baselines:
+            report.update(_reference_classifiers(net, X_train, y_train, X_test, y_test))
     report["n_test"] = int(len(X_test))
     if args.json:
         print(json.dumps(report, indent=2))
@@ -395,10 +476,11 @@ def cmd_evaluate(args):
     rows = [("network's own prediction", report["accuracy"])]
     if "shifted_accuracy" in report:
         rows.append(("own prediction, randomly shifted test", report["shifted_accuracy"]))
-    rows += [("linear SVM on features", report["svm_features"]),
-             ("5-NN on features", report["knn5_features"]),
-             ("linear SVM on raw input", report["svm_raw"]),
-             ("5-NN on raw input", report["knn5_raw"])]
+    if args.baselines:
+        rows += [("linear SVM on features", report["svm_features"]),
+                 ("5-NN on features", report["knn5_features"]),
+                 ("linear SVM on raw input", report["svm_raw"]),
+                 ("5-NN on raw input", report["knn5_raw"])]
     width = max(len(r[0]) for r in rows)
     print(f"{'classifier':<{width}}  accuracy   ({report['n_test']} test samples)")
     for name, value in rows:
@@ -407,7 +489,8 @@ def cmd_evaluate(args):
         print(f"predictions changed by a random cyclic shift: {report['changed_by_random_shift']}")
     if "changed_by_any_shift" in report:
         print(f"predictions changed by any of {report['shifts_checked']} shifts: "
-              f"{report['changed_by_any_shift']}")
+              f"{report['changed_by_any_shift']} of "
+              f"{report['shifts_checked'] * report['signals_checked_under_all_shifts']}")
     return 0
 
 
@@ -420,19 +503,27 @@ def cmd_export(args):
     if args.format == "onnx" and args.dtype != "float32":
         raise CLIError(f"--format onnx needs --dtype float32: onnxruntime implements no "
                        f"{args.dtype} Conv, so the file could not run")
-    net = load(args.model_file)
-    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
-    module = net.to_torch(dtype=dtype, kernel_size=args.kernel_size, conv=args.conv).eval()
-    with _atomic_file(out) as tmp:
-        if args.format == "torchscript":
-            torch.jit.script(module).save(str(tmp))
-        elif args.format == "state_dict":
-            torch.save(module.state_dict(), str(tmp))
-        else:
-            from .export import export_onnx
+    steps = step_progress(["read the model", "export to PyTorch", f"write {args.format}"],
+                          args.quiet)
+    try:
+        net = load(args.model_file)
+        steps.update(1)
+        dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+        module = net.to_torch(dtype=dtype, kernel_size=args.kernel_size, conv=args.conv).eval()
+        steps.update(1)
+        with _atomic_file(out) as tmp:
+            if args.format == "torchscript":
+                torch.jit.script(module).save(str(tmp))
+            elif args.format == "state_dict":
+                torch.save(module.state_dict(), str(tmp))
+            else:
+                from .export import export_onnx
 
-            # Outputs "features", "scores" (membership) and "labels"; direct convolutions.
-            export_onnx(module, tmp)
+                # Outputs "features", "scores" and "labels"; real per-frequency products.
+                export_onnx(module, tmp)
+        steps.update(1)
+    finally:
+        steps.close()
     print(f"wrote {out} ({args.format}, {args.dtype}"
           f"{'' if args.kernel_size is None else f', kernel_size={args.kernel_size}'})")
     return 0
@@ -461,19 +552,45 @@ def cmd_finetune(args):
             x = torch.as_tensor(np.asarray(X_test), dtype=dtype)
             return float(np.mean(m.predict(x).numpy() == np.asarray(y_test)))
 
+    # fine_tune's own checks of these first: a bad value is named before anything else.
+    from ._validation import check_int, check_real
+
+    if args.epochs is not None:
+        check_int(args.epochs, "epochs", rule="a positive integer")
+    check_real(args.validation_fraction, "validation_fraction", "a number in [0, 1)",
+               lambda v: 0 <= v < 1)
+    validation = None
+    if args.validation_data is not None:
+        X_val, y_val, _, _, _ = load_data(args.validation_data)
+        validation = (X_val, y_val)
+    elif args.validation_fraction > 0:
+        from ._fingerprints import seen
+
+        fitted = seen(getattr(net, "training_fingerprints_", None), np.asarray(X_train))
+        if fitted.all():
+            raise CLIError(f"model '{args.model_file}' was fitted on all {len(X_train)} "
+                           f"training signals of --data {args.data}, so a validation split "
+                           "of them would keep the start; pass --validation-data PATH.npz "
+                           "(X, y held out from the fit) or --validation-fraction 0 (keep the "
+                           "last epoch)")
     before = test_accuracy(module)
     epochs = {} if args.epochs is None else {"epochs": args.epochs}
     tuned = fine_tune(module, X_train, y_train, teacher=net if mode == "distill" else None,
                       lr=args.lr, batch_size=args.batch_size, **epochs,
-                      validation_fraction=args.validation_fraction, random_state=args.seed,
+                      validation_fraction=args.validation_fraction,
+                      validation_data=validation, random_state=args.seed,
                       verbose=not args.quiet)
     after = test_accuracy(tuned)
     with _atomic_file(out) as tmp:
         torch.jit.script(tuned).save(str(tmp))
     best = tuned.fine_tune_best_epoch
     record = tuned.fine_tune_history[best]
-    print(f"{mode}: kept epoch {best} of {len(tuned.fine_tune_history) - 1} (validation accuracy "
-          f"{record['validation_accuracy']:.4f})")
+    n_epochs = len(tuned.fine_tune_history) - 1
+    if np.isnan(record["validation_accuracy"]):
+        print(f"{mode}: kept epoch {best} of {n_epochs} (the last: no validation signals)")
+    else:
+        print(f"{mode}: kept epoch {best} of {n_epochs} (validation accuracy "
+              f"{record['validation_accuracy']:.4f})")
     if before is not None:
         print(f"test accuracy (module's own prediction): {before:.4f} -> {after:.4f}")
     print(f"wrote {out} (TorchScript, {args.dtype}"
@@ -510,7 +627,8 @@ def build_parser():
     demo.add_argument("--force", action="store_true", help="replace an existing --out")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.add_argument("--quick", action="store_true",
-                      help=f"smoke run: {QUICK_LAYERS} layers, {QUICK_TEST} test signals")
+                      help=f"smoke run: {QUICK_CHANNELS} channels, {QUICK_TRAIN} training and "
+                           f"{QUICK_TEST} test signals")
     demo.set_defaults(func=cmd_demo)
 
     fit = sub.add_parser("fit", help="build a network and save it")
@@ -527,8 +645,11 @@ def build_parser():
     _add_data_options(evaluate)
     evaluate.add_argument("--all-shifts", action="store_true",
                           help="check predictions under every cyclic shift")
+    evaluate.add_argument("--baselines", action="store_true",
+                          help="also fit reference classifiers (linear SVM and 5-NN) on the raw "
+                               "input and on the network's features (slower)")
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")
-    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_scheduler_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
@@ -546,6 +667,7 @@ def build_parser():
                              "(ONNX files always use direct)")
     export.add_argument("--out", required=True)
     export.add_argument("--force", action="store_true")
+    export.add_argument("--quiet", action="store_true", help="no progress bar")
     export.set_defaults(func=cmd_export)
 
     finetune = sub.add_parser("finetune", help="fine-tune an exported model by backprop "
@@ -563,7 +685,12 @@ def build_parser():
     finetune.add_argument("--lr", type=float, default=None,
                           help="relative Adam step (default: fine_tune's, by mode)")
     finetune.add_argument("--batch-size", type=int, default=64)
-    finetune.add_argument("--validation-fraction", type=float, default=0.1)
+    finetune.add_argument("--validation-fraction", type=float, default=0.1,
+                          help="share of the training signals, among those the model was not "
+                               "fitted on, that chooses the epoch kept (0: the last epoch)")
+    finetune.add_argument("--validation-data", default=None,
+                          help="PATH.npz (X, y) of signals held out from the model's fit that "
+                               "choose the epoch kept (replaces --validation-fraction)")
     finetune.add_argument("--conv", choices=("auto", "fft", "direct"), default="auto")
     finetune.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     finetune.add_argument("--force", action="store_true", help="overwrite --out")

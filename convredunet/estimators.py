@@ -19,6 +19,7 @@ from sklearn.utils.validation import column_or_1d
 from . import io, spectral, subspace
 from ._memory import check_size as _check_size, release_memory
 from ._threads import thread_limits
+from ._fingerprints import sample_fingerprints
 from ._inputs import check_features
 from ._validation import validate_params
 from .backend import resolve
@@ -207,15 +208,21 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
                                                  sample_shape=feature_shape, gram=gram)
                 del gram
                 lap("subspaces")
-        self._set_fitted(network, classes, history, bases)
+        self._set_fitted(network, classes, history, bases, sample_fingerprints(X))
         self.fit_stages_ = dict(stages)
         self.rank_scores_ = scores
         return self
 
-    def _set_fitted(self, network, classes, history, subspaces=None):
+    def _set_fitted(self, network, classes, history, subspaces=None, fingerprints=None,
+                    hermitian=False):
         self._cache_ = _Cache()
-        self.network_ = network
+        # Operators exactly Hermitian, as a model file stores them (io.hermitian_network):
+        # the network in memory and its file's are the same bit for bit.
+        self.network_ = network if hermitian else io.hermitian_network(network)
         self.subspaces_ = subspaces
+        # One 64-bit hash per training sample (sorted; None after a Dask fit): lets
+        # fine_tune tell held-out signals from the ones the network was fitted on.
+        self.training_fingerprints_ = fingerprints
         self.classes_ = classes
         self.history_ = history
         self.input_shape_ = network.input_shape
@@ -296,12 +303,18 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         workspace = self._workspace()
         network = self._network(workspace)
         size = network.chunk_size(self.batch_size, workspace.backend.itemsize(workspace.like))
-        with thread_limits():
-            start = 0
-            for z, pi in network.stream((network.working(x) for x in array_chunks(X, size)),
-                                        spectra=spectra):
-                yield start, z, pi
-                start += z.shape[-1] if spectra else z.shape[0]
+        progress = sample_progress(X.shape[0], self.verbose, type(self).__name__)
+        try:
+            with thread_limits():
+                start = 0
+                for z, pi in network.stream((network.working(x) for x in array_chunks(X, size)),
+                                            spectra=spectra):
+                    yield start, z, pi
+                    n = z.shape[-1] if spectra else z.shape[0]
+                    start += n
+                    progress.update(n)
+        finally:
+            progress.close()
 
     def _forward(self, X, name="X", features=True, distances=False, membership=True):
         """Features after the last layer (None unless ``features``) and the membership.
@@ -487,24 +500,45 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
 
         return to_torch(self, torch.float32 if dtype is None else dtype, kernel_size, conv)
 
-    def save(self, path):
-        """Write the fitted network to ``path`` (``.npz``, no pickle); see :func:`load`."""
+    def save(self, path, dtype=None):
+        """Write the fitted network to ``path`` (``.npz``, no pickle); see :func:`load`.
+
+        ``dtype``: ``"float32"`` or ``"float64"``, the precision of the stored
+        numbers; None (default) stores the model's own precision, which loads
+        bit for bit. ``"float32"`` halves a float64 model's file; the loaded
+        model computes in float64 from numbers rounded to float32 (its
+        predictions may differ from the original's on a few samples: see the
+        README's model sizes).
+        """
         self._check_fitted()
         classes = np.asarray(self.classes_)
         extra = {}
         if getattr(self, "subspaces_", None) is not None:
             extra["classifier/bases"] = self.subspaces_
+        if getattr(self, "training_fingerprints_", None) is not None:
+            extra["training/fingerprints"] = self.training_fingerprints_
         io.save_network(path, self.network_, {
             "estimator": type(self).__name__,
             "params": self.get_params(),
             "classes": classes,
             "history": self.history_,
-        }, extra)
+        }, extra, dtype=dtype)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
         return tags
+
+
+def sample_progress(total, verbose, name):
+    """A progress bar over the samples of an inference pass (``verbose``; after 0.5 s).
+
+    The delay keeps short passes (a few chunks) from flashing a bar.
+    """
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"{name} inference", unit="signal", unit_scale=True,
+                disable=not verbose, leave=False, delay=0.5)
 
 
 class _Cache(dict):
@@ -602,7 +636,8 @@ def load(path):
     estimator = estimators[model.estimator](**model.params)
     network = model.network.to(estimator._workspace())
     estimator._set_fitted(network, model.classes, model.history,
-                          model.arrays.get("classifier/bases"))
+                          model.arrays.get("classifier/bases"),
+                          model.arrays.get("training/fingerprints"), hermitian=model.version >= 3)
     return estimator
 
 
@@ -673,7 +708,9 @@ class ReduNet1D(_ReduNet):
     batch_size : int or None
         Samples per chunk in construction and inference (bounds memory).
     verbose : bool
-        Show a progress bar over the layers.
+        Show progress bars: over the layers while fitting, over the samples
+        of ``predict``, ``transform`` and the other inference passes (those
+        that take more than half a second).
 
     Input ``X``: ``(n_samples, T)`` or ``(n_samples, C_in, T)``.
 

@@ -11,12 +11,13 @@ kernels as the weight of an ordinary ``nn.Conv1d`` / ``nn.Conv2d`` (behind an
 ``"fft"``
     The same convolution as a per-frequency channel mix (SPEC.md): the
     features' unitary half spectrum ``torch.fft.rfftn`` ``(F, C, b)``, one
-    batched complex product with the kernels' spectra ``(F, (1+k) C, C)``,
-    the membership norms from the half spectrum with its weights (2 for a
-    frequency whose conjugate twin is not stored), and the normalization by
-    Parseval, so the layers never leave the frequency domain; one
-    ``irfftn`` at the end. Cheap for full-size kernels. Scripts and traces;
-    the ONNX exporter has no complex tensors, so ONNX files use ``"direct"``.
+    batched complex product per operator with its kernels' spectrum
+    ``(F, C, C)``, the membership norms from the half spectrum with its
+    weights (2 for a frequency whose conjugate twin is not stored), and the
+    normalization by Parseval, so the layers never leave the frequency
+    domain; one ``irfftn`` at the end. Cheap for full-size kernels. Scripts
+    and traces. The ONNX exporter has no complex tensors: an ONNX file runs
+    the same per-frequency products in real arithmetic (:class:`ExportGraph`).
 ``"auto"``
     ``"direct"`` when the kernels are short, ``"fft"`` otherwise (see
     :func:`choose_conv`).
@@ -60,11 +61,16 @@ CONV_MODES = ("auto", "fft", "direct")
 # the FFT path costs about as much as a direct convolution of ~4 taps.
 AUTO_DIRECT_MAX_TAPS = 4
 # Bytes of layer responses per block of samples in predict/forward (see ReduNetModule._run).
-# 256 MiB: the batched products' arithmetic intensity grows with the block; on one
-# thread, MNIST-1D at 256 channels (1,000 signals, float32) took 16.4 / 10.9 / 9.3 /
-# 8.7 / 8.4 s with blocks of 37 / 74 / 148 / 296 / 1000 signals.
+# Direct mode (every response at once): 256 MiB, the batched products' arithmetic
+# intensity grows with the block. FFT mode (one operator's response (F, C, b) at a
+# time): 10 MiB, so work arrays stay small enough to be reused by the allocator instead
+# of being mapped afresh (page faults); on one thread, MNIST-1D at 256 channels (1,000
+# signals, float64) took 4.33 / 3.87 / 3.63 / 4.07 / 5.65 s with blocks of 32 / 64 /
+# 128 / 256 / 512 signals (float32: 2.40 / 2.03 / 1.92 / 1.87 / 2.16 s).
 CHUNK_BYTES = 256 << 20
+SPECTRAL_CHUNK_BYTES = 10 << 20
 MIN_CHUNK = 64
+MIN_SPECTRAL_CHUNK = 16
 # Inference without autograd keeps the layers' operators (the kernels' spectra as
 # real blocks) between calls when all of them take at most this much memory.
 OPS_CACHE_BYTES = 1 << 30
@@ -150,16 +156,18 @@ def _conv_modules(kernels, dtype, bias=None):
     """
     nd = kernels.ndim - 2
     sizes = kernels.shape[2:]
-    weight = np.flip(kernels, axis=tuple(range(2, 2 + nd))).copy()
     pads = []
     for k in reversed(sizes):  # torch pads the last axis first
         pads += [k - 1 - (k - 1) // 2, (k - 1) // 2]
     conv_cls, pad_cls = (nn.Conv1d, nn.CircularPad1d) if nd == 1 else (nn.Conv2d,
                                                                          nn.CircularPad2d)
-    conv = conv_cls(kernels.shape[1], kernels.shape[0], tuple(sizes), bias=bias is not None,
-                    dtype=dtype)
+    # skip_init: no random initialization of weights about to be overwritten.
+    conv = nn.utils.skip_init(conv_cls, kernels.shape[1], kernels.shape[0], tuple(sizes),
+                              bias=bias is not None, dtype=dtype)
     with torch.no_grad():
-        conv.weight.copy_(torch.from_numpy(weight))
+        # The weight is the kernel flipped (a cross-correlation): one copy, flip and cast.
+        conv.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernels)).flip(
+            list(range(2, 2 + nd))))
         if bias is not None:
             conv.bias.copy_(torch.from_numpy(np.asarray(bias)))
     return pad_cls(tuple(pads)), conv
@@ -318,6 +326,121 @@ class _Abs(nn.Module):
         return torch.abs(z)
 
 
+def _weighted_sum(freq_weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``sum_p w_p x[p]`` over the first axis of ``x`` ``(F, ...)``, as one product."""
+    shape = x.shape[1:]
+    return torch.matmul(freq_weights, x.reshape(x.shape[0], -1)).reshape(shape)
+
+
+def _pair_sums(x: torch.Tensor) -> torch.Tensor:
+    """``sum_{c, part} x[n, c, b, part]`` ``(N, b)`` of ``(N, C, b, 2)`` real pairs.
+
+    Summed over the channels first, with the sample and part axes together
+    as the contiguous inner axis: a reduction over the axes (1, 3) at once
+    was 17 times slower (float64, 256 channels, 148 samples).
+    """
+    n, c, b = x.shape[0], x.shape[1], x.shape[2]
+    return x.reshape(n, c, 2 * b).sum(dim=1).reshape(n, b, 2).sum(dim=-1)
+
+
+def _sq_norms(x: torch.Tensor) -> torch.Tensor:
+    """``sum_c |x[p, c, b]|^2`` ``(F, b)`` of real-pair spectra ``(F, C, b, 2)``."""
+    return _pair_sums(x * x)
+
+
+def update_from_responses(z: torch.Tensor, responses: List[torch.Tensor], gamma: torch.Tensor,
+                          freq_weights: torch.Tensor, eta: float,
+                          lmbda: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The layer's update from its responses, on spectra in real-pair form.
+
+    ``z`` ``(F, C, b, 2)``: the features' unitary half spectra, real and
+    imaginary parts last (``torch.view_as_real`` of the complex ``(F, C, b)``);
+    ``responses``: ``E z``, then ``C^j z`` for every class in order, each in
+    the same form. Returns the next features ``normalize(z + eta (E z -
+    sum_j gamma_j pi_j C^j z))`` ``(F, C, b, 2)`` (normalized by Parseval
+    with the half-spectrum weights) and ``-lmbda ||C^j z||_F`` ``(b, k)``.
+
+    Written once for every way the products are formed: complex matrix
+    products in the module, real ones in an ONNX graph (:class:`ExportGraph`);
+    with low-rank classes (:meth:`ReduNetLayer.step`) the norms and the
+    compression come from the Woodbury factors, and :func:`membership_weights`
+    and :func:`finish_step` are shared. Made of operations every ONNX opset
+    the exporter writes has.
+    """
+    classes = responses[1:]
+    logits, weight = membership_weights(class_sq_norms(classes, freq_weights), gamma, lmbda)
+    # One work array, accumulated in place (its gradient needs none of its values).
+    compressed = classes[0] * weight[0].unsqueeze(-1)
+    for j in range(1, len(classes)):
+        compressed.addcmul_(classes[j], weight[j].unsqueeze(-1))
+    return finish_step(z, responses[0], compressed, eta, freq_weights), logits
+
+
+def membership_weights(sq: torch.Tensor, gamma: torch.Tensor,
+                       lmbda: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(-lmbda ||C^j z||, gamma_j pi_j)``: ``(b, k)`` and ``(k, b)`` from ``||C^j z||^2``."""
+    logits = -lmbda * torch.sqrt(sq.clamp_min(0.0))
+    return logits, (torch.softmax(logits, dim=1) * gamma).t()
+
+
+def finish_step(z: torch.Tensor, ez: torch.Tensor, compressed: torch.Tensor, eta: float,
+                freq_weights: torch.Tensor) -> torch.Tensor:
+    """``normalize(z + eta (E z - compressed))`` on real-pair spectra ``(F, C, b, 2)``."""
+    step = torch.add(z, ez - compressed, alpha=eta)
+    total = torch.sqrt(_weighted_sum(freq_weights, _sq_norms(step))).clamp_min(1e-30)
+    return step / total.unsqueeze(-1)
+
+
+def class_sq_norms(classes: List[torch.Tensor], freq_weights: torch.Tensor) -> torch.Tensor:
+    """``||C^j z||^2`` ``(b, k)`` from the responses ``C^j z`` ``(F, C, b, 2)`` (real pairs)."""
+    parts: List[torch.Tensor] = []
+    for cj in classes:
+        parts.append(_sq_norms(cj))
+    return _weighted_sum(freq_weights, torch.stack(parts, dim=1)).t()
+
+
+def _dft_matrix(kernel_size, n, dtype):
+    """``(2F, K)``: rows ``Re``, then ``Im`` of the operator spectrum at each stored frequency.
+
+    Tap ``r`` of a weight (the kernel flipped) sits at cyclic offset ``K//2 - r``,
+    so ``A(p) = sum_r w[r] exp(-2 pi i p (K//2 - r) / n)``, ``p = 0 .. n//2``.
+    """
+    p = np.arange(n // 2 + 1)[:, None]
+    offset = (kernel_size // 2 - np.arange(kernel_size))[None, :]
+    angle = 2 * np.pi * p * offset / n
+    return torch.as_tensor(np.concatenate([np.cos(angle), -np.sin(angle)]), dtype=dtype)
+
+
+class _KernelSpectrum(torch.autograd.Function):
+    """``A(p) = sum_r w[r] exp(-i theta_pr)`` from real weights ``(C, C, K)``: ``(F, C, C)`` complex.
+
+    ``dft`` ``(2F, K)`` holds the cosines over the sines (:func:`_dft_matrix`).
+    Forward one product ``dft @ w^T``; backward ``(dft^T @ [Re g; Im g])^T``:
+    autograd's own gradient of the first product runs a transposed skinny
+    product several times slower.
+    """
+
+    @staticmethod
+    def forward(ctx, weight, dft):
+        ctx.save_for_backward(dft)
+        rows, cols = weight.shape[0], weight.shape[1]
+        f = dft.shape[0] // 2
+        parts = torch.matmul(dft, weight.reshape(rows * cols, -1).t()).reshape(2, f, rows, cols)
+        return torch.complex(parts[0], parts[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        dft, = ctx.saved_tensors
+        f, rows, cols = grad.shape
+        parts = torch.cat([grad.real, grad.imag]).reshape(2 * f, rows * cols)
+        return torch.matmul(dft.t(), parts).t().reshape(rows, cols, -1), None
+
+
+@torch.jit.unused
+def _kernel_spectrum(weight: torch.Tensor, dft: torch.Tensor) -> torch.Tensor:
+    return _KernelSpectrum.apply(weight, dft)
+
+
 class ReduNetLayer(nn.Module):
     """``z+ = normalize(z + eta (E z - sum_j gamma_j pi_j C^j z))``.
 
@@ -327,6 +450,14 @@ class ReduNetLayer(nn.Module):
     every ``C^j`` in class order. ``mode`` is ``"direct"`` (input and output
     ``(b, C, *S)``), ``"fft"`` (unitary half spectra ``(F, C, b)``, complex)
     or ``"linear"`` (vectors ``(b, d)``, ``conv`` an ``nn.Linear``).
+
+    In ``"fft"`` mode the operators are the kernels' spectra, one ``(F, C, C)``
+    complex block per operator (:meth:`operators`, :meth:`block_hat`): for 1D
+    signals one real matrix product of the weights with the kernels' DFT
+    matrix, for 2D ``torch.fft.rfftn``; the step is one batched complex product
+    per operator, then :func:`update_from_responses`. The closed form's own
+    operators (:func:`closed_form_operators`, with Woodbury factors for
+    low-rank classes) are applied by the same :meth:`step`.
     """
 
     signal_shape: List[int]
@@ -373,96 +504,176 @@ class ReduNetLayer(nn.Module):
         self.register_buffer("gamma", torch.as_tensor(np.asarray(gamma), dtype=dtype))
         self.register_buffer("freq_weights", torch.as_tensor(
             spectral.half_spectrum_weights(signal_shape), dtype=dtype))
+        # 1D: the kernels' spectra as one product with this (2F, K) matrix.
+        dft = _dft_matrix(kernel_shape[0], signal_shape[0], dtype) if nd == 1 else \
+            torch.zeros(0, dtype=dtype)
+        self.register_buffer("dft", dft, persistent=False)
 
-    def operators_hat(self) -> torch.Tensor:
-        """The kernels' unnormalized DFT on the half spectrum, ``(F, (1+k) C, C)`` complex."""
-        weight = self.conv.weight
+    def block_hat(self, index: int) -> torch.Tensor:
+        """Operator ``index`` (0: ``E``, ``1 + j``: ``C^j``) on the half spectrum, ``(F, C, C)``.
+
+        The unnormalized DFT of its kernels, complex: in 1D one real product of
+        the weights with the kernels' DFT matrix, in 2D ``torch.fft.rfftn``.
+        One block at a time keeps every array operator-block sized.
+        """
+        c = self.n_channels
+        return self._block_hat(self.conv.weight[index * c:(index + 1) * c])
+
+    def _block_hat(self, weight: torch.Tensor) -> torch.Tensor:
+        """:meth:`block_hat` of the weights ``(C, C, *K)`` of one operator."""
+        c = weight.shape[0]
+        if len(self.signal_shape) == 1:
+            dft = self.dft.to(weight.dtype)
+            if not torch.jit.is_scripting() and not torch.jit.is_tracing():
+                return _kernel_spectrum(weight, dft)
+            # (2F, K) @ (K, C C): the weights' transpose is a view, not a copy.
+            parts = torch.matmul(dft, weight.reshape(c * c, -1).t())
+            f = parts.shape[0] // 2
+            parts = parts.reshape(2, f, c, c)
+            return torch.complex(parts[0], parts[1])
         spectrum = torch.fft.rfftn(weight.permute(self.freq_first), s=self.signal_shape,
                                    dim=self.freq_dims)
         phase = torch.complex(self.phase[:, 0], self.phase[:, 1])
-        return (spectrum.reshape(-1, weight.shape[0], weight.shape[1]).conj()
-                * phase[:, None, None])
+        # contiguous: the transform of the permuted weights keeps their strides, and a
+        # batched product copies every matrix of a strided operand.
+        return (spectrum.reshape(-1, c, c).conj() * phase[:, None, None]).contiguous()
 
-    def real_operators(self) -> torch.Tensor:
-        """:meth:`operators_hat` as real ``(F, (1+k) 2C, 2C)`` block matrices.
-
-        Block ``g`` (``E``, then each ``C^j``) maps ``[Re v; Im v]`` to
-        ``[Re(A_g v); Im(A_g v)]`` with ``[[Re A_g, -Im A_g], [Im A_g, Re A_g]]``,
-        so one real batched product applies every operator. Written block by
-        block into one array (stacking strided views is several times slower).
-        """
-        hat = self.operators_hat()
-        f, r, c = hat.shape
-        g = r // c
-        re = hat.real.reshape(f, g, 1, c, 1, c)
-        im = hat.imag.reshape(f, g, 1, c, 1, c)
-        blocks = torch.empty((f, g, 2, c, 2, c), dtype=re.dtype, device=re.device)
-        blocks[:, :, 0:1, :, 0:1] = re
-        blocks[:, :, 0:1, :, 1:2] = -im
-        blocks[:, :, 1:2, :, 0:1] = im
-        blocks[:, :, 1:2, :, 1:2] = re
-        return blocks.reshape(f, 2 * r, 2 * c)
+    def operators_hat(self) -> torch.Tensor:
+        """Every operator's spectrum stacked, ``(F, (1+k) C, C)`` complex: ``E``, then each ``C^j``."""
+        return torch.cat(self.operators(True), dim=1)
 
     def _logits(self, sq: torch.Tensor) -> torch.Tensor:
         return -self.lmbda * torch.sqrt(sq.clamp_min(0.0))
 
-    def _spectral_sq(self, cj: torch.Tensor) -> torch.Tensor:
-        """``||C^j z||^2`` ``(b, k)`` from half-spectrum responses ``(F, k, 2C, b)``."""
-        f, k, _, b = cj.shape
-        per_freq = (cj * cj).sum(dim=2).reshape(f, k * b)
-        return torch.matmul(self.freq_weights.unsqueeze(0), per_freq).reshape(k, b).t()
-
     def _responses_spatial(self, z: torch.Tensor) -> torch.Tensor:
         return self.conv(self.pad(z))
 
-    def operators(self) -> torch.Tensor:
-        """What :meth:`step` needs from the weights: :meth:`real_operators` (fft), else empty.
+    def operators(self, spectral: bool = False) -> List[torch.Tensor]:
+        """What :meth:`step` needs from the weights: every :meth:`block_hat` (fft), else none.
 
-        Computing it once and passing it to :meth:`step` for every block of
-        samples saves the kernels' FFT per block.
+        Computing them once and passing them to :meth:`step` for every block of
+        samples saves the kernels' transform per block. ``spectral``: the
+        spectra whatever the mode.
         """
-        if self.spectral:
-            return self.real_operators()
-        return torch.zeros(0, dtype=self.gamma.dtype, device=self.gamma.device)
+        ops: List[torch.Tensor] = []
+        if self.spectral or spectral:
+            # One split (its gradient is one concatenation), not a slice per operator.
+            for weight in torch.split(self.conv.weight, self.n_channels, dim=0):
+                ops.append(self._block_hat(weight))
+        return ops
+
+    def responses(self, z: torch.Tensor, ops: List[torch.Tensor],
+                  first: int = 0) -> List[torch.Tensor]:
+        """``A z`` for the operators ``ops[first:]``, real pairs ``(F, C, b, 2)`` (fft)."""
+        out: List[torch.Tensor] = []
+        for index in range(first, len(ops)):
+            out.append(torch.view_as_real(torch.matmul(ops[index], z)))
+        return out
+
+    def _factored(self, z: torch.Tensor, ops: List[torch.Tensor]
+                  ) -> Tuple[torch.Tensor, List[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Closed-form factors applied to ``z``: ``(||C^j z||^2 (b, k), dense responses, q, p)``.
+
+        Dense responses (real pairs) are listed for the operators whose spectra
+        ``ops`` holds (``E`` first when dense); for a low-rank class, with
+        ``p = V_j^H z`` and ``q = M_j^-1 p`` (``M_j = I + alpha_j V_j^H V_j``),
+        ``||C^j z||^2 = alpha_j^2 sum_p w_p (|z|^2 - alpha_j (Re p^H q + |q|^2))``
+        as in the library (:meth:`convredunet.network.Layer.__call__`).
+        """
+        n_ops = self.n_classes + 1
+        v, vh, m_inv, alphas, classes = ops[n_ops], ops[n_ops + 1], ops[n_ops + 2], \
+            ops[n_ops + 3], ops[n_ops + 4]
+        f, g, w = m_inv.shape[0], m_inv.shape[1], m_inv.shape[2]
+        b = z.shape[2]
+        p = torch.matmul(vh, z)  # (F, g w, b)
+        q = torch.matmul(m_inv, p.reshape(f, g, w, b))  # (F, g, w, b)
+        zr = torch.view_as_real(z)
+        qr = torch.view_as_real(q).reshape(f * g, w, b, 2)
+        # Re p^H q + |q|^2 = Re (p + q)^H q, summed over each class's w columns: (F, g, b)
+        pq = _pair_sums((torch.view_as_real(p).reshape(f * g, w, b, 2) + qr) * qr).reshape(
+            f, g, b)
+        inner = _sq_norms(zr).unsqueeze(1) - alphas[None, :, None] * pq
+        lowrank_sq = (alphas * alphas)[:, None] * _weighted_sum(self.freq_weights, inner)
+        dense: List[torch.Tensor] = []
+        sq_cols: List[torch.Tensor] = []
+        for index in range(n_ops):
+            if ops[index].numel() > 0:
+                r = torch.view_as_real(torch.matmul(ops[index], z))
+                dense.append(r)
+                if index > 0:
+                    sq_cols.append(_weighted_sum(self.freq_weights, _sq_norms(r)))
+            elif index > 0:
+                group = int((classes == index - 1).nonzero()[0, 0])
+                sq_cols.append(lowrank_sq[group])
+        return torch.stack(sq_cols, dim=1), dense, q, p
+
+    def _factored_step(self, z: torch.Tensor, ops: List[torch.Tensor]
+                       ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`step` with the closed form's factors (:func:`closed_form_operators`).
+
+        ``sum_j g_j C^j z = (sum_j g_j alpha_j) z - V (alpha_j^2 g_j q_j)`` over
+        the low-rank classes: one product with ``V`` for all of them, as in the
+        library; a low-rank ``E`` shares ``p``.
+        """
+        n_ops = self.n_classes + 1
+        v, alphas, classes, e_inv, alpha_e = ops[n_ops], ops[n_ops + 3], ops[n_ops + 4], \
+            ops[n_ops + 5], ops[n_ops + 6]
+        sq, dense, q, p = self._factored(z, ops)
+        logits, weight = membership_weights(sq, self.gamma, self.lmbda)  # weight (k, b)
+        f, g, w, b = q.shape
+        low = weight[classes]  # (g, b)
+        coef = (alphas[:, None] * low).sum(dim=0)  # (b,)
+        scaled = q * ((alphas * alphas)[:, None] * low).to(q.dtype)[None, :, None, :]
+        back = torch.matmul(v, scaled.reshape(f, g * w, b))  # (F, C, b)
+        zr = torch.view_as_real(z)
+        compressed = torch.view_as_real(back) * -1.0 + zr * coef[:, None]
+        position = 0
+        if ops[0].numel() > 0:
+            ez = dense[0]
+            position = 1
+        else:  # E = alpha_E (I - alpha_E V M_E^-1 V^H)
+            a = float(alpha_e[0])
+            ez = zr * a - torch.view_as_real(torch.matmul(v, torch.matmul(e_inv, p))) * (a * a)
+        for index in range(1, n_ops):
+            if ops[index].numel() > 0:
+                compressed = torch.addcmul(compressed, dense[position],
+                                           weight[index - 1].unsqueeze(-1))
+                position += 1
+        step = finish_step(zr, ez, compressed, self.eta, self.freq_weights)
+        return torch.view_as_complex(step), logits
 
     def scores(self, z: torch.Tensor) -> torch.Tensor:
         """``-lmbda ||C^j z||_F`` per class, ``(b, k)``, without the layer's step."""
         return self.scores_with(z, self.operators())
 
-    def scores_with(self, z: torch.Tensor, ops: torch.Tensor) -> torch.Tensor:
+    def scores_with(self, z: torch.Tensor, ops: List[torch.Tensor]) -> torch.Tensor:
         """:meth:`scores` with ``ops = self.operators()`` given."""
         k, c = self.n_classes, self.n_channels
         if self.spectral:
-            f, _, b = z.shape
-            cj = torch.matmul(ops[:, 2 * c:], z).reshape(f, k, 2 * c, b)
-            return self._logits(self._spectral_sq(cj))
+            if len(ops) > k + 1:
+                return self._logits(self._factored(z, ops)[0])
+            return self._logits(class_sq_norms(self.responses(z, ops, 1), self.freq_weights))
         b = z.shape[0]
         cj = self._responses_spatial(z)[:, c:].reshape(b, k, c, self.n_positions)
         return self._logits((cj * cj).sum(dim=(2, 3)))
 
     def forward(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """One layer: ``(b, C, *S)`` (direct) or spectra ``(F, 2C, b)`` (fft) in and out.
+        """One layer: ``(b, C, *S)`` (direct) or complex spectra ``(F, C, b)`` (fft) in and out.
 
         Returns the next features and this layer's ``-lmbda ||C^j z||_F`` ``(b, k)``.
         """
         return self.step(z, self.operators())
 
-    def step(self, z: torch.Tensor, ops: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def step(self, z: torch.Tensor, ops: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward` with ``ops = self.operators()`` given."""
         k, c = self.n_classes, self.n_channels
         if self.spectral:
-            f, _, b = z.shape
-            w = torch.matmul(ops, z).reshape(f, k + 1, 2 * c, b)
-            cj = w[:, 1:]
-            logits = self._logits(self._spectral_sq(cj))
-            weight = (torch.softmax(logits, dim=1) * self.gamma).t()  # (k, b)
-            # sum_j weight_j C^j v, one class at a time: no (F, k, 2C, b) temporary.
-            compressed = cj[:, 0] * weight[0]
-            for j in range(1, k):
-                compressed = compressed + cj[:, j] * weight[j]
-            step = z + self.eta * (w[:, 0] - compressed)
-            sq = torch.matmul(self.freq_weights.unsqueeze(0), (step * step).sum(dim=1))
-            return step / torch.sqrt(sq).clamp_min(1e-30), logits
+            if len(ops) > k + 1:
+                return self._factored_step(z, ops)
+            step, logits = update_from_responses(torch.view_as_real(z), self.responses(z, ops),
+                                                 self.gamma, self.freq_weights, self.eta,
+                                                 self.lmbda)
+            return torch.view_as_complex(step), logits
         b = z.shape[0]
         w = self._responses_spatial(z)
         cj = w[:, c:].reshape(b, k, c, self.n_positions)
@@ -492,8 +703,8 @@ class SubspaceHead(nn.Module):
     shift-invariant quadratic form of ``z``, which is all exact invariance
     needs.
 
-    Input: the spectrum as real ``(F, 2C, b)`` (real parts on top), the
-    layout of the module's ``"fft"`` mode.
+    Input: the complex spectrum ``(F, C, b)``, the layout of the module's
+    ``"fft"`` mode (:meth:`from_real_pairs` takes it as real pairs, for ONNX).
     """
 
     def __init__(self, bases, signal_shape, dtype):
@@ -506,22 +717,47 @@ class SubspaceHead(nn.Module):
         weights = spectral.half_spectrum_weights(signal_shape) if signal_shape else np.ones(1)
         self.register_buffer("freq_weights", torch.as_tensor(weights, dtype=dtype))
 
+    def adjoint_bases(self) -> torch.Tensor:
+        """``U_j(p)^H`` of every class stacked, ``(F, k r, C)`` complex."""
+        u = torch.view_as_complex(self.bases)  # (k, F, C, r)
+        return u.permute(1, 0, 3, 2).conj().reshape(self.n_freqs, self.n_classes * self.rank,
+                                                    self.n_channels)
+
     def real_bases(self) -> torch.Tensor:
-        """``U_j(p)^H`` as real blocks acting on ``[Re v; Im v]``: ``(F, k 2r, 2C)``."""
-        ur, ui = self.bases[..., 0], self.bases[..., 1]  # (k, F, C, r)
-        top = torch.cat([ur, ui], dim=2)  # rows Re(U^H v) = Ur^T Re v + Ui^T Im v
-        bottom = torch.cat([-ui, ur], dim=2)  # rows Im(U^H v) = Ur^T Im v - Ui^T Re v
-        blocks = torch.cat([top, bottom], dim=3)  # (k, F, 2C, 2r)
-        return blocks.permute(1, 0, 3, 2).reshape(self.n_freqs, -1, 2 * self.n_channels)
+        """``[Re U^T; Im U^T]`` of every class, ``(F, 2 k r, C)``: for :meth:`from_real_pairs`."""
+        return self.bases.permute(1, 4, 0, 3, 2).reshape(
+            self.n_freqs, 2 * self.n_classes * self.rank, self.n_channels)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return self.distances(v, self.adjoint_bases())
+
+    def distances(self, v: torch.Tensor, adjoint: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with ``adjoint = self.adjoint_bases()`` given."""
         f, b = v.shape[0], v.shape[2]
-        q = torch.matmul(self.real_bases(), v)
-        kept = (q * q).reshape(f, self.n_classes, 2 * self.rank, b).sum(dim=2).reshape(
-            f, self.n_classes * b)
-        kept = torch.matmul(self.freq_weights.unsqueeze(0), kept).reshape(self.n_classes, b)
-        total = torch.matmul(self.freq_weights.unsqueeze(0), (v * v).sum(dim=1))  # (1, b)
-        return (total - kept).t()
+        q = torch.view_as_real(torch.matmul(adjoint, v))  # (F, k r, b, 2)
+        kept = _sq_norms(q.reshape(f * self.n_classes, self.rank, b, 2))
+        return self._distances(_sq_norms(torch.view_as_real(v)),
+                               kept.reshape(f, self.n_classes, b))
+
+    def from_real_pairs(self, v: torch.Tensor, real_bases: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` of real-pair spectra ``(F, C, b, 2)`` with real products only.
+
+        ``real_bases``: :meth:`real_bases`. ``[Re U^T; Im U^T] [v_r, v_i]`` gives the
+        four real products; ``Re(U^H v) = Ur^T v_r + Ui^T v_i`` and
+        ``Im(U^H v) = Ur^T v_i - Ui^T v_r``.
+        """
+        f, c, b = v.shape[0], v.shape[1], v.shape[2]
+        kr = self.n_classes * self.rank
+        q = torch.matmul(real_bases, v.reshape(f, c, 2 * b)).reshape(f, 2, kr, b, 2)
+        re = q[:, 0, :, :, 0] + q[:, 1, :, :, 1]
+        im = q[:, 0, :, :, 1] - q[:, 1, :, :, 0]
+        kept = (re * re + im * im).reshape(f, self.n_classes, self.rank, b).sum(dim=2)
+        return self._distances(_sq_norms(v), kept)
+
+    def _distances(self, total: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        """``(b, k)`` from ``||v(p)||^2`` ``(F, b)`` and ``||U_j(p)^H v(p)||^2`` ``(F, k, b)``."""
+        return (_weighted_sum(self.freq_weights, total).unsqueeze(0)
+                - _weighted_sum(self.freq_weights, kept)).t()
 
 
 def _subspace_head(net, dtype):
@@ -534,24 +770,41 @@ def _subspace_head(net, dtype):
 
 
 class RealDFT(nn.Module):
-    """The unitary half spectrum ``(F, 2C, b)`` of ``(b, C, *S)`` by real matrix products.
+    """The unitary half spectrum of ``(b, C, *S)`` as real pairs ``(F, C, b, 2)``, and back.
 
-    What :meth:`ReduNetModule.spectrum` computes with ``torch.fft.rfftn``, as
-    plain ``MatMul`` operations: for ONNX, which has no complex tensors. The
-    last axis is transformed by ``(S_last, S_last//2 + 1)`` cosine and sine
-    matrices, a first axis (2D) by ``(S_0, S_0)`` ones.
+    What :meth:`ReduNetModule.spectrum` computes with ``torch.fft.rfftn``
+    (``torch.view_as_real`` of it), as plain ``MatMul`` operations: for
+    ONNX, which has no complex tensors. The last axis is transformed by
+    ``(S_last, S_last//2 + 1)`` cosine and sine matrices, a first axis (2D) by
+    ``(S_0, S_0)`` ones. :meth:`inverse` is ``torch.fft.irfftn``: each stored
+    frequency counts with its half-spectrum weight (2 where the conjugate twin
+    is not stored), and the imaginary parts of self-conjugate frequencies are
+    ignored, as by ``irfftn``.
     """
+
+    signal_shape: List[int]
 
     def __init__(self, signal_shape, dtype):
         super().__init__()
         self.signal_ndim = len(signal_shape)
+        self.signal_shape: List[int] = [int(s) for s in signal_shape]
         n = int(signal_shape[-1])
+        self.n_last = n // 2 + 1
         self.n_freqs = int(math.prod(signal_shape[:-1]) * (n // 2 + 1))
         t = np.arange(n)
         angle = 2 * np.pi * np.outer(t, np.arange(n // 2 + 1)) / n
         scale = 1 / math.sqrt(math.prod(signal_shape))
         self.register_buffer("cos_last", torch.as_tensor(np.cos(angle) * scale, dtype=dtype))
         self.register_buffer("sin_last", torch.as_tensor(-np.sin(angle) * scale, dtype=dtype))
+        # The inverse on the last axis: twice each frequency whose twin is not stored.
+        twice = np.full(n // 2 + 1, 2.0)
+        twice[0] = 1.0
+        if n % 2 == 0:
+            twice[-1] = 1.0
+        self.register_buffer("icos_last", torch.as_tensor(
+            (np.cos(angle) * scale * twice[None, :]).T, dtype=dtype))
+        self.register_buffer("isin_last", torch.as_tensor(
+            (-np.sin(angle) * scale * twice[None, :]).T, dtype=dtype))
         m = int(signal_shape[0])
         angle = 2 * np.pi * np.outer(np.arange(m), np.arange(m)) / m
         self.register_buffer("cos_first", torch.as_tensor(np.cos(angle), dtype=dtype))
@@ -564,9 +817,89 @@ class RealDFT(nn.Module):
         if self.signal_ndim == 2:  # the first axis: (cos + i sin) (re + i im)
             re, im = (torch.matmul(self.cos_first, re) - torch.matmul(self.sin_first, im),
                       torch.matmul(self.cos_first, im) + torch.matmul(self.sin_first, re))
-        v = torch.cat([re.reshape(b, c, self.n_freqs), im.reshape(b, c, self.n_freqs)],
-                      dim=1)  # (b, 2C, F)
-        return v.permute(2, 1, 0)
+        v = torch.stack([re.reshape(b, c, self.n_freqs), im.reshape(b, c, self.n_freqs)],
+                        dim=-1)  # (b, C, F, 2)
+        return v.permute(2, 1, 0, 3)
+
+    def inverse(self, v: torch.Tensor) -> torch.Tensor:
+        """``(b, C, *S)`` features from real-pair half spectra ``(F, C, b, 2)``."""
+        c, b = v.shape[1], v.shape[2]
+        v = v.permute(2, 1, 0, 3)  # (b, C, F, 2)
+        shape = [b, c] + self.signal_shape[:-1] + [self.n_last]
+        re, im = v[..., 0].reshape(shape), v[..., 1].reshape(shape)
+        if self.signal_ndim == 2:  # the first axis, inverse: (cos - i sin) (re + i im)
+            re, im = (torch.matmul(self.cos_first, re) + torch.matmul(self.sin_first, im),
+                      torch.matmul(self.cos_first, im) - torch.matmul(self.sin_first, re))
+        # Real part of sum_p w_p (re + i im)(cos + i sin): re cos - im sin.
+        return torch.matmul(re, self.icos_last) + torch.matmul(im, self.isin_last)
+
+
+def closed_form_operators(layer, dtype):
+    """A closed-form layer's operators as :meth:`ReduNetLayer.step` takes them.
+
+    ``layer``: a fitted :class:`convredunet.network.Layer` (numpy arrays).
+    Returns a list of tensors: ``1 + k`` entries, ``E`` then each ``C^j``,
+    each the operator's spectrum ``(F, C, C)`` (from the layer's stacked
+    array) or, for an operator held in low-rank form, empty; then, when any
+    is low rank, the Woodbury factors the library applies them with: ``V``
+    ``(F, C, g w)``, ``V^H``, ``M^-1`` ``(F, g, w, w)``, the ``alpha_j``
+    ``(g,)``, the low-rank classes ``(g,)``, and for a low-rank ``E``
+    ``M_E^-1`` ``(F, g w, g w)`` and ``alpha_E`` ``(1,)`` (else two empty
+    tensors). A low-rank class costs ``O(C m_j)`` per frequency instead of the
+    ``O(C^2)`` of its spectrum. ``dtype``: the module's real dtype.
+    """
+    complex_dtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+    solution = layer.solution
+    k, c = layer.n_classes, layer.n_channels
+
+    def tensor(a):
+        return torch.from_numpy(np.ascontiguousarray(a)).to(complex_dtype)
+
+    empty = torch.zeros(0, dtype=complex_dtype)
+    ops = [empty] * (k + 1)
+    if solution.stacked is not None:
+        stacked = np.asarray(solution.stacked)
+        rows = 0
+        if not solution.e_lowrank:
+            ops[0] = tensor(stacked[:, :c])
+            rows = c
+        for j in layer.dense_classes:
+            ops[1 + j] = tensor(stacked[:, rows:rows + c])
+            rows += c
+    if not layer.lowrank_classes:
+        return ops
+    v = tensor(solution.V)
+    ops += [v, v.conj().transpose(1, 2).contiguous(), tensor(solution.M_inv),
+            torch.as_tensor(np.asarray(solution.alphas), dtype=dtype),
+            torch.as_tensor(layer.lowrank_classes, dtype=torch.long)]
+    if solution.e_lowrank:
+        ops += [tensor(solution.E_M_inv), torch.tensor([solution.alpha_E], dtype=dtype)]
+    else:
+        ops += [empty, torch.zeros(0, dtype=dtype)]
+    return ops
+
+
+def _chunk_size(layers, signal_shape, spectral):
+    """Samples per block of :meth:`ReduNetModule._run` (see ``CHUNK_BYTES``).
+
+    Direct mode: a layer's responses, ``(1+k) C`` channels at every position,
+    take about ``CHUNK_BYTES``; fft mode: one operator's response, ``C``
+    complex numbers per stored frequency, about ``SPECTRAL_CHUNK_BYTES``.
+    """
+    if not layers:
+        return MIN_CHUNK
+    weight = layers[0].conv.weight
+    if spectral:
+        n_freqs = spectral_n_freqs(signal_shape)
+        per_sample = weight.shape[1] * n_freqs * 2 * weight.element_size()
+        return max(MIN_SPECTRAL_CHUNK, SPECTRAL_CHUNK_BYTES // per_sample)
+    per_sample = weight.shape[0] * max(1, math.prod(signal_shape)) * 2 * weight.element_size()
+    return max(MIN_CHUNK, CHUNK_BYTES // per_sample)
+
+
+def spectral_n_freqs(signal_shape):
+    """Stored frequencies of the half spectrum of signals of ``signal_shape``."""
+    return math.prod(signal_shape[:-1]) * (signal_shape[-1] // 2 + 1) if signal_shape else 1
 
 
 class ReduNetModule(nn.Module):
@@ -605,7 +938,9 @@ class ReduNetModule(nn.Module):
     feature_shape: List[int]
     lifted: Final[bool]
     lifting_bias: Final[bool]
-    __jit_ignored_attributes__ = ["_ops_cache", "_ops_key", "_ops_snapshot"]
+    use_subspace: Final[bool]
+    __jit_ignored_attributes__ = ["_ops_cache", "_ops_key", "_ops_snapshot",
+                                  "training_fingerprints"]
 
     def __init__(self, lifting, layers, classes, signal_shape, conv, input_shape=None,
                  head=None, dtype=None):
@@ -623,12 +958,7 @@ class ReduNetModule(nn.Module):
         self.conv = conv
         self.spectral = conv == "fft"
         self.n_layers = len(layers)
-        # Samples per block: a layer's responses ((1+k) C channels, 2 floats per
-        # stored frequency or 1 per position) take about CHUNK_BYTES.
-        first = layers[0].conv.weight if layers else None
-        per_sample = 1 if first is None else (
-            first.shape[0] * max(1, math.prod(self.signal_shape)) * 2 * first.element_size())
-        self.chunk_size = max(MIN_CHUNK, CHUNK_BYTES // per_sample)
+        self.chunk_size = _chunk_size(layers, self.signal_shape, self.spectral)
         self.use_subspace = head is not None
         self.head = head if head is not None else nn.Identity()
         if dtype is None:
@@ -648,6 +978,9 @@ class ReduNetModule(nn.Module):
         self._ops_cache = None
         self._ops_key = None
         self._ops_snapshot = None
+        # Fingerprints of the signals the exported network was fitted on (to_torch sets
+        # them): fine_tune keeps its validation signals out of them.
+        self.training_fingerprints = None
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -656,6 +989,7 @@ class ReduNetModule(nn.Module):
 
     def __setstate__(self, state):
         state.setdefault("_ops_snapshot", None)  # modules pickled before the snapshot existed
+        state.setdefault("training_fingerprints", None)
         super().__setstate__(state)
 
     def check_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -716,16 +1050,16 @@ class ReduNetModule(nn.Module):
         return self.lifting(x)
 
     def spectrum(self, z: torch.Tensor) -> torch.Tensor:
-        """The unitary half spectrum of ``(b, C, *S)`` features as real ``(F, 2C, b)``.
+        """The unitary half spectrum of ``(b, C, *S)`` features, complex ``(F, C, b)``.
 
-        Vectors ``(b, d)``: ``(1, 2d, b)`` with zero imaginary parts.
+        Vectors ``(b, d)``: ``(1, d, b)`` with zero imaginary parts.
         """
         if self.signal_ndim == 0:
             zt = z.t().unsqueeze(0)
-            return torch.cat([zt, torch.zeros_like(zt)], dim=1)
+            return torch.complex(zt, torch.zeros_like(zt))
         b, c = z.shape[0], z.shape[1]
-        v = torch.view_as_real(torch.fft.rfftn(z, dim=self.dims, norm="ortho"))
-        return v.reshape(b, c, -1, 2).permute(2, 3, 1, 0).reshape(-1, 2 * c, b).contiguous()
+        v = torch.fft.rfftn(z, dim=self.dims, norm="ortho")
+        return v.reshape(b, c, -1).permute(2, 1, 0).contiguous()
 
     def _enter(self, z: torch.Tensor) -> torch.Tensor:
         """Direct: ``z`` itself; fft: :meth:`spectrum`."""
@@ -736,53 +1070,92 @@ class ReduNetModule(nn.Module):
     def _leave(self, v: torch.Tensor) -> torch.Tensor:
         if not self.spectral:
             return v
-        f, c2, b = v.shape
-        c = c2 // 2
+        f, c, b = v.shape
         half: List[int] = self.signal_shape[:-1] + [self.signal_shape[-1] // 2 + 1]
-        parts = v.reshape(f, 2, c, b).permute(3, 2, 0, 1).contiguous()
-        x_hat = torch.view_as_complex(parts).reshape([b, c] + half)
+        x_hat = v.permute(2, 1, 0).reshape([b, c] + half)
         return torch.fft.irfftn(x_hat, s=self.signal_shape, dim=self.dims, norm="ortho")
 
-    def _operators(self) -> List[torch.Tensor]:
+    def _operators(self) -> List[List[torch.Tensor]]:
+        """Per layer its operators (:meth:`ReduNetLayer.operators`), then the head's ``[U^H]``."""
         if self.spectral and not torch.jit.is_scripting() and not torch.jit.is_tracing() \
                 and not torch.is_grad_enabled():
             return self._cached_operators()
-        ops: List[torch.Tensor] = []
+        return self._build_operators()
+
+    def _build_operators(self) -> List[List[torch.Tensor]]:
+        ops: List[List[torch.Tensor]] = []
         for layer in self.layers:
             ops.append(layer.operators())
+        head: List[torch.Tensor] = []
+        if self.use_subspace:
+            head.append(self.head.adjoint_bases())
+        ops.append(head)
         return ops
 
+    def _weights(self) -> List[torch.Tensor]:
+        """The parameters the operators are made from: the layers' kernels, the head's bases."""
+        weights = [layer.conv.weight for layer in self.layers]
+        if self.use_subspace:
+            weights.append(self.head.bases)
+        return weights
+
     @torch.jit.unused
-    def _cached_operators(self) -> List[torch.Tensor]:
-        """The layers' operators, kept while the layers' weights are unchanged.
+    def _cached_operators(self) -> List[List[torch.Tensor]]:
+        """The operators, kept while the weights they are made from are unchanged.
 
         Without autograd the operators are a function of the layers' weights
-        only; building them (an FFT of every kernel and the real blocks) costs
-        as much as running a few hundred 28 x 28 digits. They are kept (when
-        at most ``OPS_CACHE_BYTES``) with a copy of the weights they were built
-        from, and reused only while every weight is the same tensor (storage,
-        dtype, device) holding the same numbers: an exact comparison, so edits
-        that bump no version counter (through ``.data``, or by another tensor
-        sharing the storage) are seen too. The comparison reads the weights
-        and their copy once per call: on one thread, for a 128-channel MNIST-1D
-        network in float32, 1000 signals took 0.98-1.10 s before and
-        1.02-1.14 s after; one signal 32 ms and 37 ms.
+        (and the head's bases) only; building them (a transform of every
+        kernel) costs as much as running a few hundred 28 x 28 digits. They
+        are kept (when at most ``OPS_CACHE_BYTES``) with a copy of the weights
+        they were built from, and reused only while every weight is the same
+        tensor (storage, dtype, device) holding the same numbers: an exact
+        comparison, so edits that bump no version counter (through ``.data``,
+        or by another tensor sharing the storage) are seen too. The comparison
+        reads the weights and their copy once per call: on one thread, for a
+        128-channel MNIST-1D network in float32, 1000 signals took 0.98-1.10 s
+        before and 1.02-1.14 s after; one signal 32 ms and 37 ms.
         """
-        weights = [layer.conv.weight for layer in self.layers]
+        weights = self._weights()
         key = (self.conv,) + tuple((w.data_ptr(), w.dtype, w.device, tuple(w.shape))
                                    for w in weights)
         if self._ops_cache is not None and self._ops_key == key and all(
                 torch.equal(w, copy) for w, copy in zip(weights, self._ops_snapshot)):
             return self._ops_cache
-        ops = [layer.operators() for layer in self.layers]
-        if sum(o.numel() * o.element_size() for o in ops) <= OPS_CACHE_BYTES:
+        ops = self._build_operators()
+        if sum(o.numel() * o.element_size() for layer in ops for o in layer) \
+                <= OPS_CACHE_BYTES:
             self._ops_cache, self._ops_key = ops, key
             self._ops_snapshot = [w.detach().clone() for w in weights]
         else:
             self._ops_cache = self._ops_key = self._ops_snapshot = None
         return ops
 
-    def _run_with(self, x: torch.Tensor, what: int, ops: List[torch.Tensor]) -> torch.Tensor:
+    @torch.jit.unused
+    def _seed_operators(self, layer_ops: List[List[torch.Tensor]]):
+        """Start the operator cache with the closed form's own operators (``to_torch``).
+
+        With every kernel exported whole, the closed form's spectra and
+        Woodbury factors are the operators of the module's weights (to
+        rounding), and the library's own way to apply them: low-rank classes
+        cost ``O(C m_j)`` per frequency instead of the ``O(C^2)`` of their
+        kernels' spectra. They serve until the weights change (the cache's
+        exact comparison), then the operators are rebuilt from the weights.
+        """
+        if sum(o.numel() * o.element_size() for ops in layer_ops for o in ops) \
+                > OPS_CACHE_BYTES:
+            return
+        head: List[torch.Tensor] = []
+        if self.use_subspace:
+            with torch.no_grad():
+                head.append(self.head.adjoint_bases())
+        weights = self._weights()
+        self._ops_cache = list(layer_ops) + [head]
+        self._ops_key = (self.conv,) + tuple((w.data_ptr(), w.dtype, w.device, tuple(w.shape))
+                                             for w in weights)
+        self._ops_snapshot = [w.detach().clone() for w in weights]
+
+    def _run_with(self, x: torch.Tensor, what: int, ops: List[List[torch.Tensor]]
+                  ) -> torch.Tensor:
         """Features (``what`` 0), last-layer scores ``-lmbda ||C^j z||`` (1) or distances (2)."""
         z = self._enter(self.lift(x))
         for index, layer in enumerate(self.layers):
@@ -793,15 +1166,18 @@ class ReduNetModule(nn.Module):
             return self._leave(z)
         if what == 1:  # no layer: no membership
             raise RuntimeError("a network without layers has no membership")
-        return self.head(z if self.spectral else self.spectrum(z))
+        if self.use_subspace:
+            return self.head.distances(z if self.spectral else self.spectrum(z), ops[-1][0])
+        raise RuntimeError("the network was exported without class subspaces "
+                           "(classifier='membership')")
 
     def _run(self, x: torch.Tensor, what: int) -> torch.Tensor:
         """:meth:`_run_with` over blocks of ``chunk_size`` samples (not when tracing).
 
         Large batches are cut so that a layer's responses stay near
-        ``CHUNK_BYTES``: memory stays bounded while the blocks are large
-        enough for efficient batched products (see ``CHUNK_BYTES``). The
-        operators are computed once for all blocks.
+        ``CHUNK_BYTES`` (fft: ``SPECTRAL_CHUNK_BYTES`` per operator): memory
+        stays bounded while the blocks are large enough for efficient batched
+        products. The operators are computed once for all blocks.
         """
         if what == 2 and not self.use_subspace:
             raise RuntimeError("the network was exported without class subspaces "
@@ -862,12 +1238,13 @@ class ReduNetModule(nn.Module):
         conv : {"fft", "direct", "auto"}
         """
         _check_conv(conv)
-        if self.signal_ndim == 0:
-            return copy.deepcopy(self)
+        if self.signal_ndim == 0 or len(self.layers) == 0:
+            return copy.deepcopy(self)  # no convolution layer to switch
         if conv == "auto":
             conv = choose_conv(self.layers[0].kernel_shape[0], self.signal_ndim)
         new = copy.deepcopy(self)
         new.conv, new.spectral = conv, conv == "fft"
+        new.chunk_size = _chunk_size(list(new.layers), new.signal_shape, new.spectral)
         new._ops_cache = new._ops_key = new._ops_snapshot = None
         for layer in new.layers:
             layer.mode, layer.spectral = conv, conv == "fft"
@@ -883,9 +1260,15 @@ class ExportGraph(nn.Module):
     an ONNX input may be left open, so a Python ``if`` at export time cannot
     decide): any other shape makes that reshape fail (see :func:`export_onnx`).
     Each sample is prescaled by its power of two as in
-    :meth:`ReduNetModule.lift`. The layers run as direct circular
-    convolutions with their operators' kernels computed once, and the class
-    subspaces' half spectrum by :class:`RealDFT`: real operations only.
+    :meth:`ReduNetModule.lift`. Real operations only (ONNX has no complex
+    tensors): the features' half spectrum comes from :class:`RealDFT`, and
+    each layer is one real product per frequency of its operators' spectra
+    ``[Re A; Im A]`` ``(F, 2 (1+k) C, C)`` (computed once, here) with the
+    spectra as real pairs, whose four partial products give
+    ``Re(A v) = Re A Re v - Im A Im v`` and ``Im(A v) = Re A Im v + Im A Re v``;
+    then the module's own update (:func:`update_from_responses`). Layers of
+    short kernels (``choose_conv`` gives ``"direct"``) run as direct circular
+    convolutions instead.
 
     Outputs: ``features`` ``(b, C, *S)`` as ``net.transform``; ``scores``
     ``(b, k)`` what ``labels`` is the argmax of: ``-net.subspace_distances``
@@ -895,9 +1278,21 @@ class ExportGraph(nn.Module):
 
     def __init__(self, module):
         super().__init__()
+        dtype = next(module.parameters()).dtype
+        nd = module.signal_ndim
+        self.spectral = bool(nd and len(module.layers) and choose_conv(
+            module.layers[0].kernel_shape[0], nd) == "fft")
         self.module = module.with_conv("direct")
-        self.dft = RealDFT(module.signal_shape, next(module.parameters()).dtype) \
-            if module.signal_ndim else None
+        self.dft = RealDFT(module.signal_shape, dtype) if nd else None
+        self.n_ops = len(module.layers) if self.spectral else 0
+        with torch.no_grad():
+            for index in range(self.n_ops):
+                hat = module.layers[index].operators_hat()
+                self.register_buffer(f"ops{index}", torch.cat([hat.real, hat.imag], dim=1)
+                                     .contiguous(), persistent=False)
+            if module.use_subspace:
+                self.register_buffer("real_bases", module.head.real_bases().contiguous(),
+                                     persistent=False)
         shapes = _accepted_shapes(module.input_shape, module.signal_ndim, flattened=True)
         self.shape_rule = _shape_rule(module.input_shape, module.signal_ndim, flattened=True)
         width = max(len(shape) for shape in shapes)
@@ -936,14 +1331,42 @@ class ExportGraph(nn.Module):
         flat = torch.index_select(x.reshape(-1), 0, torch.arange(n) + n * (1 - ok))
         return flat.reshape([-1] + module.input_shape)
 
+    def _spectral_layers(self, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The layers on real-pair spectra ``(F, C, b, 2)``: (features, last logits)."""
+        logits = torch.zeros(0, dtype=v.dtype)
+        for index, layer in enumerate(self.module.layers):
+            ops = getattr(self, f"ops{index}")  # (F, 2 R, C)
+            f, c, b = v.shape[0], v.shape[1], v.shape[2]
+            rows = ops.shape[1] // 2
+            p = torch.matmul(ops, v.reshape(f, c, 2 * b)).reshape(f, 2, rows, b, 2)
+            w = torch.stack([p[:, 0, :, :, 0] - p[:, 1, :, :, 1],
+                             p[:, 0, :, :, 1] + p[:, 1, :, :, 0]], dim=-1)
+            v, logits = update_from_responses(
+                v, list(w.reshape(f, layer.n_classes + 1, layer.n_channels, b, 2).unbind(1)),
+                layer.gamma, layer.freq_weights, layer.eta, layer.lmbda)
+        return v, logits
+
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         module = self.module
         z = module.lift(self.checked(x))
+        if self.spectral:
+            v, logits = self._spectral_layers(self.dft(z))
+            z = self.dft.inverse(v)
+            if module.use_subspace:
+                scores = -module.head.from_real_pairs(v, self.real_bases)
+            else:
+                scores = torch.softmax(logits, dim=1)
+            return z, scores, module.classes[torch.argmax(scores, dim=1)]
         logits = torch.zeros(0, dtype=z.dtype)
         for layer in module.layers:
             z, logits = layer(z)
         if module.use_subspace:
-            scores = -module.head(self.dft(z) if self.dft is not None else module.spectrum(z))
+            if self.dft is not None:
+                v = self.dft(z)
+            else:  # vectors: one frequency, zero imaginary parts
+                zt = z.t().unsqueeze(0)
+                v = torch.stack([zt, torch.zeros_like(zt)], dim=-1)
+            scores = -module.head.from_real_pairs(v, self.real_bases)
         else:
             scores = torch.softmax(logits, dim=1)
         return z, scores, module.classes[torch.argmax(scores, dim=1)]
@@ -978,10 +1401,11 @@ def export_onnx(module, path, opset=ONNX_OPSET, any_rank=True):
     undeclared, which the ONNX IR allows for "a tensor of any shape" and
     onnxruntime accepts (``onnx.checker`` insists on a declared shape for
     graph inputs: onnx/onnx#2932). ``any_rank=False`` declares
-    ``(batch, *input_shape)``. ONNX has no complex tensors, so the layers are
-    exported as direct circular convolutions (``module.with_conv("direct")``,
-    same numbers) and the subspace head's spectrum as real matrix products;
-    opset 17 by default, through the TorchScript-based exporter.
+    ``(batch, *input_shape)``. ONNX has no complex tensors, so the spectra are
+    real pairs and every product real (:class:`ExportGraph`: the layers as
+    per-frequency products with their operators' spectra, stored in the file;
+    kernels of at most 4 taps as direct circular convolutions); opset 17 by
+    default, through the TorchScript-based exporter.
 
     What the file refuses. Any other input shape (another length, channel
     count or rank, or a reshuffle such as ``(b, 2, 8)`` for ``(b, 16)``):
@@ -1134,10 +1558,10 @@ def to_torch(net, dtype=torch.float32, kernel_size=None, conv="auto"):
                                 nn.Sequential(*modules, Normalize()))
     layers = []
     for layer, (e, c) in zip(parts["layers"], _layer_kernels(parts)):
-        stacked = np.concatenate([e[None], c], axis=0)  # (1+k, C, C, *S)
-        stacked = stacked.reshape((-1,) + stacked.shape[2:])
-        if nd:
-            stacked = centred_kernels(stacked, kernel_size)
+        c = c.reshape((-1,) + c.shape[2:])  # every C^j's rows in class order: (k C, C, ...)
+        if nd:  # the central taps, taken before stacking (one copy of the smaller arrays)
+            e, c = centred_kernels(e, kernel_size), centred_kernels(c, kernel_size)
+        stacked = np.concatenate([e, c], axis=0)  # ((1+k) C, C, *K): E on top
         layers.append(ReduNetLayer(stacked, layer.gamma, layer.eta, layer.lmbda, signal_shape,
                                    mode, dtype))
     classes = parts["classes"]
@@ -1146,6 +1570,11 @@ def to_torch(net, dtype=torch.float32, kernel_size=None, conv="auto"):
     head = None
     if net.classifier == "subspace":
         head = _subspace_head(net, dtype)
-    return ReduNetModule(lifting, layers, np.asarray(classes), signal_shape,
-                         "direct" if mode == "linear" else mode, parts["input_shape"], head,
-                         dtype)
+    module = ReduNetModule(lifting, layers, np.asarray(classes), signal_shape,
+                           "direct" if mode == "linear" else mode, parts["input_shape"], head,
+                           dtype)
+    module.training_fingerprints = getattr(net, "training_fingerprints_", None)
+    if module.spectral and kernel_size is None:
+        module._seed_operators([closed_form_operators(layer, dtype)
+                                for layer in parts["layers"]])
+    return module

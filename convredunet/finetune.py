@@ -49,6 +49,7 @@ import time
 import numpy as np
 import torch
 
+from ._fingerprints import seen
 from ._inputs import check_features
 from ._validation import check_int, check_real, check_verbose
 from .export import ReduNetModule
@@ -130,16 +131,38 @@ def _check_data(module, X, y, name="X", y_name="y"):
     return X, np.asarray([index[v] for v in y.tolist()], dtype=np.int64)
 
 
-def _split(n, labels, validation_fraction, random_state):
-    """Stratified train/validation indices (numpy), deterministic for ``random_state``."""
+def _split(n, labels, validation_fraction, random_state, allowed=None):
+    """Stratified train/validation indices (numpy), deterministic for ``random_state``.
+
+    Each class holds out ``round(validation_fraction * n_j)`` samples, drawn
+    only among ``allowed`` (boolean ``(n,)``, default all) and as many as it
+    has there.
+    """
     rng = np.random.default_rng(random_state)
+    allowed = np.ones(n, dtype=bool) if allowed is None else allowed
     train, val = [], []
     for j in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == j))
         n_val = int(round(validation_fraction * len(members)))
-        val.append(members[:n_val])
-        train.append(members[n_val:])
+        candidates = members[allowed[members]][:n_val]
+        val.append(candidates)
+        train.append(np.setdiff1d(members, candidates))
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def _fitted_on(module, teacher):
+    """Fingerprints of the signals the closed form behind ``module`` / ``teacher`` saw.
+
+    The teacher's (``training_fingerprints_``) and the ones the module was
+    exported with (``to_torch`` keeps its network's), merged and sorted; None
+    when neither is known (a Dask fit, a module built by hand).
+    """
+    parts = [getattr(teacher, "training_fingerprints_", None),
+             getattr(module, "training_fingerprints", None)]
+    parts = [np.asarray(p, dtype=np.uint64) for p in parts if p is not None]
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else np.unique(np.concatenate(parts))
 
 
 def _class_scores(module, x):
@@ -198,21 +221,32 @@ def _check_teacher(teacher, module):
                          f"({module.classes.tolist()}), got {classes.tolist()}")
 
 
-def _teacher_targets(teacher, x, x_cal, labels_cal, batch):
-    """The teacher's class probabilities on ``x`` softened as in the module docstring.
+def _teacher_scores(teacher, X, batch):
+    """The teacher's class scores ``(n, k)`` (float64 torch) on numpy samples ``X``.
 
-    The temperature is the one that fits ``labels_cal`` best on ``x_cal``
-    (held-out samples where there are any). Returns the teacher's module and
-    ``(n, k)`` float64 probabilities.
+    ``classifier="subspace"``: ``-teacher.subspace_distances(X)``, the
+    library's own pass (as fast as ``teacher.predict``). Otherwise
+    ``-||C^j z||`` from its exact float64 export.
     """
+    if getattr(teacher, "classifier", None) == "subspace":
+        return -torch.from_numpy(np.asarray(teacher.subspace_distances(X), dtype=np.float64))
     from .export import to_torch
 
-    teacher_module = to_torch(teacher, dtype=torch.float64, conv="auto")
-    scores = _scores(teacher_module, x.double(), batch)
+    module = to_torch(teacher, dtype=torch.float64, conv="auto")
+    return _scores(module, torch.as_tensor(X, dtype=torch.float64), batch)
+
+
+def _teacher_targets(teacher, X, X_cal, labels_cal, batch):
+    """The teacher's class probabilities on ``X`` softened as in the module docstring.
+
+    The temperature is the one that fits ``labels_cal`` best on ``X_cal``
+    (held-out samples where there are any; None: ``X`` itself). Returns
+    ``(n, k)`` float64 probabilities.
+    """
+    scores = _teacher_scores(teacher, X, batch)
     scale = float(-scores.mean())
-    cal = _scores(teacher_module, x_cal.double(), batch) / scale
-    return teacher_module, torch.softmax(scores / scale * _best_temperature(cal, labels_cal),
-                                         dim=1)
+    cal = (scores if X_cal is None else _teacher_scores(teacher, X_cal, batch)) / scale
+    return torch.softmax(scores / scale * _best_temperature(cal, labels_cal), dim=1)
 
 
 def distillation_loss(module, teacher, X, y):
@@ -233,7 +267,7 @@ def distillation_loss(module, teacher, X, y):
     X, labels = _check_data(module, X, y)
     dtype = next(module.parameters()).dtype
     x, labels = torch.as_tensor(X, dtype=dtype), torch.as_tensor(labels)
-    _, targets = _teacher_targets(teacher, x, x, labels, 256)
+    targets = _teacher_targets(teacher, X, None, labels, 256)
     scores = _scores(module, x, 256).double()
     scores = scores / float(-scores.mean())
     log_p = torch.log_softmax(scores * _best_temperature(scores, labels), dim=1)
@@ -260,18 +294,20 @@ def _gentle_steps(module, x, step):
 
 def _update_ratio(layer, z):
     """Mean over samples of ``||E z - sum_j gamma_j pi_j C^j z|| / ||z||`` for one layer."""
-    eta = layer.eta
-    layer.eta = 1.0
+    from .export import class_sq_norms
+
     k, c = layer.n_classes, layer.n_channels
     if layer.spectral:
-        f, _, b = z.shape
-        w = torch.matmul(layer.real_operators(), z).reshape(f, k + 1, 2 * c, b)
-        cj = w[:, 1:]
-        weight = (torch.softmax(layer._logits(layer._spectral_sq(cj)), dim=1) * layer.gamma).t()
-        update = w[:, 0] - (cj * weight.unsqueeze(1)).sum(dim=1)
-        ratio = torch.sqrt(torch.matmul(layer.freq_weights.unsqueeze(0),
-                                        (update * update).sum(dim=1)) /
-                           torch.matmul(layer.freq_weights.unsqueeze(0), (z * z).sum(dim=1)))
+        responses = layer.responses(z, layer.operators())  # E z, then each C^j z: (F, C, b, 2)
+        classes = responses[1:]
+        weight = (torch.softmax(layer._logits(class_sq_norms(classes, layer.freq_weights)),
+                                dim=1) * layer.gamma).t()  # (k, b)
+        update = responses[0]
+        for j, cj in enumerate(classes):
+            update = update - cj * weight[j][:, None]
+        zr = torch.view_as_real(z)
+        ratio = torch.sqrt(torch.matmul(layer.freq_weights, (update * update).sum(dim=(1, 3))) /
+                           torch.matmul(layer.freq_weights, (zr * zr).sum(dim=(1, 3))))
     else:
         b = z.shape[0]
         w = layer._responses_spatial(z)
@@ -280,7 +316,6 @@ def _update_ratio(layer, z):
         update = w[:, :c].reshape(z.shape) - (cj * weight.reshape(b, k, 1, 1)).sum(
             dim=1).reshape(z.shape)
         ratio = update.reshape(b, -1).norm(dim=1) / z.reshape(b, -1).norm(dim=1)
-    layer.eta = eta
     return float(ratio.mean())
 
 
@@ -292,7 +327,7 @@ def _accuracy(module, x, labels, batch):
 
 def fine_tune(module, X, y, *, teacher=None, epochs=10, lr=None, batch_size=64,
               validation_fraction=0.1, validation_data=None, trainable_layers=None,
-              label_weight=0.5, student_step=None, random_state=0, verbose=False,
+              label_weight=0.5, student_step=None, random_state=0, verbose=None,
               callback=None):
     """Train a copy of an exported ReduNet by backpropagation.
 
@@ -325,11 +360,16 @@ def fine_tune(module, X, y, *, teacher=None, epochs=10, lr=None, batch_size=64,
     batch_size : int
     validation_fraction : float in [0, 1)
         Stratified share of ``X`` held out to choose the epoch kept (0: the
-        last epoch is kept). If the closed-form network was built on ``X``,
-        it has seen these samples and fits them better than unseen data: pass
-        ``validation_data`` held out from its construction instead.
+        last epoch is kept). It is drawn only among signals the closed-form
+        network was not fitted on (the teacher's, and the one the module was
+        exported from: both keep one fingerprint per training signal), since
+        that network fits its own training signals almost perfectly and would
+        always keep the start. When ``X`` holds no other signal, ``fine_tune``
+        refuses and says to pass ``validation_data`` or
+        ``validation_fraction=0``.
     validation_data : (X_val, y_val) or None
         Held-out samples for choosing the epoch; replaces the split of ``X``.
+        Refused when it holds signals the closed-form network was fitted on.
     trainable_layers : int or None
         Train only the last ``trainable_layers`` layers (and the temperature);
         None trains every layer and the lifting.
@@ -346,8 +386,10 @@ def fine_tune(module, X, y, *, teacher=None, epochs=10, lr=None, batch_size=64,
     random_state : int
         Seeds the split and the batch order (a non-negative integer below
         2**63): the result is deterministic.
-    verbose : bool
-        A progress bar over the epochs.
+    verbose : bool or None
+        A progress bar over the batches (epoch, loss and validation accuracy
+        beside it). None (default): shown once the run has taken 2 seconds,
+        so short runs stay quiet; True: always; False: never.
     callback : callable or None
         Called with each epoch's record (dict) after the epoch.
 
@@ -357,8 +399,9 @@ def fine_tune(module, X, y, *, teacher=None, epochs=10, lr=None, batch_size=64,
         The trained copy, in ``module``'s ``conv`` mode and dtype, in eval
         mode; ``.fine_tune_history`` holds one record per epoch (epoch 0 is
         the start): ``loss``, ``train_accuracy`` (running, over the epoch's
-        batches), ``validation_accuracy``, ``temperature``, ``seconds``;
-        ``.fine_tune_best_epoch`` the epoch kept.
+        batches), ``validation_accuracy``, ``temperature``, ``seconds``
+        (the epoch's training and validation); ``.fine_tune_best_epoch`` the
+        epoch kept.
 
     Raises
     ------
@@ -368,9 +411,11 @@ def fine_tune(module, X, y, *, teacher=None, epochs=10, lr=None, batch_size=64,
     ValueError
         A parameter out of its range; ``X`` complex, empty, non-finite, of
         another sample shape or beyond the dtype's range; labels unknown to
-        the module; a teacher fitted on another input shape or classes; and a
-        training loss or weights that become NaN or infinite (the message
-        names the epoch and batch; the module passed in is never modified).
+        the module; a teacher fitted on another input shape or classes;
+        validation signals the closed-form network was fitted on (see
+        ``validation_fraction``); and a training loss or weights that become
+        NaN or infinite (the message names the epoch and batch; the module
+        passed in is never modified).
     """
     if not isinstance(module, ReduNetModule):
         raise TypeError(f"module must be a ReduNetModule (from to_torch), got "
@@ -392,24 +437,41 @@ def fine_tune(module, X, y, *, teacher=None, epochs=10, lr=None, batch_size=64,
     if student_step is not None:
         student_step = check_real(student_step, "student_step",
                                   "a positive finite number or None", lambda v: v > 0)
-    verbose = check_verbose(verbose)
+    if verbose is not None:
+        verbose = check_verbose(verbose)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be a callable or None, got {type(callback).__name__}")
     if teacher is not None:
         _check_teacher(teacher, module)
     X, labels = _check_data(module, X, y)
+    fitted_on = _fitted_on(module, teacher)
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError("validation_data must be a pair (X_val, y_val), got "
                              f"{type(validation_data).__name__}")
         X_val, labels_val = _check_data(module, *validation_data, name="validation_data X",
                                         y_name="validation_data y")
+        n_seen = int(np.sum(seen(fitted_on, X_val)))
+        if n_seen:
+            raise ValueError(
+                f"validation_data holds {n_seen} of its {len(X_val)} signals that the "
+                "closed-form network was fitted on; it fits its own training signals "
+                "almost perfectly, so they cannot choose the epoch kept: pass "
+                "validation_data=(X_val, y_val) held out from its fit")
         X = np.concatenate([X, X_val])
         labels = np.concatenate([labels, labels_val])
         train_idx = np.arange(len(X) - len(X_val))
         val_idx = np.arange(len(X) - len(X_val), len(X))
     else:
-        train_idx, val_idx = _split(len(X), labels, validation_fraction, random_state)
+        unseen = ~seen(fitted_on, X)
+        train_idx, val_idx = _split(len(X), labels, validation_fraction, random_state, unseen)
+        if validation_fraction > 0 and len(val_idx) == 0 and not unseen.all():
+            raise ValueError(
+                f"X holds only signals the closed-form network was fitted on (all {len(X)}), "
+                "so a validation split of them would score it on its own training signals, "
+                "where it is almost perfect, and keep the start: pass validation_data="
+                "(X_val, y_val) held out from its fit, or validation_fraction=0 to keep the "
+                "last epoch")
     if len(train_idx) == 0:
         raise ValueError(f"validation_fraction={validation_fraction} leaves no training "
                          f"sample out of {len(X)}")
@@ -435,18 +497,21 @@ def fine_tune(module, X, y, *, teacher=None, epochs=10, lr=None, batch_size=64,
     # Normalized scores tau * scores / s: s from the train split, the starting tau
     # calibrated on the validation split (the train split's scores of a closed-form
     # network built on it are overconfident: its subspaces hold those very samples).
-    x_cal, y_cal = (x_val, y_val) if len(val_idx) else (x_train, y_train)
-    norm_scale = float(-_scores(student, x_train, eval_batch).mean())
+    train_scores = _scores(student, x_train, eval_batch)
+    norm_scale = float(-train_scores.mean())
     if not (math.isfinite(norm_scale) and norm_scale > 0):
         raise ValueError(f"the module's class scores on X have mean {-norm_scale!r}: they must "
                          "be finite and not all zero to be normalized (is the module trained "
                          "to NaN, or X degenerate?)")
-    log_tau = torch.tensor(math.log(_best_temperature(
-        _scores(student, x_cal, eval_batch) / norm_scale, y_cal)), dtype=dtype,
-        requires_grad=True)
+    has_val = len(val_idx) > 0
+    val_scores = _scores(student, x_val, eval_batch) if has_val else train_scores
+    y_cal = y_val if has_val else y_train
+    log_tau = torch.tensor(math.log(_best_temperature(val_scores / norm_scale, y_cal)),
+                           dtype=dtype, requires_grad=True)
     soft_targets = None
     if teacher is not None:
-        _, soft_targets = _teacher_targets(teacher, x_train, x_cal, y_cal, eval_batch)
+        soft_targets = _teacher_targets(teacher, X[train_idx], X[val_idx] if has_val else None,
+                                        y_cal, eval_batch)
         if not bool(torch.isfinite(soft_targets).all()):
             raise ValueError("the teacher's class probabilities on X are not finite; check "
                              "that teacher is the network the module was exported from")
@@ -465,19 +530,23 @@ def fine_tune(module, X, y, *, teacher=None, epochs=10, lr=None, batch_size=64,
     steps_per_epoch = math.ceil(n_train / batch_size)
     total_steps = epochs * steps_per_epoch
 
+    def accuracy(scores, target):
+        return float((torch.argmax(scores, dim=1) == target).double().mean()) \
+            if len(target) else float("nan")
+
     def evaluate():
         return _accuracy(student, x_val, y_val, eval_batch)
 
-    history = [{"epoch": 0, "loss": None,
-                "train_accuracy": _accuracy(student, x_train, y_train, eval_batch),
-                "validation_accuracy": evaluate(), "temperature": float(log_tau.detach().exp()),
-                "seconds": 0.0}]
+    history = [{"epoch": 0, "loss": None, "train_accuracy": accuracy(train_scores, y_train),
+                "validation_accuracy": accuracy(val_scores, y_val) if has_val else float("nan"),
+                "temperature": float(log_tau.detach().exp()), "seconds": 0.0}]
     best_state = copy.deepcopy(student.state_dict())
     best_epoch, best_val = 0, history[0]["validation_accuracy"]
     from tqdm.auto import tqdm
 
-    progress = tqdm(total=epochs, desc="fine-tuning", unit="epoch", disable=not verbose,
-                    leave=False)
+    # verbose None: a bar once the run has taken 2 s (tqdm's delay), so short runs stay quiet.
+    progress = tqdm(total=total_steps, desc="fine-tuning", unit="batch",
+                    disable=verbose is False, delay=0 if verbose else 2.0, leave=False)
     step = 0
     try:
         for epoch in range(1, epochs + 1):
@@ -510,6 +579,9 @@ def fine_tune(module, X, y, *, teacher=None, epochs=10, lr=None, batch_size=64,
                 step += 1
                 total_loss += float(loss.detach()) * len(idx)
                 correct += int((torch.argmax(scores.detach(), dim=1) == y_train[idx]).sum())
+                progress.update(1)
+                progress.set_postfix(epoch=f"{epoch}/{epochs}",
+                                     loss=f"{float(loss.detach()):.3f}", refresh=False)
             student.eval()
             bad = [name for name, p in student.named_parameters()
                    if not bool(torch.isfinite(p).all())]
@@ -522,12 +594,12 @@ def fine_tune(module, X, y, *, teacher=None, epochs=10, lr=None, batch_size=64,
                       "temperature": float(log_tau.detach().exp()),
                       "seconds": time.perf_counter() - started}
             history.append(record)
-            if len(val_idx) == 0 or record["validation_accuracy"] > best_val:
+            if not has_val or record["validation_accuracy"] > best_val:
                 best_val, best_epoch = record["validation_accuracy"], epoch
                 best_state = copy.deepcopy(student.state_dict())
-            progress.update(1)
-            progress.set_postfix(loss=f"{record['loss']:.3f}",
-                                 val=f"{record['validation_accuracy']:.3f}")
+            # refresh=False: a forced refresh would show the bar before tqdm's delay.
+            progress.set_postfix(epoch=f"{epoch}/{epochs}", loss=f"{record['loss']:.3f}",
+                                 val=f"{record['validation_accuracy']:.3f}", refresh=False)
             if callback is not None:
                 callback(record)
     finally:

@@ -1,11 +1,30 @@
 """Save and load fitted networks: one ``.npz`` file, no pickle, checked whole.
 
 The file holds a format version, a JSON ``meta`` entry (estimator, every
-hyper-parameter, shapes, per-layer ``eta``/``lmbda``, the training history),
-the classes, the lifting kernels and, per layer, the half-spectrum operators
-(``stacked``: ``E`` over the dense ``C^j``; Woodbury factors ``V``/``M_inv``
-for low-rank classes) and ``gamma``. Loading reproduces ``transform`` bit for
-bit.
+hyper-parameter, shapes, per-layer ``eta``/``lmbda``, the training history,
+the storage precision), the classes, the lifting kernels and, per layer, its
+operators on the half spectrum and ``gamma``; with ``classifier="subspace"``
+the class subspaces' bases; and one 64-bit fingerprint per training sample
+(:mod:`convredunet._fingerprints`), so that a fine-tuning run can tell
+held-out signals from training ones.
+
+Format 3 stores each operator once, at its rank and with its Hermitian
+structure: a dense ``C x C`` Hermitian block per frequency as ``C x C`` real
+numbers (:func:`pack_hermitian`: real parts on and above the diagonal,
+imaginary parts below it), half the numbers of a dense complex block; the
+dense operators of a layer stacked (``stacked_packed``, ``(F, n, C, C)``: ``E``
+unless low rank, then the dense classes' ``C^j``); the low-rank classes as
+their spectra ``V`` ``(F, g, C, w)`` and packed ``M^-1`` ``(F, g, w, w)``; a
+low-rank ``E`` as packed ``(F, g w, g w)``. Vectors (real symmetric blocks)
+keep the upper triangles. ``save(..., dtype="float32")`` stores every
+floating-point entry in single precision (half the bytes; the model keeps
+computing in its own precision, from the rounded numbers). Formats 1 and 2
+(full complex ``stacked``, ``M_inv``, ``E_M_inv``) are still read.
+
+A fitted network's operators are exactly Hermitian in memory (the
+estimators project them once, :func:`hermitian_network`), so a model saved in
+its own precision loads with the same numbers bit for bit: same ``transform``,
+same predictions.
 
 Reading checks the file against the format before building anything: every
 required entry is present, each entry's header (dtype, shape) is read before
@@ -33,18 +52,136 @@ from .backend import workspace_of
 from .network import Network, lifting_channels, lifting_geometry
 from .subspace import n_directions
 
-__all__ = ["save_network", "read_model", "atomic_path", "FORMAT_VERSION", "ModelFile"]
+__all__ = ["save_network", "read_model", "atomic_path", "FORMAT_VERSION", "ModelFile",
+           "pack_hermitian", "unpack_hermitian", "hermitian_network", "STORAGE_DTYPES"]
 
-FORMAT_VERSION = 2
-# Versions this module reads: 1 has no low-rank E, dilations or rank-correct bases.
-_READS = (1, 2)
+FORMAT_VERSION = 3
+# Versions this module reads: 1 has no low-rank E, dilations or rank-correct bases; 1 and 2
+# store every operator as full complex blocks.
+_READS = (1, 2, 3)
+#: Precisions a file may store its numbers in (``save(..., dtype=...)``).
+STORAGE_DTYPES = ("float32", "float64")
 _MAGIC = "convredunet-model"
 # Signal dimension of each estimator, by name.
 _SIGNAL_NDIM = {"ReduNetVector": 0, "ReduNet1D": 1, "ReduNet2D": 2}
 
 
+# --- Hermitian blocks ---------------------------------------------------------------------
+def pack_hermitian(a):
+    """Hermitian blocks ``(..., n, n)`` as real ``(..., n, n)``: half the numbers.
+
+    Complex: entry ``[i, j]`` holds ``Re a[i, j]`` for ``i <= j`` and
+    ``Im a[j, i]`` for ``i > j`` (the strict upper triangle's imaginary parts,
+    transposed). Real (symmetric): the upper triangles as ``(..., n (n+1) / 2)``.
+    Only the upper triangle of ``a`` is read.
+    """
+    n = a.shape[-1]
+    upper = np.triu_indices(n)
+    if not np.iscomplexobj(a):
+        return np.ascontiguousarray(a[..., upper[0], upper[1]])
+    out = np.empty(a.shape, dtype=a.real.dtype)
+    out[..., upper[0], upper[1]] = a.real[..., upper[0], upper[1]]
+    strict = np.triu_indices(n, 1)
+    out[..., strict[1], strict[0]] = a.imag[..., strict[0], strict[1]]
+    return out
+
+
+def unpack_hermitian(packed, n=None, dtype=None):
+    """:func:`pack_hermitian`'s inverse: exactly Hermitian blocks (real diagonal).
+
+    ``packed`` real ``(..., n, n)`` gives complex blocks; ``(..., n (n+1)/2)``
+    with ``n`` given gives real symmetric ones. ``dtype``: of the result.
+    """
+    if n is not None:  # real symmetric, from the upper triangles
+        iu, ju = np.triu_indices(n)
+        out = np.empty(packed.shape[:-1] + (n, n), dtype=dtype or packed.dtype)
+        out[..., iu, ju] = packed
+        out[..., ju, iu] = packed
+        return out
+    n = packed.shape[-1]
+    iu, ju = np.triu_indices(n)  # i <= j: real parts
+    si, sj = np.triu_indices(n, 1)  # i < j: imaginary parts, stored at [j, i]
+    out = np.zeros(packed.shape, dtype=dtype or np.result_type(packed.dtype, np.complex64))
+    re, im = packed[..., iu, ju], packed[..., sj, si]
+    out.real[..., iu, ju] = re
+    out.real[..., ju, iu] = re
+    out.imag[..., si, sj] = im
+    out.imag[..., sj, si] = -im
+    return out
+
+
+def _hermitian(a):
+    """The exactly Hermitian (symmetric) matrix of ``a``'s upper triangle."""
+    if not np.iscomplexobj(a):
+        return unpack_hermitian(pack_hermitian(a), a.shape[-1], a.dtype)
+    return unpack_hermitian(pack_hermitian(a), dtype=a.dtype)
+
+
+def _stacked_blocks(stacked):
+    """``(F, n C, C)`` as ``(F, n, C, C)`` (a view)."""
+    f, rows, c = stacked.shape
+    return stacked.reshape(f, rows // c, c, c)
+
+
+def hermitian_network(network):
+    """Replace every operator of ``network`` by its exactly Hermitian upper triangle.
+
+    The solves give Hermitian operators up to rounding (the two triangles of a
+    block can differ in their last bits); a model file stores one triangle.
+    Projecting the fitted network once makes the network in memory and the
+    one read back from its file the same, bit for bit. Layer by layer, in
+    place (one layer's arrays are copied at a time); the rates are kept.
+    Returns ``network``.
+    """
+    from .network import Layer
+
+    numpy_backend = workspace_of(np.zeros(0)).backend
+    backend = network.workspace.backend
+    for index, layer in enumerate(network.layers):
+        own = layer.to_arrays(backend)
+        if "stacked" in own:
+            own["stacked"] = _hermitian(_stacked_blocks(own["stacked"])).reshape(
+                own["stacked"].shape)
+        for key in ("M_inv", "E_M_inv"):
+            if key in own:
+                own[key] = _hermitian(own[key])
+        rebuilt = Layer.from_arrays(numpy_backend, own, layer.eta, layer.lmbda,
+                                    network.signal_shape, rates=layer.rates)
+        network.layers[index] = rebuilt.to(numpy_backend, network.workspace)
+    return network
+
+
 # --- writing -------------------------------------------------------------------------------
-def save_network(path, network, meta, extra=None):
+def _storage(value, dtype):
+    """``value`` (numpy, float or complex) in the storage precision ``dtype`` (real name)."""
+    if value.dtype.kind == "c":
+        return value.astype(np.complex64 if dtype == "float32" else np.complex128)
+    if value.dtype.kind == "f":
+        return value.astype(dtype)
+    return value
+
+
+def _packed_layers(arrays, dtype):
+    """Network arrays (:meth:`Network.to_arrays`) in the format-3 layout, in ``dtype``."""
+    out = {}
+    for key, value in arrays.items():
+        name = key.rsplit("/", 1)[-1]
+        value = np.asarray(value)
+        if not key.startswith("layer"):
+            out[key] = _storage(value, dtype) if name != "dilations" else value
+        elif name == "stacked":
+            blocks = _stacked_blocks(value) if value.ndim == 3 else value
+            out[key + "_packed"] = _storage(pack_hermitian(blocks), dtype)
+        elif name in ("M_inv", "E_M_inv"):
+            out[key + "_packed"] = _storage(pack_hermitian(value), dtype)
+        elif name == "V":
+            out[key] = _storage(value, dtype)
+        else:  # gamma, alphas, alpha_E, class lists: exact, in float64 / int64
+            out[key] = value
+    return out
+
+
+def save_network(path, network, meta, extra=None, dtype=None):
     """Write a fitted network and its estimator's description to ``path``.
 
     Parameters
@@ -55,15 +192,19 @@ def save_network(path, network, meta, extra=None):
         ``estimator`` (class name), ``params`` (``get_params()``), ``classes``
         (array), ``history`` (list of dicts).
     extra : dict or None
-        More arrays, keyed under the ``classifier/`` prefix (the class
-        subspaces of ``classifier="subspace"``: ``classifier/bases``).
+        More arrays: ``classifier/bases`` (the class subspaces of
+        ``classifier="subspace"``), ``training/fingerprints``.
+    dtype : {"float32", "float64"} or None
+        Precision of the stored numbers; None: the model's own (its ``dtype``
+        parameter). ``"float32"`` halves a float64 model's file; the loaded
+        model computes in its own precision from the rounded numbers.
 
     Raises
     ------
     TypeError
         When a hyper-parameter cannot be stored (e.g. a Generator as random_state).
     ValueError
-        When the file cannot be written.
+        When the file cannot be written, or ``dtype`` is not a storage precision.
     """
     params = meta["params"]
     try:
@@ -72,6 +213,11 @@ def save_network(path, network, meta, extra=None):
         raise TypeError(f"cannot save {meta['estimator']}: every parameter must be a "
                         f"number, string, bool or None ({exc}); use an int random_state"
                         ) from None
+    if dtype is None:
+        dtype = params.get("dtype", "float64")
+    if not isinstance(dtype, str) or dtype not in STORAGE_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(map(repr, STORAGE_DTYPES))} or "
+                         f"None (the model's own precision), got {dtype!r}")
     classes = np.asarray(meta["classes"])
     if classes.dtype == object:
         classes = classes.astype(str)
@@ -85,9 +231,14 @@ def save_network(path, network, meta, extra=None):
         "layers": [{"eta": layer.eta, "lmbda": layer.lmbda} for layer in network.layers],
         "history": meta["history"],
         "nonlinearity": None if network.lifting is None else network.lifting.nonlinearity,
+        "storage_dtype": dtype,
     }
+    extra = dict(extra or {})
+    for key in list(extra):
+        if key != "training/fingerprints":
+            extra[key] = _storage(np.asarray(extra[key]), dtype)
     arrays = {"format_version": np.array(FORMAT_VERSION), "meta": np.array(json.dumps(header)),
-              "classes": classes, **network.to_arrays(), **(extra or {})}
+              "classes": classes, **_packed_layers(network.to_arrays(), dtype), **extra}
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
@@ -103,8 +254,11 @@ class ModelFile:
     classes: np.ndarray
     history: list
     network: Network
-    #: Fitted numbers of the classifier (``classifier/bases`` for ``classifier="subspace"``).
+    #: Fitted numbers of the classifier (``classifier/bases`` for ``classifier="subspace"``)
+    #: and the training samples' fingerprints (``training/fingerprints``) when stored.
     arrays: dict = dataclasses.field(default_factory=dict)
+    #: The file's format version (3: operators stored with their Hermitian structure).
+    version: int = FORMAT_VERSION
 
 
 class _Archive:
@@ -230,6 +384,11 @@ def _read(archive, estimators):
     name = meta.get("estimator")
     if name not in estimators:
         raise bad(f"names an unknown estimator {name!r}")
+    version = int(version)
+    storage = meta.get("storage_dtype") if version >= 3 else None
+    if version >= 3 and storage not in STORAGE_DTYPES:
+        raise bad(f"meta storage_dtype must be one of {', '.join(STORAGE_DTYPES)}, got "
+                  f"{storage!r}")
     if isinstance(meta.get("params"), dict):
         # Files written before the classifier parameter existed predicted by membership.
         meta["params"].setdefault("classifier", "membership")
@@ -275,7 +434,8 @@ def _read(archive, estimators):
         except ValueError as exc:
             raise bad(f"has lifting parameters that do not fit its signals ({exc})") from None
         kernel_shape = (n_channels, input_shape[0]) + (size,) * nd
-        arrays["lifting/kernels"] = archive.read("lifting/kernels", "f", shape=kernel_shape)
+        arrays["lifting/kernels"] = archive.read("lifting/kernels", "f", shape=kernel_shape
+                                                 ).astype(np.float64)
         if dilations is not None:
             stored = archive.read("lifting/dilations", "iu", shape=(n_channels,))
             if not np.array_equal(stored, dilations):
@@ -298,9 +458,10 @@ def _read(archive, estimators):
     n_freqs = 1
     if nd:
         n_freqs = math.prod(signal_shape[:-1]) * (signal_shape[-1] // 2 + 1)
+    read_layer = _read_layer if version < 3 else _read_packed_layer
     for index in range(n_layers):
-        arrays.update(_read_layer(archive, f"layer{index}/", k, n_channels, n_freqs,
-                                  op_dtype))
+        arrays.update(read_layer(archive, f"layer{index}/", k, n_channels, n_freqs,
+                                 op_dtype, storage))
 
     extra = {}
     if params.get("classifier") == "subspace":
@@ -318,14 +479,20 @@ def _read(archive, estimators):
                       f"{n_channels}, r) with 1 <= r <= {rank}, got {shape}")
         extra["classifier/bases"] = archive.read("classifier/bases", "c" if nd else "f",
                                                  shape=shape)
+    if "training/fingerprints" in archive:
+        prints = archive.read("training/fingerprints", "u", ndim=1)
+        if prints.dtype != np.uint64 or np.any(prints[1:] < prints[:-1]):
+            raise bad("entry 'training/fingerprints' must hold sorted uint64 fingerprints, "
+                      f"got {prints.dtype}")
+        extra["training/fingerprints"] = prints
 
     workspace = workspace_of(np.zeros(0, dtype=params["dtype"]))
     network = Network.from_arrays(arrays, input_shape, nonlinearity if lifted else None,
                                   steps, workspace)
-    return ModelFile(name, meta["params"], classes, history, network, extra)
+    return ModelFile(name, meta["params"], classes, history, network, extra, version)
 
 
-def _read_layer(archive, prefix, k, n_channels, n_freqs, op_dtype):
+def _read_layer(archive, prefix, k, n_channels, n_freqs, op_dtype, storage=None):
     bad = archive.bad
     out = {}
     gamma = archive.read(prefix + "gamma", "f", shape=(k,))
@@ -378,6 +545,93 @@ def _read_layer(archive, prefix, k, n_channels, n_freqs, op_dtype):
             if value.dtype != op_dtype:
                 raise bad(f"entry '{prefix}E_M_inv' must be {op_dtype}, got {value.dtype}")
             out[prefix + "E_M_inv"] = value
+            alpha = archive.read(prefix + "alpha_E", "f", shape=())
+            if not alpha > 0:
+                raise bad(f"entry '{prefix}alpha_E' must be positive, got {alpha}")
+            out[prefix + "alpha_E"] = alpha
+    return out
+
+
+def _read_classes(archive, prefix, k):
+    """``gamma``, ``dense_classes``, ``lowrank_classes`` of one layer, checked."""
+    bad = archive.bad
+    gamma = archive.read(prefix + "gamma", "f", shape=(k,))
+    if (gamma <= 0).any() or abs(gamma.sum() - 1) > 1e-6:
+        raise bad(f"entry '{prefix}gamma' must hold {k} positive class proportions summing "
+                  f"to 1, got sum {gamma.sum():.6g}")
+    dense = archive.read(prefix + "dense_classes", "iu", ndim=1)
+    lowrank = archive.read(prefix + "lowrank_classes", "iu", ndim=1)
+    every = np.concatenate([dense, lowrank])
+    if sorted(every.tolist()) != list(range(k)):
+        raise bad(f"entries '{prefix}dense_classes' and '{prefix}lowrank_classes' must "
+                  f"together list each class 0..{k - 1} once, got {every.tolist()}")
+    return {prefix + "gamma": gamma.astype(np.float64),
+            prefix + "dense_classes": dense.astype(np.int64),
+            prefix + "lowrank_classes": lowrank.astype(np.int64)}
+
+
+def _read_stored(archive, key, kind, shape, storage):
+    """Entry ``key`` of kind ``"f"`` or ``"c"`` stored in the precision ``storage``."""
+    value = archive.read(key, kind, shape=shape)
+    expected = np.dtype(storage if kind == "f" else
+                        ("complex64" if storage == "float32" else "complex128"))
+    if value.dtype != expected:
+        raise archive.bad(f"entry '{key}' must be {expected} (the file's storage_dtype "
+                          f"{storage}), got {value.dtype}")
+    return value
+
+
+def _read_packed_layer(archive, prefix, k, n_channels, n_freqs, op_dtype, storage):
+    """One layer of a format-3 file: packed Hermitian operators, unpacked to ``op_dtype``.
+
+    Signals: ``stacked_packed`` ``(F, n, C, C)`` real; vectors ``(1, n, d (d+1)/2)``.
+    """
+    bad = archive.bad
+    out = _read_classes(archive, prefix, k)
+    dense = out[prefix + "dense_classes"]
+    g = len(out[prefix + "lowrank_classes"])
+    complex_ops = op_dtype.kind == "c"
+
+    def unpack(value, n):
+        if complex_ops:
+            return unpack_hermitian(value, dtype=op_dtype)
+        return unpack_hermitian(value, n, dtype=op_dtype)
+
+    def packed_shape(lead, n):
+        return lead + ((n, n) if complex_ops else (n * (n + 1) // 2,))
+
+    e_lowrank = prefix + "E_M_inv_packed" in archive
+    if e_lowrank and (len(dense) or not g):
+        raise bad(f"entry '{prefix}E_M_inv_packed' (E in low-rank form) needs every class in "
+                  f"low-rank form, got dense classes {dense.tolist()}")
+    n_rows = len(dense) + (0 if e_lowrank else 1)
+    if n_rows:
+        packed = _read_stored(archive, prefix + "stacked_packed", "f",
+                              packed_shape((n_freqs, n_rows), n_channels), storage)
+        out[prefix + "stacked"] = unpack(packed, n_channels).reshape(
+            n_freqs, n_rows * n_channels, n_channels)
+    elif prefix + "stacked_packed" in archive:
+        raise bad(f"has an entry '{prefix}stacked_packed' but no operator of the layer is dense")
+    alphas = archive.read(prefix + "alphas", "f", shape=(g,)) if (
+        g or prefix + "alphas" in archive) else np.zeros(0)
+    if (alphas <= 0).any():
+        raise bad(f"entry '{prefix}alphas' must be positive")
+    out[prefix + "alphas"] = alphas.astype(np.float64)
+    if g:
+        v_shape, _ = archive.header(prefix + "V")
+        if len(v_shape) != 4 or v_shape[:3] != (n_freqs, g, n_channels):
+            raise bad(f"entry '{prefix}V' must have shape ({n_freqs}, {g}, {n_channels}, w), "
+                      f"got {v_shape}")
+        width = v_shape[3]
+        out[prefix + "V"] = _read_stored(archive, prefix + "V", op_dtype.kind, v_shape,
+                                         storage).astype(op_dtype)
+        m_inv = _read_stored(archive, prefix + "M_inv_packed", "f",
+                             packed_shape((n_freqs, g), width), storage)
+        out[prefix + "M_inv"] = unpack(m_inv, width)
+        if e_lowrank:
+            e_inv = _read_stored(archive, prefix + "E_M_inv_packed", "f",
+                                 packed_shape((n_freqs,), g * width), storage)
+            out[prefix + "E_M_inv"] = unpack(e_inv, g * width)
             alpha = archive.read(prefix + "alpha_E", "f", shape=())
             if not alpha > 0:
                 raise bad(f"entry '{prefix}alpha_E' must be positive, got {alpha}")

@@ -61,9 +61,16 @@ def test_evaluate_json_and_table(model, dataset, capsys):
     report = json.loads(out)
     assert report["accuracy"] == report["shifted_accuracy"]
     assert report["changed_by_any_shift"] == 0 and report["shifts_checked"] == 12
-    assert {"svm_features", "knn5_features", "svm_raw", "knn5_raw"} <= set(report)
+    assert report["signals_checked_under_all_shifts"] == report["n_test"]
+    # The reference classifiers are opt-in.
+    baselines = {"svm_features", "knn5_features", "svm_raw", "knn5_raw"}
+    assert not baselines & set(report)
     status, out, _ = run(capsys, "evaluate", model, "--data", dataset)
-    assert status == 0 and "network's own prediction" in out and "5-NN on raw input" in out
+    assert status == 0 and "network's own prediction" in out and "5-NN" not in out
+    status, out, _ = run(capsys, "evaluate", model, "--data", dataset, "--json", "--baselines")
+    assert status == 0 and baselines <= set(json.loads(out))
+    status, out, _ = run(capsys, "evaluate", model, "--data", dataset, "--baselines")
+    assert status == 0 and "5-NN on raw input" in out and "linear SVM on features" in out
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -91,7 +98,8 @@ def test_demo_quick_writes_files_that_load(tmp_path, capsys):
     out_dir = tmp_path / "demo"
     status, out, err = run(capsys, "demo", "--quick", "--quiet", "--out", out_dir)
     assert status == 0, err
-    assert "invariance: 0 of" in out and "predictions identical" in out
+    assert "invariance: 0 of 4000 predictions changed under all 40 cyclic shifts of 100 " \
+        "test signals" in out and "predictions identical" in out
     names = {p.name for p in out_dir.iterdir()}
     assert names == {"model.npz", "module.pt", "rates.png", "cosine.png", "summary.json"}
     summary = json.loads((out_dir / "summary.json").read_text())
@@ -182,3 +190,72 @@ def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "convredunet", "fit"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_every_inference_pass_of_the_cli_has_progress_unless_quiet(model, dataset, tmp_path,
+                                                                     capsys, monkeypatch, quiet):
+    from convredunet import estimators
+
+    calls = []
+    original = estimators.sample_progress
+
+    def recording(total, verbose, name):
+        calls.append((total, verbose))
+        return original(total, verbose, name)
+
+    monkeypatch.setattr(estimators, "sample_progress", recording)
+    flag = ["--quiet"] if quiet else []
+    assert run(capsys, "evaluate", model, "--data", dataset, *flag)[0] == 0
+    assert run(capsys, "fit", "--data", dataset, "--n-layers", "1", "--n-channels", "4",
+               "--kernel-size", "3", "--out", tmp_path / "m.npz", *flag)[0] == 0
+    # evaluate: the test set and its random shifts; fit: the test accuracy.
+    n_test = len(np.load(dataset)["X_test"])
+    assert calls == [(n_test, not quiet)] * 3
+
+
+def test_sample_progress_is_shown_when_verbose(capsys):
+    from convredunet.estimators import sample_progress
+
+    bar = sample_progress(10, True, "ReduNet1D")
+    bar.update(10)
+    bar.refresh()
+    bar.close()
+    assert "ReduNet1D inference" in capsys.readouterr().err
+    assert sample_progress(10, False, "ReduNet1D").disable
+
+
+def test_shift_report_reuses_the_check_for_random_shifts():
+    from convredunet.cli import _shift_report
+    from convredunet.datasets import random_cyclic_shift
+
+    X, y = _signals(30, (1, 8), k=3)
+    net = crn.ReduNet1D(n_layers=1, n_channels=4, kernel_size=3, eps2=0.1).fit(X, y)
+    shifted, _ = random_cyclic_shift(X, 1, random_state=3)
+    expected = net.predict(shifted)
+    for check in (False, 10, True):
+        report = _shift_report(net, X, y, seed=3, all_shifts=check, quiet=True)
+        assert report["shifted_accuracy"] == pytest.approx(np.mean(expected == y))
+        assert report["changed_by_random_shift"] == int(np.sum(expected != net.predict(X)))
+        if check:
+            assert report["signals_checked_under_all_shifts"] == (30 if check is True else 10)
+            assert report["changed_by_any_shift"] == 0
+
+
+def test_export_shows_its_steps_unless_quiet(model, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    shown = []
+    original = cli.step_progress
+
+    class recording(original):
+        def __init__(self, names, quiet):
+            super().__init__(names, quiet)
+            self.bar.delay = 0  # small models export in well under the bar's delay
+            shown.append((names, quiet))
+
+    monkeypatch.setattr(cli, "step_progress", recording)
+    status, _, err = run(capsys, "export", model, "--out", tmp_path / "a.pt")
+    assert status == 0 and shown[-1] == (["read the model", "export to PyTorch",
+                                          "write torchscript"], False)
+    status, _, err = run(capsys, "export", model, "--out", tmp_path / "b.pt", "--quiet")
+    assert status == 0 and err == "" and shown[-1][1] is True

@@ -215,15 +215,22 @@ def test_blocks_of_samples_give_the_same_result(case, conv):
 
 
 @pytest.mark.parametrize("shape", [(9,), (10,), (6, 4), (5, 7)])
-def test_real_dft_equals_the_module_spectrum(shape):
+def test_real_dft_and_its_inverse_equal_rfftn_and_irfftn(shape):
     from convredunet.export import RealDFT
 
     z = torch.from_numpy(np.random.default_rng(0).standard_normal((3, 2) + shape))
     dims = list(range(2, 2 + len(shape)))
     v = torch.view_as_real(torch.fft.rfftn(z, dim=dims, norm="ortho"))
-    expected = v.reshape(3, 2, -1, 2).permute(2, 3, 1, 0).reshape(-1, 4, 3)
-    np.testing.assert_allclose(RealDFT(shape, torch.float64)(z).numpy(), expected.numpy(),
-                               atol=1e-13)
+    expected = v.reshape(3, 2, -1, 2).permute(2, 1, 0, 3)  # (F, C, b, 2)
+    dft = RealDFT(shape, torch.float64)
+    np.testing.assert_allclose(dft(z).numpy(), expected.numpy(), atol=1e-13)
+    # The inverse of any half spectrum (self-conjugate frequencies' imaginary parts
+    # included) is irfftn's.
+    w = torch.from_numpy(np.random.default_rng(1).standard_normal(tuple(expected.shape)))
+    half = list(shape[:-1]) + [shape[-1] // 2 + 1]
+    w_hat = torch.view_as_complex(w.permute(2, 1, 0, 3).contiguous()).reshape([3, 2] + half)
+    np.testing.assert_allclose(dft.inverse(w).numpy(), torch.fft.irfftn(
+        w_hat, s=shape, dim=dims, norm="ortho").numpy(), atol=1e-13)
 
 
 def test_subspace_head_is_trainable_and_invariant():
@@ -270,3 +277,40 @@ def test_operator_cache_follows_the_parameters():
     import pickle
 
     assert pickle.loads(pickle.dumps(module))._ops_cache is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_closed_form_operators_serve_until_the_weights_change(dtype):
+    # 10 signals per class: low-rank classes with 30 channels (30 signals: E dense), and
+    # with 40 channels and 20 signals E low rank too.
+    for n, n_channels in ((30, 30), (20, 40)):
+        X, y = _signals(n, (1, 10), k=n // 10)
+        net = crn.ReduNet1D(eps2=0.1, n_layers=2, n_channels=n_channels, kernel_size=3,
+                            n_components=3).fit(X, y)
+        assert net.layers_[0].lowrank_classes == list(range(n // 10))
+        assert net.layers_[0].solution.e_lowrank == (n < n_channels)
+        module = net.to_torch(dtype=dtype, conv="fft")
+        k = len(net.classes_)
+        assert len(module._ops_cache[0]) > k + 1  # the Woodbury factors
+        x = torch.as_tensor(X, dtype=dtype)
+        tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-3,
+                                                                                 atol=1e-4)
+        with torch.no_grad():
+            np.testing.assert_allclose(module(x).numpy(), net.transform(X), **tol)
+            np.testing.assert_array_equal(module.predict(x).numpy(), net.predict(X))
+            np.testing.assert_allclose(module.subspace_distances(x).numpy(),
+                                       net.subspace_distances(X), **tol)
+            if dtype == torch.float64:  # the last layer's scores: its own membership
+                np.testing.assert_allclose(module.membership(x).numpy(), net.predict_proba(X),
+                                           atol=1e-8)
+            # The same module with its operators rebuilt from the weights agrees.
+            rebuilt = module.with_conv("fft")
+            assert rebuilt._ops_cache is None
+            np.testing.assert_allclose(rebuilt(x).numpy(), module(x).numpy(), **tol)
+            # Once the weights change, the operators are the new weights'.
+            module.layers[0].conv.weight.mul_(0.5)
+            rebuilt.layers[0].conv.weight.mul_(0.5)
+            np.testing.assert_allclose(module(x).numpy(), rebuilt(x).numpy(), **tol)
+            assert len(module._ops_cache[0]) == k + 1
+    # Truncated kernels are not the closed form: no factors.
+    assert net.to_torch(dtype=dtype, kernel_size=3, conv="fft")._ops_cache is None

@@ -124,19 +124,41 @@ def cli_files(tmp_path_factory):
     return folder, data, model
 
 
-def test_cli_finetune_writes_a_scripted_module(cli_files, capsys):
+def test_cli_finetune_writes_a_scripted_module(cli_files, capsys, tmp_path):
     from convredunet import cli
 
     folder, data, model = cli_files
     out = folder / "module.pt"
+    held_out = tmp_path / "val.npz"
+    np.savez(held_out, **dict(zip("Xy", _signals(12, (1, 10), k=3, seed=2))))
     status = cli.main(["finetune", str(model), "--data", str(data), "--out", str(out),
-                       "--kernel-size", "3", "--epochs", "1", "--quiet"])
+                       "--kernel-size", "3", "--epochs", "1", "--quiet",
+                       "--validation-data", str(held_out)])
     printed = capsys.readouterr().out
     assert status == 0 and "distill" in printed and "test accuracy" in printed
+    assert "validation accuracy" in printed
     loaded = torch.jit.load(str(out))
     X = np.load(data)["X_test"]
     assert loaded.predict(torch.from_numpy(X).float()).shape == (len(X),)
     assert sorted(p.name for p in folder.iterdir()) == ["model.npz", "module.pt", "toy.npz"]
+
+
+def test_cli_finetune_on_the_fitted_signals_asks_for_held_out_ones(cli_files, capsys):
+    from convredunet import cli
+
+    folder, data, model = cli_files
+    out = folder / "never.pt"
+    status = cli.main(["finetune", str(model), "--data", str(data), "--out", str(out),
+                       "--epochs", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and len(err) == 1 and not out.exists()
+    assert "fitted on all 30 training signals" in err[0]
+    assert "--validation-data" in err[0] and "--validation-fraction 0" in err[0]
+    status = cli.main(["finetune", str(model), "--data", str(data), "--out", str(out),
+                       "--epochs", "1", "--quiet", "--validation-fraction", "0"])
+    printed = capsys.readouterr().out
+    assert status == 0 and "kept epoch 1 of 1 (the last: no validation signals)" in printed
+    out.unlink()
 
 
 def test_cli_finetune_bad_input_and_interrupt(cli_files, capsys, monkeypatch):
@@ -154,7 +176,100 @@ def test_cli_finetune_bad_input_and_interrupt(cli_files, capsys, monkeypatch):
 
     monkeypatch.setattr(finetune, "fine_tune", interrupted)
     status = cli.main(["finetune", str(model), "--data", str(data), "--out", str(out),
-                       "--quiet"])
+                       "--quiet", "--validation-fraction", "0"])
     assert status == 130
     assert not out.exists()
     assert not [p for p in folder.iterdir() if p.name.endswith(".partial")]
+
+
+# --- validation signals the closed form never saw -----------------------------------------------
+def test_a_teacher_fitted_on_x_is_refused_a_split_of_x(toy):
+    net, X, y = toy
+    student = net.to_torch(dtype=torch.float64, kernel_size=3)
+    with pytest.raises(ValueError, match=r"X holds only signals the closed-form network was "
+                                         r"fitted on \(all 60\).*validation_data=\(X_val, "
+                                         r"y_val\).*validation_fraction=0"):
+        fine_tune(student, X, y, teacher=net, epochs=1)
+    # The module alone remembers its network's training signals (labels only).
+    with pytest.raises(ValueError, match="X holds only signals the closed-form network"):
+        fine_tune(student, X, y, epochs=1)
+    held_out, _ = _signals(9, (1, 12), k=3, seed=5)
+    with pytest.raises(ValueError, match="validation_data holds 4 of its 13 signals that the "
+                                         "closed-form network was fitted on"):
+        fine_tune(student, X, y, teacher=net, epochs=1,
+                  validation_data=(np.concatenate([held_out, X[:4]]), np.r_[y[:9], y[:4]]))
+
+
+def test_held_out_validation_chooses_the_epoch(toy):
+    net, X, y = toy
+    X_val, y_val = _signals(30, (1, 12), k=3, seed=7)
+    student = net.to_torch(dtype=torch.float64, kernel_size=3)
+    tuned = fine_tune(student, X, y, teacher=net, epochs=3, lr=1e-2, batch_size=16,
+                      validation_data=(X_val, y_val))
+    history = tuned.fine_tune_history
+    start = float(np.mean(student.predict(torch.from_numpy(X_val)).numpy() == y_val))
+    assert history[0]["validation_accuracy"] == pytest.approx(start)
+    best = max(range(len(history)), key=lambda e: (history[e]["validation_accuracy"], -e))
+    assert tuned.fine_tune_best_epoch == best
+    kept = float(np.mean(tuned.predict(torch.from_numpy(X_val)).numpy() == y_val))
+    assert kept == pytest.approx(history[best]["validation_accuracy"])
+
+
+def test_the_split_is_drawn_among_signals_the_network_never_saw():
+    from convredunet.finetune import _split
+
+    labels = np.repeat(np.arange(3), 20)
+    allowed = np.zeros(60, dtype=bool)
+    allowed[::4] = True
+    train, val = _split(60, labels, 0.25, 0, allowed)
+    assert len(val) == 15 and allowed[val].all()
+    assert sorted(np.r_[train, val].tolist()) == list(range(60))
+    X, y = _signals(60, (1, 12), k=3)
+    net = crn.ReduNet1D(eps2=0.1, n_layers=1, n_channels=6, kernel_size=3).fit(X[:45], y[:45])
+    module = net.to_torch(dtype=torch.float64)
+    # The start's validation accuracy is the module's on the split of the unseen signals.
+    never_seen = np.arange(60) >= 45
+    _, val = _split(60, y, 0.2, 0, never_seen)
+    assert len(val) and never_seen[val].all()
+    with torch.no_grad():
+        start = np.mean(module.predict(torch.from_numpy(X[val])).numpy() == y[val])
+    tuned = fine_tune(module, X, y, teacher=net, epochs=1, validation_fraction=0.2)
+    assert tuned.fine_tune_history[0]["validation_accuracy"] == pytest.approx(start)
+
+
+def test_progress_bar_by_default_only_for_long_runs(toy, capsys):
+    net, X, y = toy
+    module = net.to_torch(dtype=torch.float64)
+    fine_tune(module, X, y, epochs=1, validation_fraction=0)  # well under 2 s: quiet
+    assert "fine-tuning" not in capsys.readouterr().err
+    fine_tune(module, X, y, epochs=1, validation_fraction=0, verbose=True)
+    assert "fine-tuning" in capsys.readouterr().err
+    with pytest.raises(TypeError, match="verbose must be True or False"):
+        fine_tune(module, X, y, epochs=1, validation_fraction=0, verbose="yes")
+
+
+def test_student_step_sizes_each_layer_the_same_in_both_modes(toy):
+    from convredunet.finetune import _gentle_steps
+
+    net, X, y = toy
+    x = torch.from_numpy(X)
+    etas = {}
+    for conv in ("fft", "direct"):
+        student = net.to_torch(dtype=torch.float64, kernel_size=3, conv=conv)
+        _gentle_steps(student, x, 0.05)
+        etas[conv] = [layer.eta for layer in student.layers]
+        # The update of each layer is 5 % of its features' norm (mean over samples).
+        with torch.no_grad():
+            z = student.lift(student.check_input(x))
+            for layer in student.layers:
+                if conv == "fft":
+                    z = student.spectrum(z)
+                z_next, _ = layer.step(z, layer.operators()) if conv == "fft" else layer(z)
+                if conv == "fft":
+                    z, z_next = student._leave(z), student._leave(z_next)
+                assert torch.isfinite(z_next).all()
+                z = z_next
+    np.testing.assert_allclose(etas["fft"], etas["direct"], rtol=1e-9)
+    tuned = fine_tune(net.to_torch(dtype=torch.float64, kernel_size=3), X, y, teacher=net,
+                      student_step=0.05, epochs=1, validation_fraction=0)
+    np.testing.assert_allclose([layer.eta for layer in tuned.layers], etas["fft"], rtol=1e-9)

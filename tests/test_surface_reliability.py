@@ -314,7 +314,7 @@ def test_fine_tune_refuses_a_non_finite_loss(net, data, monkeypatch):
     monkeypatch.setattr(finetune, "_class_scores", poisoned)
     with pytest.raises(ValueError, match=r"the training loss is nan at epoch 1, batch \d+.*"
                                          "The module passed in is unchanged"):
-        fine_tune(module, X, y, epochs=2, batch_size=16)
+        fine_tune(module, X, y, epochs=2, batch_size=16, validation_fraction=0)
     for key, value in module.state_dict().items():
         assert torch.equal(value, before[key])
 
@@ -393,7 +393,8 @@ def test_fine_tune_refuses_complex_and_empty_x(net, data):
     bad[5, 2] = np.inf
     with pytest.raises(ValueError, match="X must contain only finite values.*sample 5"):
         fine_tune(net.to_torch(), bad, y, epochs=1)
-    tuned = fine_tune(net.to_torch(), X, y[:, None], epochs=1)  # (n, 1) labels, as numpy
+    tuned = fine_tune(net.to_torch(), X, y[:, None], epochs=1,
+                      validation_fraction=0)  # (n, 1) labels, as numpy
     assert len(tuned.fine_tune_history) == 2
 
 
@@ -765,7 +766,8 @@ def test_written_files_honour_the_umask_and_force_keeps_the_mode(net, data, tmp_
                               "--out", tmp_path / "fit.npz")
     assert status == 0, err
     status, _, err = _run_cli(capsys, "finetune", model, "--data", tmp_path / "data.npz",
-                              "--epochs", "1", "--quiet", "--out", tmp_path / "tuned.pt")
+                              "--epochs", "1", "--quiet", "--validation-fraction", "0",
+                              "--out", tmp_path / "tuned.pt")
     assert status == 0, err
     outputs += [tmp_path / "fit.npz", tmp_path / "tuned.pt"]
     from convredunet._files import atomic_dir
