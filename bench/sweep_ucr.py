@@ -171,6 +171,10 @@ def main(argv=None):
                         type=lambda text: __import__("json").loads(text),
                         help="with --extend: JSON list of earlier candidates (parameter dicts) "
                              "to complete: the sets and rank choices they lack")
+    parser.add_argument("--retime", default=None,
+                        help="a previous ucr_sweep.json: keep its accuracies (nothing is "
+                             "cross-validated again), measure MiniRocket's and every "
+                             "candidate's fit times again, choose again")
     parser.add_argument("--extend", default=None,
                         help="a previous ucr_sweep.json: keep its candidates, evaluate the "
                              "grid's others (its MiniRocket times are kept too)")
@@ -185,16 +189,16 @@ def main(argv=None):
         X, y = X[:600], y[:600]
     data["MNIST-1D"] = (X, y)
     records, previous = [], None
-    if args.extend:
+    if args.extend or args.retime:
         import json
 
-        with open(args.extend) as handle:
+        with open(args.extend or args.retime) as handle:
             previous = json.load(handle)
         records = list(previous["records"])
     done = [rec["params"] for rec in records]
     with crn.num_threads(args.threads):
         machine = harness.machine_info()
-        minirocket = previous["minirocket_fit_s"] if previous else \
+        minirocket = previous["minirocket_fit_s"] if previous and not args.retime else \
             {name: minirocket_fit_s(*data[name]) for name in sets}
         harness.log(True, f"MiniRocket fit (s): {minirocket}")
         splits = {name: ucr_splits(*data[name], repeats=1 if args.quick else 2)
@@ -202,8 +206,14 @@ def main(argv=None):
         X_fit, y_fit, X_val, y_val = protocol.validation_split(*data["MNIST-1D"])
         splits["MNIST-1D"] = [(X_fit, y_fit, X_val, y_val)]
         all_sets = list(sets) + ["MNIST-1D"] + list(extra)
+        if args.retime:
+            for rec in records:
+                for name, result in rec["sets"].items():
+                    result["fit_s"] = full_fit_s(rec["params"], *data[name])
+                    result["fit_cv_s"] = full_fit_s(rec["params"], *data[name], "cv")
+                harness.log(True, f"{rec['params']}: fits timed again")
         todo = [rec for rec in records if args.complete and rec["params"] in args.complete]
-        for params in candidates(grid):
+        for params in ([] if args.retime else candidates(grid)):
             if params not in done:
                 records.append({"params": params, "sets": {}})
                 todo.append(records[-1])

@@ -296,7 +296,7 @@ class _OnCluster:
 
 
 def _is_dask(x):
-    from .distributed import is_dask
+    from ._inputs import is_dask
 
     return is_dask(x)
 

@@ -23,7 +23,7 @@ import threading
 import uuid
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_dir"]
+__all__ = ["atomic_path", "atomic_dir", "Terminated", "sigterm_raises"]
 
 
 def _check_target(path, what):
@@ -149,30 +149,46 @@ def _remove(path):
             path.unlink()
 
 
-class _Terminated(BaseException):
-    """SIGTERM arrived while a file was being written."""
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread (see :func:`sigterm_raises`)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """While inside, SIGTERM raises :class:`Terminated`, so that every cleanup block runs.
+
+    Yields the handler it replaced, which is restored on the way out. Only the
+    main thread can handle signals; elsewhere this changes nothing (yields None).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield previous
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
 def _sigterm_cleans_up():
     """While inside, SIGTERM raises (so cleanup runs), then is delivered as before.
 
-    Only the main thread can handle signals; elsewhere this does nothing.
+    Inside an enclosing :func:`sigterm_raises` (the command line) the
+    :class:`Terminated` goes on to it; otherwise the signal is sent again to
+    the handler found on entry (the default one ends the process).
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise _Terminated()
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    except _Terminated:
-        signal.signal(signal.SIGTERM, previous)
-        os.kill(os.getpid(), signal.SIGTERM)  # the default action ends the process here
-        raise InterruptedError("writing was interrupted by SIGTERM; nothing was kept") \
-            from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    with sigterm_raises() as previous:
+        try:
+            yield
+        except Terminated:
+            if previous is _raise_terminated:
+                raise
+            signal.signal(signal.SIGTERM, previous)
+            os.kill(os.getpid(), signal.SIGTERM)  # the default action ends the process here
+            raise InterruptedError("writing was interrupted by SIGTERM; nothing was kept") \
+                from None

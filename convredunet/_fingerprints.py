@@ -15,6 +15,8 @@ vectorized over samples, one pass over the data.
 """
 import numpy as np
 
+from .backend import to_numpy
+
 __all__ = ["sample_fingerprints", "fingerprints_in_order", "seen"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -29,10 +31,7 @@ def _mix(x):
     return x ^ (x >> np.uint64(31))
 
 
-def _as_numpy(X):
-    if hasattr(X, "detach"):
-        return X.detach().cpu().numpy()
-    return np.asarray(X)
+_as_numpy = to_numpy
 
 
 def fingerprints_in_order(X, chunk=4096):

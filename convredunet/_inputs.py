@@ -4,6 +4,8 @@ The array's own backend converts it (:meth:`as_real_input`); shapes,
 emptiness and finiteness are checked here for every library. Errors name the
 argument, the value and the rule.
 """
+import sys
+
 import numpy as np
 
 from .backend import get_backend
@@ -11,19 +13,30 @@ from .backend import get_backend
 _NDIM_RULE = "2 (n_samples, n_features), 3 (n_samples, n_channels, T) or 4 (n_samples, n_channels, H, W)"
 
 
+def is_dask(x):
+    """True when ``x`` is a ``dask.array.Array`` (without importing dask)."""
+    da = sys.modules.get("dask.array")
+    return da is not None and isinstance(x, da.Array)
+
+
 def _describe(x):
     return f"shape {tuple(x.shape)}"
 
 
-def check_features(Z, name="Z", ndims=(2, 3, 4)):
+def check_features(Z, name="Z", ndims=(2, 3, 4), shape_rule=None):
     """Validate a real feature array; returns it (never a modified input).
 
     The array's own library converts it (:meth:`as_real_input` of its
     backend: numbers to float64, complex, sparse and other types refused);
-    shape and finiteness are checked here for every library.
+    shape and finiteness are checked here for every library. ``shape_rule``:
+    the accepted shapes in words, for the message when ``Z.ndim`` is not in
+    ``ndims`` (default: the numbers of dimensions).
     """
     Z = get_backend(Z).as_real_input(Z, name)
     if Z.ndim not in ndims:
+        if shape_rule is not None:
+            raise ValueError(f"{name} must have shape {shape_rule}, got shape "
+                             f"{tuple(Z.shape)}. Reshape your data")
         raise ValueError(
             f"{name} must have {_NDIM_RULE if ndims == (2, 3, 4) else ' or '.join(map(str, ndims))}"
             f" dimensions, got {Z.ndim} ({_describe(Z)}). Reshape your data"

@@ -10,18 +10,16 @@ output gets the umask's mode (``0644`` under umask 022); ``--force`` keeps the
 replaced file's (or folder's) mode.
 """
 import argparse
-import contextlib
 import datetime
 import json
-import signal
 import sys
-import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ._files import atomic_dir, atomic_path
+from ._files import Terminated, atomic_dir, atomic_path, sigterm_raises
 
 __all__ = ["main"]
 
@@ -707,53 +705,36 @@ def build_parser():
 
 
 def main(argv=None):
-    """Run the command line; returns the exit status."""
-    import warnings
+    """Run the command line; returns the exit status.
 
+    The warning filters and the SIGTERM handler it sets are restored when it returns.
+    """
     from sklearn.exceptions import NotFittedError
 
-    # torch 2.9+ calls TorchScript and the TorchScript ONNX exporter deprecated; they
-    # remain the formats of record here, so keep their warnings off the terminal.
-    warnings.filterwarnings("ignore", message=".*torch.jit.* is deprecated",
-                            category=DeprecationWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.onnx.*")
-    previous = _terminate_on_sigterm()
-    try:
-        args = build_parser().parse_args(argv)
-        return args.func(args)
-    except CLIError as exc:
-        message = str(exc)
-        if not message.startswith("convredunet"):
-            message = f"convredunet: error: {message}"
-        print(message, file=sys.stderr)
-        return EXIT_USAGE
-    except (ValueError, TypeError, FileNotFoundError, NotFittedError, OSError) as exc:
-        print(f"convredunet: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("convredunet: interrupted; no partial output was kept", file=sys.stderr)
-        return 130
-    except _Terminated:
-        print("convredunet: terminated; no partial output was kept", file=sys.stderr)
-        return 143
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-class _Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that every cleanup block runs."""
-
-
-def _raise_terminated(signum, frame):
-    raise _Terminated()
-
-
-def _terminate_on_sigterm():
-    """Turn SIGTERM into :class:`_Terminated` while the command runs; the old handler."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _raise_terminated)
+    with warnings.catch_warnings(), sigterm_raises():
+        # torch 2.9+ calls TorchScript and the TorchScript ONNX exporter deprecated; they
+        # remain the formats of record here, so keep their warnings off the terminal.
+        warnings.filterwarnings("ignore", message=".*torch.jit.* is deprecated",
+                                category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.onnx.*")
+        try:
+            args = build_parser().parse_args(argv)
+            return args.func(args)
+        except CLIError as exc:
+            message = str(exc)
+            if not message.startswith("convredunet"):
+                message = f"convredunet: error: {message}"
+            print(message, file=sys.stderr)
+            return EXIT_USAGE
+        except (ValueError, TypeError, FileNotFoundError, NotFittedError, OSError) as exc:
+            print(f"convredunet: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except KeyboardInterrupt:
+            print("convredunet: interrupted; no partial output was kept", file=sys.stderr)
+            return 130
+        except Terminated:
+            print("convredunet: terminated; no partial output was kept", file=sys.stderr)
+            return 143
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -60,7 +60,8 @@ import numpy as np
 from . import spectral
 from ._threads import thread_limits, thread_num_threads
 from ._validation import check_batch_size, check_choice, check_eps2
-from .backend import resolve
+from ._inputs import is_dask
+from .backend import is_torch, numpy_dtype, resolve
 from .network import Network, layer_progress
 
 __all__ = ["is_dask", "fit", "forward", "predict", "score", "solve", "layer_features",
@@ -71,12 +72,6 @@ FAN_IN = 8
 
 
 # --- detection and the scheduler ------------------------------------------------------------
-def is_dask(x):
-    """True when ``x`` is a ``dask.array.Array`` (without importing dask)."""
-    da = sys.modules.get("dask.array")
-    return da is not None and isinstance(x, da.Array)
-
-
 def _dask():
     import dask
     import dask.array as da
@@ -371,7 +366,7 @@ def _lift_chunk(x, network, size, start):
     if network.signal_shape and x.ndim == len(network.input_shape):
         x = x[:, None]
     out = np.empty((x.shape[0],) + tuple(network.feature_shape),
-                   dtype=np.dtype(str(network.workspace.like.dtype)))
+                   dtype=numpy_dtype(network.workspace.like))
     with thread_limits():
         for s in range(0, x.shape[0], size):
             z = network.lift(*network.working(x[s:s + size]))
@@ -432,7 +427,7 @@ def _release_frames(exc):
 
 def _column(y, name="y"):
     """``y`` of shape ``(n, 1)`` as ``(n,)``, with scikit-learn's warning (as in memory)."""
-    if y is not None and not is_dask(y) and not hasattr(y, "detach"):
+    if y is not None and not is_dask(y) and not is_torch(y):
         y = np.asarray(y)
     if y is not None and y.ndim == 2 and y.shape[1] == 1:
         import warnings
@@ -508,8 +503,8 @@ def _fit(estimator, X, y):
     _check_memory(params, workspace, X.chunks[0], sample_shape, len(classes))
     network = Network(estimator._make_lifting(params, sample_shape), [], sample_shape,
                       workspace)
-    itemsize = np.dtype(str(workspace.like.dtype)).itemsize
-    dtype = np.dtype(str(workspace.like.dtype))
+    itemsize = numpy_dtype(workspace.like).itemsize
+    dtype = numpy_dtype(workspace.like)
     chunks = X.chunks[0]
     feature_shape = network.feature_shape
     size = network.chunk_size(params["batch_size"], itemsize)
@@ -653,7 +648,7 @@ def _forward_chunk(x, network, size, start, what):
     x = _real(x, "X", start)
     if network.signal_shape and x.ndim == len(network.input_shape):
         x = x[:, None]
-    dtype = np.dtype(str(network.workspace.like.dtype))
+    dtype = numpy_dtype(network.workspace.like)
     z_out = np.empty((x.shape[0],) + tuple(network.feature_shape), dtype=dtype)
     pi_out = np.empty((x.shape[0], len(network.layers[-1].gamma)), dtype=dtype)
     with thread_limits():
@@ -690,7 +685,7 @@ def _inference(estimator, X, name="X"):
                          f"fitted on {tuple(estimator.input_shape_)}")
     workspace = estimator._workspace()
     network = estimator._network(workspace)
-    dtype = np.dtype(str(workspace.like.dtype))
+    dtype = numpy_dtype(workspace.like)
     size = network.chunk_size(estimator.batch_size, dtype.itemsize)
     return X, network, size, _share(network, "network"), dtype
 
@@ -723,7 +718,7 @@ def _layers_chunk(x, network, size, start):
     if network.signal_shape and x.ndim == len(network.input_shape):
         x = x[:, None]
     backend = resolve("numpy").backend
-    dtype = np.dtype(str(network.workspace.like.dtype))
+    dtype = numpy_dtype(network.workspace.like)
     out = [np.empty((x.shape[0],) + tuple(network.feature_shape), dtype=dtype)
            for _ in range(len(network.layers) + 1)]
     with thread_limits():

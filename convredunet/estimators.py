@@ -20,11 +20,10 @@ from . import io, spectral, subspace
 from ._memory import check_size as _check_size, release_memory
 from ._threads import thread_limits
 from ._fingerprints import sample_fingerprints
-from ._inputs import check_features
+from ._inputs import check_features, is_dask
 from ._validation import validate_params
-from .backend import resolve
+from .backend import resolve, to_numpy
 from . import distributed as dask_paths
-from .distributed import is_dask
 from .network import (Layer, Lifting, Network, array_chunks, layer_progress,
                       lifting_channels, lifting_geometry)
 
@@ -62,15 +61,8 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         rules = {0: "(n_samples, n_features)",
                  1: "(n_samples, T) or (n_samples, n_channels, T)",
                  2: "(n_samples, H, W) or (n_samples, n_channels, H, W)"}
-        try:
-            X = check_features(X, name=name, ndims=ndims)
-        except ValueError as exc:
-            if "dimensions" in str(exc):
-                shape = tuple(np.shape(X))
-                raise ValueError(f"{name} must have shape {rules[nd]} for "
-                                 f"{type(self).__name__}, got shape {shape}. Reshape your "
-                                 "data") from None
-            raise
+        X = check_features(X, name=name, ndims=ndims,
+                           shape_rule=f"{rules[nd]} for {type(self).__name__}")
         if nd and X.ndim == nd + 1:
             X = X[:, None]
         return X
@@ -80,7 +72,7 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         if y is None:
             raise ValueError(f"{type(self).__name__} requires y to be passed, but the target "
                              "y is None")
-        y_arr = np.asarray(y.detach().cpu().numpy() if hasattr(y, "detach") else y)
+        y_arr = to_numpy(y)
         if y_arr.ndim == 2 and y_arr.shape[1] == 1:
             y_arr = column_or_1d(y_arr, warn=True)
         if y_arr.ndim != 1:
@@ -298,22 +290,29 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
     def _chunks(self, X, spectra=False):
         """Yield ``(start, z, pi)`` per chunk of validated ``X``, as working arrays.
 
-        With ``spectra``, ``z`` is the features' half spectrum ``(F, C, b)``.
+        With ``spectra``, ``z`` is the features' half spectrum ``(F, C, b)``. The
+        thread limits hold while a chunk is computed, not while the caller has it.
         """
         workspace = self._workspace()
         network = self._network(workspace)
         size = network.chunk_size(self.batch_size, workspace.backend.itemsize(workspace.like))
         progress = sample_progress(X.shape[0], self.verbose, type(self).__name__)
+        stream = network.stream((network.working(x) for x in array_chunks(X, size)),
+                                spectra=spectra)
         try:
-            with thread_limits():
-                start = 0
-                for z, pi in network.stream((network.working(x) for x in array_chunks(X, size)),
-                                            spectra=spectra):
-                    yield start, z, pi
-                    n = z.shape[-1] if spectra else z.shape[0]
-                    start += n
-                    progress.update(n)
+            start = 0
+            while True:
+                with thread_limits():
+                    item = next(stream, None)
+                if item is None:
+                    break
+                z, pi = item
+                yield start, z, pi
+                n = z.shape[-1] if spectra else z.shape[0]
+                start += n
+                progress.update(n)
         finally:
+            stream.close()
             progress.close()
 
     def _forward(self, X, name="X", features=True, distances=False, membership=True):

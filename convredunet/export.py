@@ -61,13 +61,14 @@ CONV_MODES = ("auto", "fft", "direct")
 # the FFT path costs about as much as a direct convolution of ~4 taps.
 AUTO_DIRECT_MAX_TAPS = 4
 # Bytes of layer responses per block of samples in predict/forward (see ReduNetModule._run).
-# Direct mode (every response at once): 256 MiB, the batched products' arithmetic
-# intensity grows with the block. FFT mode (one operator's response (F, C, b) at a
+# Direct mode (every response at once): the library's one budget for work arrays,
+# spectral.CHUNK_BYTES (256 MiB); the batched products' arithmetic intensity grows
+# with the block. FFT mode (one operator's response (F, C, b) at a
 # time): 10 MiB, so work arrays stay small enough to be reused by the allocator instead
 # of being mapped afresh (page faults); on one thread, MNIST-1D at 256 channels (1,000
 # signals, float64) took 4.33 / 3.87 / 3.63 / 4.07 / 5.65 s with blocks of 32 / 64 /
 # 128 / 256 / 512 signals (float32: 2.40 / 2.03 / 1.92 / 1.87 / 2.16 s).
-CHUNK_BYTES = 256 << 20
+CHUNK_BYTES = spectral.CHUNK_BYTES
 SPECTRAL_CHUNK_BYTES = 10 << 20
 MIN_CHUNK = 64
 MIN_SPECTRAL_CHUNK = 16
@@ -581,8 +582,8 @@ class ReduNetLayer(nn.Module):
         as in the library (:meth:`convredunet.network.Layer.__call__`).
         """
         n_ops = self.n_classes + 1
-        v, vh, m_inv, alphas, classes = ops[n_ops], ops[n_ops + 1], ops[n_ops + 2], \
-            ops[n_ops + 3], ops[n_ops + 4]
+        vh, m_inv, alphas, classes = ops[n_ops + 1], ops[n_ops + 2], ops[n_ops + 3], \
+            ops[n_ops + 4]
         f, g, w = m_inv.shape[0], m_inv.shape[1], m_inv.shape[2]
         b = z.shape[2]
         p = torch.matmul(vh, z)  # (F, g w, b)

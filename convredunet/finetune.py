@@ -52,6 +52,7 @@ import torch
 from ._fingerprints import seen
 from ._inputs import check_features
 from ._validation import check_int, check_real, check_verbose
+from .backend import to_numpy
 from .export import ReduNetModule
 
 __all__ = ["fine_tune", "distillation_loss"]
@@ -82,8 +83,7 @@ def _check_seed(value, name="random_state"):
     return seed
 
 
-def _as_numpy(a):
-    return a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
+_as_numpy = to_numpy
 
 
 def _check_data(module, X, y, name="X", y_name="y"):

@@ -6,14 +6,12 @@ validates input and presents its results.
 """
 import math
 
-import numpy as np
 
 from . import spatial, spectral
 from ._threads import thread_limits
-from ._inputs import check_features, check_labels
+from ._inputs import check_features, check_labels, is_dask
 from ._validation import check_batch_size, check_choice, check_eps2
 from .backend import get_backend
-from .distributed import is_dask
 from .spectral import RateReduction
 
 __all__ = ["RateReduction", "Operators", "rate_reduction", "construct_operators"]

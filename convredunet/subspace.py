@@ -41,6 +41,7 @@ import numpy as np
 
 from . import spectral
 from ._threads import thread_limits
+from .backend import numpy_dtype
 
 __all__ = ["class_subspaces", "subspace_distances", "prepare_bases", "subspaces_from_grams",
            "n_directions", "AUTO_FRACTION", "RANK_RTOL"]
@@ -376,7 +377,7 @@ def _stack_bases(backend, parts):
         if nonzero.any():
             used = max(used, int(np.flatnonzero(nonzero.any(axis=0)).max()) + 1)
     out = np.zeros((len(parts),) + tuple(parts[0].shape[:2]) + (used,),
-                   dtype=np.dtype(str(backend.asnumpy(parts[0][:0]).dtype)))
+                   dtype=numpy_dtype(parts[0]))
     for j, part in enumerate(parts):
         width = min(used, part.shape[-1])
         out[j, :, :, :width] = backend.asnumpy(part[..., :width])

@@ -3,20 +3,26 @@
 >>> from convredunet.testing import assert_shift_equivariant
 >>> assert_shift_equivariant(net.transform, X_test[:8], ndim=1)   # doctest: +SKIP
 """
-import itertools
 
 import numpy as np
+
+from .backend import to_numpy
 
 __all__ = ["assert_shift_equivariant", "assert_shift_invariant", "all_shifts"]
 
 
 def all_shifts(signal_shape):
-    """Every cyclic shift of a signal of shape ``signal_shape`` (tuples)."""
-    return list(itertools.product(*[range(n) for n in signal_shape]))
+    """Every cyclic shift of a signal of shape ``signal_shape``, as tuples (one per axis).
+
+    The shifts of :func:`convredunet.datasets.all_shifts`, in its order, with a 1D
+    shift ``s`` written ``(s,)``.
+    """
+    from .datasets import all_shifts as shifts
+
+    return [s if isinstance(s, tuple) else (s,) for s in shifts(tuple(signal_shape))]
 
 
-def _as_numpy(x):
-    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+_as_numpy = to_numpy
 
 
 def _roll(x, shift):

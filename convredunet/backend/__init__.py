@@ -42,8 +42,8 @@ import numpy as np
 
 from .numpy_backend import NumpyBackend
 
-__all__ = ["get_backend", "NumpyBackend", "is_torch", "Workspace", "resolve", "workspace_of",
-           "BACKENDS", "DTYPES"]
+__all__ = ["get_backend", "NumpyBackend", "is_torch", "to_numpy", "numpy_dtype", "Workspace",
+           "resolve", "workspace_of", "BACKENDS", "DTYPES"]
 
 BACKENDS = ("numpy", "torch")
 DTYPES = ("float64", "float32")
@@ -56,6 +56,16 @@ def is_torch(x):
     """True when ``x`` is a torch tensor (without importing torch)."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(x, torch.Tensor)
+
+
+def to_numpy(x):
+    """``x`` as a numpy array: tensors detached and copied to the CPU, the rest as ``np.asarray``."""
+    return get_backend(x).asnumpy(x)
+
+
+def numpy_dtype(x):
+    """The numpy dtype of array ``x`` (``float64`` for a ``torch.float64`` tensor), no copy."""
+    return get_backend(x).asnumpy(x.reshape(-1)[:0]).dtype
 
 
 def _torch():
