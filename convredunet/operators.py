@@ -6,7 +6,6 @@ validates input and presents its results.
 """
 import math
 
-
 from . import spatial, spectral
 from ._threads import thread_limits
 from ._inputs import check_features, check_labels, is_dask
