@@ -2,8 +2,9 @@
 
 The sets: five UCR/UEA classification sets that ship inside ``aeon`` (GunPoint, ArrowHead,
 ItalyPowerDemand, BasicMotions, ACSF1: their default train/test splits) and MNIST-1D.
-OSULeaf, a contour set that played no part in choosing any default, is measured as a
-held-out check (``--held-out``, on by default).
+OSULeaf, a contour set of 200 training signals of length 427 in 6 classes, is reported
+beside them (``--no-extra`` skips it); its training split, like the five sets' and
+MNIST-1D's, is part of the cross-validation that chose the defaults, its test split is not.
 
 For every set, in this one process and on one thread (``--threads``):
 
@@ -40,7 +41,7 @@ from convredunet.datasets import cyclic_shifts, load_mnist1d, load_ucr
 import harness
 
 SETS = ("GunPoint", "ArrowHead", "ItalyPowerDemand", "BasicMotions", "ACSF1")
-HELD_OUT = ("OSULeaf",)
+EXTRA_SETS = ("OSULeaf",)
 SEEDS = (0, 1, 2)
 #: The issue's targets, checked and reported (not asserted).
 TARGETS = {"accuracy_gap": 0.05, "mean_gap": 0.03, "fit_ratio": 3.0}
@@ -160,8 +161,7 @@ def table(rows):
         red, mr = r["redunet"], r["minirocket"]
         inv = r["invariance"]
         out.append([
-            f"{r['set']}{' (held out)' if r['set'] in HELD_OUT else ''} "
-            f"{tuple(r['train_shape'])}",
+            f"{r['set']} {tuple(r['train_shape'])}",
             f"{red['accuracy_mean']:.3f} [{min(red['accuracy']):.3f}-{max(red['accuracy']):.3f}]",
             f"{min(red['fit_s']):.2f} s", f"{min(red['predict_s']):.2f} s",
             f"{mr['accuracy']:.3f}", f"{min(mr['fit_s']):.2f} s",
@@ -208,13 +208,13 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="threads (default 1)")
     parser.add_argument("--shift-budget", type=int, default=40_000,
                         help="most shifted predictions per set for the invariance check")
-    parser.add_argument("--no-held-out", action="store_true",
-                        help="skip the held-out set (OSULeaf)")
+    parser.add_argument("--no-extra", action="store_true",
+                        help="skip the sixth set (OSULeaf)")
     args = parser.parse_args(argv)
     out = harness.output_dir(args.out)
     names = list(SETS[:2] if args.quick else SETS) + ["MNIST-1D"]
-    if not args.no_held_out and not args.quick:
-        names += list(HELD_OUT)
+    if not args.no_extra and not args.quick:
+        names += list(EXTRA_SETS)
     seeds = SEEDS[:1] if args.quick else SEEDS
     rows = []
     with crn.num_threads(args.threads):

@@ -19,6 +19,8 @@ import ctypes.util
 import math
 import sys
 
+from . import spectral
+
 _trim = None
 if sys.platform.startswith("linux"):
     try:
@@ -53,7 +55,7 @@ def check_size(params, workspace, n_samples, sample_shape, n_classes, total=None
     if len(sample_shape) > 1 and params.get("n_channels") is not None:
         n_channels = params["n_channels"]
     signal = sample_shape[1:]
-    n_freqs = math.prod(signal[:-1]) * (signal[-1] // 2 + 1) if signal else 1
+    n_freqs = spectral.n_freqs(signal)
     features = 2 * n_samples * n_channels * max(1, math.prod(signal)) * itemsize
     operators = (1 + n_classes) * n_freqs * n_channels ** 2 * 2 * itemsize
     if features + operators > total:

@@ -32,8 +32,8 @@ Inference (chunk-major)
     no intermediate features and keeps the result lazy; per worker it holds the whole
     network's operators plus one chunk's work arrays. Layer-major would hold one layer at
     a time but must materialize every sample's features between layers, which for 10^8
-    signals is terabytes against the network's megabytes (MNIST-1D, 32 channels, 12
-    layers: 45 MB). The one case where the operators dominate is the deep 2D network of
+    signals is terabytes against the network's megabytes (MNIST-1D, a network of 12
+    layers at 32 channels: 45 MB). The one case where the operators dominate is the deep 2D network of
     the paper (25 layers x 75 channels on 28 x 28 images: about 10 GB in float64, 5 GB in
     float32); there the workers need that much memory, or the network must be applied in
     groups of layers with :meth:`Network.forward`'s ``n_layers`` by the caller.
@@ -44,12 +44,13 @@ Numbers
     rates, the operators and the features agree to better than 1e-12 relative in float64,
     for any chunking, and predictions are identical. Deep networks at small ``eps2``
     amplify rounding from layer to layer (the membership ``softmax(-lmbda ||C^j z||)``
-    with ``lmbda = 500``, and ``alpha = C / (m eps2)`` large): for the default
-    ``ReduNet1D()`` on MNIST-1D (12 layers, ``eps2 = 3e-4``; ``bench/scale.py
+    with ``lmbda = 500``, and ``alpha = C / (m eps2)`` large): for a ``ReduNet1D`` of 12
+    layers at 32 channels and ``eps2 = 3e-4`` on MNIST-1D (``bench/scale.py
     --agreement``) ``R`` agrees to 1e-14 at every layer, ``R_c`` to 2.6e-12 and the last
     features to 5.5e-10, where the in-process fit itself moves by 1.3e-13 and 3.6e-10 when
     only its ``batch_size`` changes; predictions and test accuracy (0.856) are identical.
 """
+import dataclasses
 import functools
 import math
 import sys
@@ -61,10 +62,10 @@ from . import spectral
 from ._threads import thread_limits, thread_num_threads
 from ._validation import check_batch_size, check_choice, check_eps2
 from ._inputs import is_dask
-from .backend import is_torch, numpy_dtype, resolve
-from .network import Network, layer_progress
+from .backend import numpy_dtype, resolve, to_numpy
+from .network import Network
 
-__all__ = ["is_dask", "fit", "forward", "predict", "score", "solve", "layer_features",
+__all__ = ["is_dask", "Training", "Fitted", "forward", "predict", "score", "solve", "layer_features",
            "subspace_distances", "rate_history"]
 
 #: Partial sums combined per task in the tree reduction of the Gram matrices.
@@ -389,24 +390,14 @@ def _apply_chunk(z, labels, layer, use_labels, size):
     return out, correct
 
 
-def fit(estimator, X, y):
-    """``estimator.fit(X, y)`` for a Dask array ``X`` (see the module notes).
-
-    All or nothing, as in process; and a failed fit (a worker's error, a
-    refusal, Ctrl-C) leaves nothing on the cluster: the persisted input,
-    labels and features and the scattered layers are held only by this
-    call's frames, which are cleared before the error propagates (an
-    exception's traceback would otherwise keep them, and their futures,
-    alive on the client and the workers for as long as the exception is kept).
-    """
-    try:
-        return _fit(estimator, X, y)
-    except BaseException as exc:
-        _release_frames(exc)
-        raise
+def refuse_backend(backend):
+    """Dask input runs on the numpy backend (checked before anything imports torch)."""
+    if backend != "numpy":
+        raise ValueError(f"backend={backend!r} is not available for Dask input: the workers "
+                         "run the numpy backend; use backend='numpy'")
 
 
-def _release_frames(exc):
+def release_frames(exc):
     """Drop the local variables of the finished frames ``exc`` (and its causes) went through.
 
     The Dask futures they held are then released: their keys are forgotten
@@ -425,10 +416,10 @@ def _release_frames(exc):
     gc.collect()
 
 
-def _column(y, name="y"):
+def column(y, name="y"):
     """``y`` of shape ``(n, 1)`` as ``(n,)``, with scikit-learn's warning (as in memory)."""
-    if y is not None and not is_dask(y) and not is_torch(y):
-        y = np.asarray(y)
+    if y is not None and not is_dask(y):
+        y = to_numpy(y)
     if y is not None and y.ndim == 2 and y.shape[1] == 1:
         import warnings
 
@@ -441,7 +432,7 @@ def _column(y, name="y"):
     return y
 
 
-def _check_memory(params, workspace, chunks, sample_shape, n_classes):
+def check_memory(params, workspace, chunks, sample_shape, n_classes):
     """The in-process size check (:func:`convredunet._memory.check_size`), for Dask.
 
     What one process must hold: one layer's operators (the client solves
@@ -468,90 +459,67 @@ def _check_memory(params, workspace, chunks, sample_shape, n_classes):
                where=f"memory limit of worker {address} (per block of samples)")
 
 
-def _fit(estimator, X, y):
-    from .network import Layer
-
-    dask, _ = _dask()
-    if estimator.backend == "torch":  # before validation, which would import torch
-        raise ValueError("backend='torch' is not available for Dask input: the workers run "
-                         "the numpy backend; use backend='numpy'")
-    params = estimator._validated_params()
-    X = _input(estimator, X)
-    y = _column(y)
-    workspace = params["workspace"]
-    sample_shape = tuple(X.shape[1:])
-    if estimator._signal_ndim and X.ndim == estimator._signal_ndim + 1:
-        sample_shape = (1,) + sample_shape
-    signal_shape = sample_shape[1:] if estimator._signal_ndim else ()
-    estimator._resolve_for_input(params, sample_shape)
-    # Refusals before any work, as in process: the memory (with the fewest classes
-    # possible, 2, until the labels are counted) and the subspaces' rank.
-    _check_memory(params, workspace, X.chunks[0], sample_shape, 2)
-    if params["classifier"] == "subspace":
-        from . import subspace
-
-        lifted = estimator._signal_ndim and params["n_channels"] is not None
-        subspace.n_directions(params["n_components"],
-                              params["n_channels"] if lifted else sample_shape[0])
+def persist_together(X, y):
+    """``X`` and Dask labels ``y`` persisted side by side (one task makes both chunks)."""
     if is_dask(y):
         # Input and labels often come from the same tasks (a generator, a reader):
         # kept together on the workers, each chunk is made once.
         if y.ndim == 1 and y.shape[0] == X.shape[0]:
             y = y.rechunk((X.chunks[0],))
         X, y = _persist(X, y)
-    classes, labels, counts = encode_labels(y, X.chunks[0], estimator._check_y)
-    _check_memory(params, workspace, X.chunks[0], sample_shape, len(classes))
-    network = Network(estimator._make_lifting(params, sample_shape), [], sample_shape,
-                      workspace)
-    itemsize = numpy_dtype(workspace.like).itemsize
-    dtype = numpy_dtype(workspace.like)
-    chunks = X.chunks[0]
-    feature_shape = network.feature_shape
-    size = network.chunk_size(params["batch_size"], itemsize)
-    lifting = _share(Network(network.lifting, [], sample_shape, workspace), "lifting")
-    Z = _assemble([dask.delayed(_lift_chunk, pure=False)(x, lifting, size, start)
-                   for x, start in zip(_blocks(X), _starts(chunks))],
-                  chunks, feature_shape, dtype)
-    (Z,) = _persist(Z)
-    n_samples = X.shape[0]
-    del X, lifting  # the input's persisted copy (if any) is released here
-    use_labels = params["membership"] == "label"
-    history = []
-    progress = layer_progress(params["n_layers"], params["verbose"], type(estimator).__name__)
-    backend = workspace.backend
-    try:
-        for index in range(params["n_layers"]):
-            solution = _solve(Z, labels, counts, params["eps2"], params["batch_size"], "auto",
-                              True)
-            layer = Layer(backend, solution, params["eta"], params["lmbda"], signal_shape)
-            network.layers.append(layer)
-            size = network.chunk_size(params["batch_size"], itemsize)
-            shared = _share(layer, f"layer{index}")
-            # Each chunk's task runs once and is kept on its worker; the features
-            # and the counts are then read from it (no copy, no second run).
-            outs = _persist(*[dask.delayed(_apply_chunk, nout=2, pure=False)(
-                z, lab, shared, use_labels, size) for z, lab in zip(_blocks(Z), _blocks(labels))])
-            accuracy = float(sum(dask.compute(*[o[1] for o in outs]))) / n_samples
-            Z_next = _persist(_assemble([o[0] for o in outs], chunks, feature_shape, dtype))[0]
-            Z = Z_next  # the previous layer's features are released here
-            del shared, outs
-            record = {"layer": index, "delta_R": solution.rates.delta,
-                      "R": solution.rates.expansion, "R_c": solution.rates.compression,
-                      "train_accuracy": accuracy}
-            history.append(record)
-            _log_layer(index, record)
-            progress.update(1)
-            progress.set_postfix(delta_R=f"{record['delta_R']:.3f}", acc=f"{accuracy:.3f}")
-    finally:
-        progress.close()
-    bases, scores = None, {}
-    if params["classifier"] == "subspace":
-        bases, scores = _subspaces(Z, labels, counts, params["n_components"],
-                                   params["batch_size"])
-    del Z
-    estimator._set_fitted(network, classes, history, bases)
-    estimator.rank_scores_ = scores
-    return estimator
+    return X, y
+
+
+class Training:
+    """The Dask strategy of the fit loop (:func:`convredunet.network.build_layers`).
+
+    Holds the lifted features persisted on the workers; :meth:`solve` sums the
+    class Grams in a tree and solves them on the client, :meth:`apply` sends
+    the layer to the workers once and replaces the features by the next ones,
+    :meth:`subspaces` builds the classifier's bases.
+    """
+
+    def __init__(self, network, X, labels, counts, params):
+        dask, _ = _dask()
+        self.network, self.labels, self.counts, self.params = network, labels, counts, params
+        self.dtype = numpy_dtype(network.workspace.like)
+        self.chunks = X.chunks[0]
+        self.n_samples = X.shape[0]
+        size = network.chunk_size(params["batch_size"], self.dtype.itemsize)
+        lifting = _share(Network(network.lifting, [], network.input_shape, network.workspace),
+                         "lifting")
+        Z = _assemble([dask.delayed(_lift_chunk, pure=False)(x, lifting, size, start)
+                       for x, start in zip(_blocks(X), _starts(self.chunks))],
+                      self.chunks, network.feature_shape, self.dtype)
+        (self.Z,) = _persist(Z)
+
+    def solve(self):
+        return _solve(self.Z, self.labels, self.counts, self.params["eps2"],
+                      self.params["batch_size"], "auto", True)
+
+    def apply(self, layer):
+        """Apply ``layer`` on the workers; the next features replace these. Train accuracy."""
+        dask, _ = _dask()
+        size = self.network.chunk_size(self.params["batch_size"], self.dtype.itemsize)
+        shared = _share(layer, f"layer{len(self.network.layers) - 1}")
+        use_labels = self.params["membership"] == "label"
+        # Each chunk's task runs once and is kept on its worker; the features
+        # and the counts are then read from it (no copy, no second run).
+        outs = _persist(*[dask.delayed(_apply_chunk, nout=2, pure=False)(
+            z, lab, shared, use_labels, size)
+            for z, lab in zip(_blocks(self.Z), _blocks(self.labels))])
+        accuracy = float(sum(dask.compute(*[o[1] for o in outs]))) / self.n_samples
+        # The previous layer's features are released here.
+        self.Z = _persist(_assemble([o[0] for o in outs], self.chunks,
+                                    self.network.feature_shape, self.dtype))[0]
+        return accuracy
+
+    def subspaces(self):
+        """The class subspaces of the last features and the rank's scores (see :func:`_subspaces`)."""
+        bases, scores = _subspaces(self.Z, self.labels, self.counts,
+                                   self.params["n_components"], self.params["batch_size"])
+        self.Z = None
+        return bases, scores
 
 
 @_task
@@ -604,15 +572,6 @@ def _subspaces(Z, labels, counts, n_components, batch_size):
     return subspace.subspaces_from_grams(backend, grams, n_components), {}
 
 
-def _log_layer(index, record):
-    """The in-process fit's log line, on the estimators' logger."""
-    import logging
-
-    logging.getLogger("convredunet.estimators").info(
-        "layer %d: delta_R=%.4f R=%.4f R_c=%.4f train_acc=%.4f", index, record["delta_R"],
-        record["R"], record["R_c"], record["train_accuracy"])
-
-
 def _persist(*collections):
     """``collections`` persisted on the current scheduler, waited for (errors surface here)."""
     dask, _ = _dask()
@@ -630,27 +589,28 @@ def _persist(*collections):
     return collections
 
 
-def _input(estimator, X, name="X"):
-    nd = estimator._signal_ndim
+def check_input(X, signal_ndim, owner, name="X"):
+    """A Dask ``X`` of ``owner``'s (an estimator's name) accepted shapes, checked."""
+    nd = signal_ndim
     ndims = (2,) if nd == 0 else (nd + 1, nd + 2)
     rules = {0: "(n_samples, n_features)", 1: "(n_samples, T) or (n_samples, n_channels, T)",
              2: "(n_samples, H, W) or (n_samples, n_channels, H, W)"}
     if X.ndim not in ndims:
-        raise ValueError(f"{name} must have shape {rules[nd]} for {type(estimator).__name__}, "
+        raise ValueError(f"{name} must have shape {rules[nd]} for {owner}, "
                          f"got shape {X.shape}. Reshape your data")
     return _check_dask_X(X, name, ndims)
 
 
 # --- inference ------------------------------------------------------------------------------
 @_task
-def _forward_chunk(x, network, size, start, what):
+def _forward_chunk(x, network, size, start, what, k):
     """The network over one chunk: features, membership, or both."""
     x = _real(x, "X", start)
     if network.signal_shape and x.ndim == len(network.input_shape):
         x = x[:, None]
     dtype = numpy_dtype(network.workspace.like)
     z_out = np.empty((x.shape[0],) + tuple(network.feature_shape), dtype=dtype)
-    pi_out = np.empty((x.shape[0], len(network.layers[-1].gamma)), dtype=dtype)
+    pi_out = np.empty((x.shape[0], k), dtype=dtype) if what != "z" else None
     with thread_limits():
         for s in range(0, x.shape[0], size):
             z, pi = network.forward(*network.working(x[s:s + size]))
@@ -665,47 +625,60 @@ def _forward_chunk(x, network, size, start, what):
     return z_out, pi_out
 
 
-def _inference(estimator, X, name="X"):
+@dataclasses.dataclass(frozen=True)
+class Fitted:
+    """What inference on Dask arrays needs of a fitted estimator (it builds this).
+
+    ``network`` in the numpy workspace; ``owner`` the estimator's class name
+    (for messages); ``subspaces`` None without the subspace classifier.
+    """
+
+    owner: str
+    network: object
+    signal_ndim: int
+    batch_size: object
+    eps2: float
+    classes: np.ndarray
+    classifier: str
+    subspaces: object
+
+
+def _inference(model, X, name="X"):
     """Checked ``X`` and what a chunk-major pass needs: ``(X, network, size, shared, dtype)``.
 
     ``shared`` is the network as one piece of the cluster's data (:func:`_share`).
     """
-    estimator._check_fitted()
-    if estimator.backend != "numpy":
-        raise ValueError(f"backend={estimator.backend!r} is not available for Dask input: "
-                         "the workers run the numpy backend; use backend='numpy'")
-    X = _input(estimator, X, name)
+    X = check_input(X, model.signal_ndim, model.owner, name)
+    network = model.network
     shape = tuple(X.shape[1:])
-    if estimator._signal_ndim and X.ndim == estimator._signal_ndim + 1:
+    if model.signal_ndim and X.ndim == model.signal_ndim + 1:
         shape = (1,) + shape
-    if shape != tuple(estimator.input_shape_):
+    if shape != tuple(network.input_shape):
         raise ValueError(f"{name} has {math.prod(shape)} features, but "
-                         f"{type(estimator).__name__} is expecting {estimator.n_features_in_} "
+                         f"{model.owner} is expecting {math.prod(network.input_shape)} "
                          f"features as input: samples of shape {shape} where the network was "
-                         f"fitted on {tuple(estimator.input_shape_)}")
-    workspace = estimator._workspace()
-    network = estimator._network(workspace)
-    dtype = numpy_dtype(workspace.like)
-    size = network.chunk_size(estimator.batch_size, dtype.itemsize)
+                         f"fitted on {tuple(network.input_shape)}")
+    dtype = numpy_dtype(network.workspace.like)
+    size = network.chunk_size(model.batch_size, dtype.itemsize)
     return X, network, size, _share(network, "network"), dtype
 
 
-def forward(estimator, X, what="both", name="X"):
+def forward(model, X, what="both", name="X"):
     """Lazy features ``(m, C, *S)`` and/or membership ``(m, k)`` of a Dask array ``X``.
 
     ``what``: ``"z"``, ``"pi"`` or ``"both"`` (a tuple).
     """
     dask, _ = _dask()
-    X, network, size, shared, dtype = _inference(estimator, X, name)
+    X, network, size, shared, dtype = _inference(model, X, name)
     chunks = X.chunks[0]
-    k = len(estimator.classes_)
+    k = len(model.classes)
     starts = _starts(chunks)
     if what in ("z", "pi"):
         tail = network.feature_shape if what == "z" else (k,)
-        parts = [dask.delayed(_forward_chunk, pure=False)(x, shared, size, start, what)
+        parts = [dask.delayed(_forward_chunk, pure=False)(x, shared, size, start, what, k)
                  for x, start in zip(_blocks(X), starts)]
         return _assemble(parts, chunks, tail, dtype)
-    outs = [dask.delayed(_forward_chunk, nout=2, pure=False)(x, shared, size, start, "both")
+    outs = [dask.delayed(_forward_chunk, nout=2, pure=False)(x, shared, size, start, "both", k)
             for x, start in zip(_blocks(X), starts)]
     return (_assemble([o[0] for o in outs], chunks, network.feature_shape, dtype),
             _assemble([o[1] for o in outs], chunks, (k,), dtype))
@@ -731,7 +704,7 @@ def _layers_chunk(x, network, size, start):
     return tuple(out)
 
 
-def layer_features(estimator, X):
+def layer_features(model, X):
     """:meth:`layer_features` of a Dask array: a list of ``n_layers + 1`` lazy Dask arrays.
 
     One task per chunk computes every layer's features of that chunk; the
@@ -739,7 +712,7 @@ def layer_features(estimator, X):
     runs the network once per chunk.
     """
     dask, _ = _dask()
-    X, network, size, shared, dtype = _inference(estimator, X)
+    X, network, size, shared, dtype = _inference(model, X)
     chunks = X.chunks[0]
     n_out = len(network.layers) + 1
     outs = [dask.delayed(_layers_chunk, nout=n_out, pure=False)(x, shared, size, start)
@@ -757,18 +730,15 @@ def _distances_chunk(z, bases, signal_shape):
                                            signal_shape)
 
 
-def subspace_distances(estimator, X):
+def subspace_distances(model, X):
     """:meth:`subspace_distances` of a Dask array: a lazy ``(n_samples, k)`` Dask array."""
     dask, _ = _dask()
-    estimator._check_fitted()
-    estimator._check_subspaces()
-    z = forward(estimator, X, "z")
-    bases = _share(estimator.subspaces_, "subspaces")
-    dtype = z.dtype
+    z = forward(model, X, "z")
+    bases = _share(model.subspaces, "subspaces")
     parts = [dask.delayed(_distances_chunk, pure=False)(block, bases,
-                                                        tuple(estimator.signal_shape_))
+                                                        tuple(model.network.signal_shape))
              for block in _blocks(z)]
-    return _assemble(parts, z.chunks[0], (len(estimator.classes_),), dtype)
+    return _assemble(parts, z.chunks[0], (len(model.classes),), z.dtype)
 
 
 @_task
@@ -796,7 +766,7 @@ def _combine_lists(parts):
     return [_combine([part[i] for part in parts]) for i in range(len(parts[0]))]
 
 
-def rate_history(estimator, X, y):
+def rate_history(model, X, y):
     """:meth:`rate_history` of a Dask array, in one streaming pass over ``X``.
 
     Each chunk's task runs the network once and returns the Gram partial sums
@@ -806,8 +776,8 @@ def rate_history(estimator, X, y):
     ``0..k-1`` of the largest label present must all be present.
     """
     dask, _ = _dask()
-    X, network, size, shared, dtype = _inference(estimator, X)
-    classes = np.asarray(estimator.classes_)
+    X, network, size, shared, dtype = _inference(model, X)
+    classes = np.asarray(model.classes)
 
     def check(values, n):
         values = np.asarray(values)
@@ -819,7 +789,7 @@ def rate_history(estimator, X, y):
             raise ValueError(f"y holds labels the network was not fitted on: {unknown[:5]}")
         return classes, np.searchsorted(classes, values)
 
-    y = _column(y)
+    y = column(y)
     _, labels, counts = encode_labels(y, X.chunks[0], check)
     k = int(np.flatnonzero(counts)[-1]) + 1  # as in memory: k from the largest label
     counts = counts[:k]
@@ -827,11 +797,11 @@ def rate_history(estimator, X, y):
     if len(empty):
         raise ValueError(f"class {empty[0]} has no samples; y must use labels 0..{k - 1} with "
                          f"every class present (k={k} inferred from the largest label)")
-    eps2 = check_eps2(estimator.eps2, str(dtype))
+    eps2 = check_eps2(model.eps2, str(dtype))
     feature_shape = tuple(network.feature_shape)
     keep, grams_of, total = spectral.gram_request(counts, feature_shape[0], "auto")
     parts = [dask.delayed(_history_chunk, pure=False)(
-        x, lab, shared, size, start, k, keep, grams_of, total, estimator.batch_size)
+        x, lab, shared, size, start, k, keep, grams_of, total, model.batch_size)
         for x, lab, start in zip(_blocks(X), _blocks(labels), _starts(X.chunks[0]))]
     (sums,) = dask.compute(_tree(parts, _combine_lists))
     return [_finish(layer_sums, counts, feature_shape, eps2, str(dtype), "auto", False).rates
@@ -852,34 +822,29 @@ def _nearest_subspace(z, bases, signal_shape, classes):
     return classes[np.argmin(distances, axis=1)]
 
 
-def predict(estimator, X):
+def predict(model, X):
     """Lazy predicted labels (original classes) of a Dask array ``X``.
 
     ``classifier="subspace"``: the nearest class subspace of each chunk's
     features (the bases travel with the task graph once); otherwise the
     argmax of the membership.
     """
-    classes = np.asarray(estimator.classes_)
-    if estimator.classifier == "subspace":
-        estimator._check_fitted()
-        if getattr(estimator, "subspaces_", None) is None:
-            raise ValueError("classifier='subspace' needs the class subspaces, but this "
-                             f"{type(estimator).__name__} was fitted with "
-                             "classifier='membership'; set classifier='subspace' before fit")
-        z = forward(estimator, X, "z")
+    classes = np.asarray(model.classes)
+    if model.classifier == "subspace":
+        z = forward(model, X, "z")
         drop = tuple(range(1, z.ndim))
-        return z.map_blocks(_nearest_subspace, estimator.subspaces_,
-                            tuple(estimator.signal_shape_), classes, drop_axis=drop,
+        return z.map_blocks(_nearest_subspace, model.subspaces,
+                            tuple(model.network.signal_shape), classes, drop_axis=drop,
                             dtype=classes.dtype)
-    pi = forward(estimator, X, "pi")
+    pi = forward(model, X, "pi")
     return pi.map_blocks(_labels_of, classes, drop_axis=1, dtype=classes.dtype)
 
 
-def score(estimator, X, y, sample_weight=None):
+def score(model, X, y, sample_weight=None):
     """Mean accuracy of a Dask array ``X`` against ``y`` (numpy or Dask), computed."""
     _, da = _dask()
-    predicted = predict(estimator, X)
-    y = _column(y)
+    predicted = predict(model, X)
+    y = column(y)
     if not is_dask(y):
         y = np.asarray(y)
         if y.shape != predicted.shape:

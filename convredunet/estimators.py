@@ -24,7 +24,7 @@ from ._inputs import check_features, is_dask
 from ._validation import validate_params
 from .backend import resolve, to_numpy
 from . import distributed as dask_paths
-from .network import (Layer, Lifting, Network, array_chunks, layer_progress,
+from .network import (Lifting, Network, array_chunks, build_layers,
                       lifting_channels, lifting_geometry)
 
 __all__ = ["ReduNet1D", "ReduNet2D", "ReduNetVector", "load"]
@@ -117,23 +117,21 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         self
         """
         if is_dask(X):
-            return dask_paths.fit(self, X, y)
+            try:
+                return self._fit_dask(X, y)
+            except BaseException as exc:
+                dask_paths.release_frames(exc)
+                raise
         params = self._validated_params()
         X = self._check_X(X)
         classes, labels = self._check_y(y, X.shape[0])
         workspace = params["workspace"]
         sample_shape = tuple(X.shape[1:])
-        signal_shape = sample_shape[1:] if self._signal_ndim else ()
         self._resolve_for_input(params, sample_shape)
         _check_size(params, workspace, X.shape[0], sample_shape, len(classes))
-        if params["classifier"] == "subspace":  # checked before any layer is built
-            lifted = self._signal_ndim and params["n_channels"] is not None
-            subspace.n_directions(params["n_components"],
-                                  params["n_channels"] if lifted else sample_shape[0])
+        self._check_rank(params, sample_shape)  # before any layer is built
         network = Network(self._make_lifting(params, sample_shape), [], sample_shape,
                           workspace)
-        history = []
-        backend = workspace.backend
         k = len(classes)
         # Samples in class order: every class is a run of columns of the spectra.
         order = np.argsort(labels, kind="stable")
@@ -151,59 +149,64 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         with thread_limits():
             V = _lift_spectra(network, X, order, params["batch_size"])
             lap("lift")
-            feature_shape = network.feature_shape
-            progress = layer_progress(params["n_layers"], params["verbose"], type(self).__name__)
-            try:
-                for index in range(params["n_layers"]):
-                    solution = spectral.solve_spectra(backend, V, counts, feature_shape,
-                                                      params["eps2"], params["batch_size"])
-                    layer = Layer(backend, solution, params["eta"], params["lmbda"],
-                                  signal_shape)
-                    network.layers.append(layer)
-                    lap(f"layer{index}/solve")
-                    V, pi = _apply_spectra(
-                        backend, layer, V,
-                        labels if params["membership"] == "label" else None,
-                        network.chunk_size(params["batch_size"], backend.itemsize(workspace.like),
-                                           budget=math.prod(V.shape) * backend.itemsize(V)),
-                        counts)
-                    layer.solution = spectral.without_gram(layer.solution)
-                    lap(f"layer{index}/apply")
-                    accuracy = float(np.mean(backend.asnumpy(backend.argmax(pi, 1))
-                                             == labels))
-                    record = {"layer": index, "delta_R": solution.rates.delta,
-                              "R": solution.rates.expansion,
-                              "R_c": solution.rates.compression,
-                              "train_accuracy": accuracy}
-                    history.append(record)
-                    release_memory()
-                    log.info("layer %d: delta_R=%.4f R=%.4f R_c=%.4f train_acc=%.4f", index,
-                             record["delta_R"], record["R"], record["R_c"], accuracy)
-                    progress.update(1)
-                    progress.set_postfix(delta_R=f"{record['delta_R']:.3f}",
-                                         acc=f"{accuracy:.3f}")
-            finally:
-                progress.close()
-            bases, rank, scores, gram = None, None, {}, None
-            if params["classifier"] == "subspace":
-                rank = params["n_components"]
-                if counts.max() <= feature_shape[0] and subspace.gram_fits(V):
-                    gram = backend.gram(V)  # every product the classifier needs
-                if rank in (None, "auto"):
-                    rule = subspace.n_directions("auto", feature_shape[0])
-                    rank, scores = subspace.cross_validated_rank(
-                        backend, V, labels, k, feature_shape, gram, default=rule)
-                    rank = rule if rank is None else rank  # large classes: the rule
-                    lap("rank")
-                bases = subspace.class_subspaces(backend, V, labels, k, rank,
-                                                 params["batch_size"],
-                                                 sample_shape=feature_shape, gram=gram)
-                del gram
-                lap("subspaces")
+            training = _SpectraTraining(network, V, labels, counts, params)
+            del V
+            history = build_layers(network, training, params, type(self).__name__, lap)
+            bases, scores = training.subspaces(lap)
         self._set_fitted(network, classes, history, bases, sample_fingerprints(X))
         self.fit_stages_ = dict(stages)
         self.rank_scores_ = scores
         return self
+
+    def _fit_dask(self, X, y):
+        """:meth:`fit` of a Dask array ``X`` (see :mod:`convredunet.distributed`).
+
+        All or nothing, as in memory; :meth:`fit` releases what a failed fit
+        left on the cluster (:func:`convredunet.distributed.release_frames`).
+        """
+        dask_paths.refuse_backend(self.backend)  # before validation, which would import torch
+        params = self._validated_params()
+        X = dask_paths.check_input(X, self._signal_ndim, type(self).__name__)
+        y = dask_paths.column(y)
+        workspace = params["workspace"]
+        sample_shape = tuple(X.shape[1:])
+        if self._signal_ndim and X.ndim == self._signal_ndim + 1:
+            sample_shape = (1,) + sample_shape
+        self._resolve_for_input(params, sample_shape)
+        # Refusals before any work, as in memory: the memory (with the fewest classes
+        # possible, 2, until the labels are counted) and the subspaces' rank.
+        dask_paths.check_memory(params, workspace, X.chunks[0], sample_shape, 2)
+        self._check_rank(params, sample_shape)
+        X, y = dask_paths.persist_together(X, y)
+        classes, labels, counts = dask_paths.encode_labels(y, X.chunks[0], self._check_y)
+        dask_paths.check_memory(params, workspace, X.chunks[0], sample_shape, len(classes))
+        network = Network(self._make_lifting(params, sample_shape), [], sample_shape,
+                          workspace)
+        training = dask_paths.Training(network, X, labels, counts, params)
+        del X  # the input's persisted copy (if any) is released here
+        history = build_layers(network, training, params, type(self).__name__)
+        bases, scores = training.subspaces()
+        del training
+        self._set_fitted(network, classes, history, bases)
+        self.rank_scores_ = scores
+        return self
+
+    def _check_rank(self, params, sample_shape):
+        """Refuse a subspace rank beyond the features' channels (before any work)."""
+        if params["classifier"] == "subspace":
+            lifted = self._signal_ndim and params["n_channels"] is not None
+            subspace.n_directions(params["n_components"],
+                                  params["n_channels"] if lifted else sample_shape[0])
+
+    def _dask_model(self):
+        """What inference on a Dask array needs (:class:`convredunet.distributed.Fitted`)."""
+        self._check_fitted()
+        dask_paths.refuse_backend(self.backend)
+        return dask_paths.Fitted(
+            owner=type(self).__name__, network=self._network(self._workspace()),
+            signal_ndim=self._signal_ndim, batch_size=self.batch_size, eps2=self.eps2,
+            classes=np.asarray(self.classes_), classifier=self.classifier,
+            subspaces=getattr(self, "subspaces_", None))
 
     def _set_fitted(self, network, classes, history, subspaces=None, fingerprints=None,
                     hermitian=False):
@@ -380,7 +383,9 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         A Dask array gives a lazy Dask array.
         """
         if is_dask(X):
-            return dask_paths.subspace_distances(self, X)
+            self._check_fitted()
+            self._check_subspaces()
+            return dask_paths.subspace_distances(self._dask_model(), X)
         return self._forward(X, features=False, distances=True)[1]
 
     def layer_features(self, X):
@@ -391,7 +396,7 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         array gives lazy Dask arrays (one task per chunk computes every layer).
         """
         if is_dask(X):
-            return dask_paths.layer_features(self, X)
+            return dask_paths.layer_features(self._dask_model(), X)
         X = self._check_input(X)
         workspace = self._workspace()
         network = self._network(workspace)
@@ -424,7 +429,7 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         from .operators import rate_reduction
 
         if is_dask(X):
-            return dask_paths.rate_history(self, X, y)
+            return dask_paths.rate_history(self._dask_model(), X, y)
         self._check_fitted()
         y = np.asarray(y)
         unknown = np.setdiff1d(np.unique(y), self.classes_)
@@ -442,7 +447,7 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         array gives a lazy Dask array (:mod:`convredunet.distributed`).
         """
         if is_dask(X):
-            return dask_paths.forward(self, X, "z")
+            return dask_paths.forward(self._dask_model(), X, "z")
         return self._forward(X, membership=False)[0]
 
     def transform_with_membership(self, X):
@@ -454,7 +459,7 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         pi : numpy array (n_samples, k), as :meth:`predict_proba`
         """
         if is_dask(X):
-            return dask_paths.forward(self, X, "both")
+            return dask_paths.forward(self._dask_model(), X, "both")
         return self._forward(X)
 
     def predict_proba(self, X):
@@ -463,7 +468,7 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         Streams the samples: memory is the model plus one chunk.
         """
         if is_dask(X):
-            return dask_paths.forward(self, X, "pi")
+            return dask_paths.forward(self._dask_model(), X, "pi")
         return self._forward(X, features=False)[1]
 
     def predict(self, X):
@@ -474,7 +479,10 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         (:meth:`subspace_distances`). Both are exactly invariant to cyclic shifts.
         """
         if is_dask(X):
-            return dask_paths.predict(self, X)
+            if self.classifier == "subspace":
+                self._check_fitted()
+                self._check_subspaces()
+            return dask_paths.predict(self._dask_model(), X)
         if self.classifier == "subspace":
             distances = self.subspace_distances(X)  # checks the fit first
             return self.classes_[np.argmin(distances, axis=1)]
@@ -484,7 +492,7 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
     def score(self, X, y, sample_weight=None):
         """Mean accuracy of :meth:`predict` on ``X`` against ``y`` (Dask arrays accepted)."""
         if is_dask(X):
-            return dask_paths.score(self, X, y, sample_weight)
+            return dask_paths.score(self._dask_model(), X, y, sample_weight)
         return super().score(X, y, sample_weight)
 
     def to_torch(self, dtype=None, kernel_size=None, conv="auto"):
@@ -564,6 +572,60 @@ def _lift_spectra(network, X, order, batch_size):
         network.lift_spectrum(*network.working(X[order[start:stop]]),
                               out=V[:, :, start:stop])
     return V
+
+
+class _SpectraTraining:
+    """The in-memory strategy of the fit loop (:func:`convredunet.network.build_layers`).
+
+    Holds the training features' half spectra ``V`` ``(F, C, m)``, samples in
+    class order (``labels`` sorted, ``counts`` per class).
+    """
+
+    def __init__(self, network, V, labels, counts, params):
+        self.network, self.V, self.labels, self.counts = network, V, labels, counts
+        self.params = params
+        self.backend = network.workspace.backend
+
+    def solve(self):
+        return spectral.solve_spectra(self.backend, self.V, self.counts,
+                                      self.network.feature_shape, self.params["eps2"],
+                                      self.params["batch_size"])
+
+    def apply(self, layer):
+        """Move the spectra through ``layer``; the training accuracy of its membership."""
+        backend, params = self.backend, self.params
+        size = self.network.chunk_size(params["batch_size"], backend.itemsize(self.V),
+                                       budget=math.prod(self.V.shape) * backend.itemsize(self.V))
+        self.V, pi = _apply_spectra(
+            backend, layer, self.V, self.labels if params["membership"] == "label" else None,
+            size, self.counts)
+        layer.solution = spectral.without_gram(layer.solution)
+        accuracy = float(np.mean(backend.asnumpy(backend.argmax(pi, 1)) == self.labels))
+        release_memory()
+        return accuracy
+
+    def subspaces(self, lap):
+        """The classifier's class subspaces and the rank's cross-validation scores."""
+        params, backend, V = self.params, self.backend, self.V
+        self.V = None
+        if params["classifier"] != "subspace":
+            return None, {}
+        feature_shape = self.network.feature_shape
+        k = len(self.counts)
+        rank, scores, gram = params["n_components"], {}, None
+        if self.counts.max() <= feature_shape[0] and subspace.gram_fits(V):
+            gram = backend.gram(V)  # every product the classifier needs
+        if rank in (None, "auto"):
+            rule = subspace.n_directions("auto", feature_shape[0])
+            rank, scores = subspace.cross_validated_rank(
+                backend, V, self.labels, k, feature_shape, gram, default=rule)
+            rank = rule if rank is None else rank  # large classes: the rule
+            lap("rank")
+        bases = subspace.class_subspaces(backend, V, self.labels, k, rank,
+                                         params["batch_size"], sample_shape=feature_shape,
+                                         gram=gram)
+        lap("subspaces")
+        return bases, scores
 
 
 def _apply_spectra(backend, layer, V, labels, size, counts):

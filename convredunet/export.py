@@ -368,13 +368,21 @@ def update_from_responses(z: torch.Tensor, responses: List[torch.Tensor], gamma:
     and :func:`finish_step` are shared. Made of operations every ONNX opset
     the exporter writes has.
     """
+    update, logits = direction_from_responses(responses, gamma, freq_weights, lmbda)
+    return finish_step(z, update, eta, freq_weights), logits
+
+
+def direction_from_responses(responses: List[torch.Tensor], gamma: torch.Tensor,
+                             freq_weights: torch.Tensor,
+                             lmbda: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(E z - sum_j gamma_j pi_j C^j z, -lmbda ||C^j z||_F)`` from the responses (real pairs)."""
     classes = responses[1:]
     logits, weight = membership_weights(class_sq_norms(classes, freq_weights), gamma, lmbda)
     # One work array, accumulated in place (its gradient needs none of its values).
     compressed = classes[0] * weight[0].unsqueeze(-1)
     for j in range(1, len(classes)):
         compressed.addcmul_(classes[j], weight[j].unsqueeze(-1))
-    return finish_step(z, responses[0], compressed, eta, freq_weights), logits
+    return responses[0] - compressed, logits
 
 
 def membership_weights(sq: torch.Tensor, gamma: torch.Tensor,
@@ -384,12 +392,16 @@ def membership_weights(sq: torch.Tensor, gamma: torch.Tensor,
     return logits, (torch.softmax(logits, dim=1) * gamma).t()
 
 
-def finish_step(z: torch.Tensor, ez: torch.Tensor, compressed: torch.Tensor, eta: float,
+def finish_step(z: torch.Tensor, update: torch.Tensor, eta: float,
                 freq_weights: torch.Tensor) -> torch.Tensor:
-    """``normalize(z + eta (E z - compressed))`` on real-pair spectra ``(F, C, b, 2)``."""
-    step = torch.add(z, ez - compressed, alpha=eta)
-    total = torch.sqrt(_weighted_sum(freq_weights, _sq_norms(step))).clamp_min(1e-30)
-    return step / total.unsqueeze(-1)
+    """``normalize(z + eta update)`` on real-pair spectra ``(F, C, b, 2)`` (Parseval norm)."""
+    step = torch.add(z, update, alpha=eta)
+    return step / spectral_norms(step, freq_weights).unsqueeze(-1)
+
+
+def spectral_norms(x: torch.Tensor, freq_weights: torch.Tensor) -> torch.Tensor:
+    """Each sample's norm ``(b,)`` from its real-pair half spectrum ``(F, C, b, 2)``."""
+    return torch.sqrt(_weighted_sum(freq_weights, _sq_norms(x))).clamp_min(1e-30)
 
 
 def class_sq_norms(classes: List[torch.Tensor], freq_weights: torch.Tensor) -> torch.Tensor:
@@ -608,9 +620,9 @@ class ReduNetLayer(nn.Module):
                 sq_cols.append(lowrank_sq[group])
         return torch.stack(sq_cols, dim=1), dense, q, p
 
-    def _factored_step(self, z: torch.Tensor, ops: List[torch.Tensor]
-                       ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`step` with the closed form's factors (:func:`closed_form_operators`).
+    def _factored_update(self, z: torch.Tensor, ops: List[torch.Tensor]
+                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`update` with the closed form's factors (:func:`closed_form_operators`).
 
         ``sum_j g_j C^j z = (sum_j g_j alpha_j) z - V (alpha_j^2 g_j q_j)`` over
         the low-rank classes: one product with ``V`` for all of them, as in the
@@ -640,8 +652,7 @@ class ReduNetLayer(nn.Module):
                 compressed = torch.addcmul(compressed, dense[position],
                                            weight[index - 1].unsqueeze(-1))
                 position += 1
-        step = finish_step(zr, ez, compressed, self.eta, self.freq_weights)
-        return torch.view_as_complex(step), logits
+        return ez - compressed, logits
 
     def scores(self, z: torch.Tensor) -> torch.Tensor:
         """``-lmbda ||C^j z||_F`` per class, ``(b, k)``, without the layer's step."""
@@ -666,25 +677,45 @@ class ReduNetLayer(nn.Module):
         return self.step(z, self.operators())
 
     def step(self, z: torch.Tensor, ops: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`forward` with ``ops = self.operators()`` given."""
+        """:meth:`forward` with ``ops = self.operators()`` given: :meth:`finish` of :meth:`update`."""
+        update, logits = self.update(z, ops)
+        return self.finish(z, update), logits
+
+    def update(self, z: torch.Tensor, ops: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``E z - sum_j gamma_j pi_j C^j z`` and ``-lmbda ||C^j z||_F`` ``(b, k)``.
+
+        The modes differ only in how the operators are applied: fft mode takes
+        complex spectra ``(F, C, b)`` and returns the update as real pairs
+        ``(F, C, b, 2)``; direct mode works on signals ``(b, C, *S)``.
+        """
         k, c = self.n_classes, self.n_channels
         if self.spectral:
             if len(ops) > k + 1:
-                return self._factored_step(z, ops)
-            step, logits = update_from_responses(torch.view_as_real(z), self.responses(z, ops),
-                                                 self.gamma, self.freq_weights, self.eta,
-                                                 self.lmbda)
-            return torch.view_as_complex(step), logits
+                return self._factored_update(z, ops)
+            return direction_from_responses(self.responses(z, ops), self.gamma,
+                                            self.freq_weights, self.lmbda)
         b = z.shape[0]
         w = self._responses_spatial(z)
         cj = w[:, c:].reshape(b, k, c, self.n_positions)
         logits = self._logits((cj * cj).sum(dim=(2, 3)))
         weight = torch.softmax(logits, dim=1) * self.gamma
         compressed = (cj * weight.reshape(b, k, 1, 1)).sum(dim=1).reshape(z.shape)
-        step = z + self.eta * (w[:, :c].reshape(z.shape) - compressed)
-        flat = step.reshape(b, c * self.n_positions)
-        norms = torch.sqrt((flat * flat).sum(dim=1)).clamp_min(1e-30)
-        return step / norms.reshape([-1] + [1] * (z.dim() - 1)), logits
+        return w[:, :c].reshape(z.shape) - compressed, logits
+
+    def norms(self, z: torch.Tensor) -> torch.Tensor:
+        """Each sample's norm ``(b,)``: of ``z`` ``(b, C, *S)`` (direct) or of real pairs (fft)."""
+        if self.spectral:
+            return spectral_norms(z, self.freq_weights)
+        flat = z.reshape(z.shape[0], -1)
+        return torch.sqrt((flat * flat).sum(dim=1)).clamp_min(1e-30)
+
+    def finish(self, z: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+        """``normalize(z + eta update)``, in the mode's form (fft: complex ``z``, pairs ``update``)."""
+        if self.spectral:
+            return torch.view_as_complex(finish_step(torch.view_as_real(z), update, self.eta,
+                                                     self.freq_weights))
+        step = z + self.eta * update
+        return step / self.norms(step).reshape([-1] + [1] * (z.dim() - 1))
 
 
 class SubspaceHead(nn.Module):
@@ -898,9 +929,7 @@ def _chunk_size(layers, signal_shape, spectral):
     return max(MIN_CHUNK, CHUNK_BYTES // per_sample)
 
 
-def spectral_n_freqs(signal_shape):
-    """Stored frequencies of the half spectrum of signals of ``signal_shape``."""
-    return math.prod(signal_shape[:-1]) * (signal_shape[-1] // 2 + 1) if signal_shape else 1
+spectral_n_freqs = spectral.n_freqs
 
 
 class ReduNetModule(nn.Module):
@@ -1062,13 +1091,14 @@ class ReduNetModule(nn.Module):
         v = torch.fft.rfftn(z, dim=self.dims, norm="ortho")
         return v.reshape(b, c, -1).permute(2, 1, 0).contiguous()
 
-    def _enter(self, z: torch.Tensor) -> torch.Tensor:
-        """Direct: ``z`` itself; fft: :meth:`spectrum`."""
+    def layer_input(self, z: torch.Tensor) -> torch.Tensor:
+        """Lifted features ``(b, C, *S)`` in the layers' form: direct, ``z``; fft, :meth:`spectrum`."""
         if not self.spectral:
             return z
         return self.spectrum(z)
 
-    def _leave(self, v: torch.Tensor) -> torch.Tensor:
+    def layer_output(self, v: torch.Tensor) -> torch.Tensor:
+        """The layers' output as features ``(b, C, *S)`` (fft: the inverse of :meth:`spectrum`)."""
         if not self.spectral:
             return v
         f, c, b = v.shape
@@ -1158,13 +1188,13 @@ class ReduNetModule(nn.Module):
     def _run_with(self, x: torch.Tensor, what: int, ops: List[List[torch.Tensor]]
                   ) -> torch.Tensor:
         """Features (``what`` 0), last-layer scores ``-lmbda ||C^j z||`` (1) or distances (2)."""
-        z = self._enter(self.lift(x))
+        z = self.layer_input(self.lift(x))
         for index, layer in enumerate(self.layers):
             if index == self.n_layers - 1 and what == 1:
                 return layer.scores_with(z, ops[index])
             z, _ = layer.step(z, ops[index])
         if what == 0:
-            return self._leave(z)
+            return self.layer_output(z)
         if what == 1:  # no layer: no membership
             raise RuntimeError("a network without layers has no membership")
         if self.use_subspace:

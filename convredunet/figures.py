@@ -6,6 +6,8 @@ and writes it to ``path`` when one is given.
 """
 import numpy as np
 
+from . import spectral
+
 __all__ = ["plot_rates", "plot_cosine_similarity", "max_shift_cosine"]
 
 
@@ -100,7 +102,7 @@ def max_shift_cosine(Z, ndim, rows=200):
     A = np.fft.rfftn(Z, axes=axes).reshape(n, Z.shape[1], -1)
     A = np.ascontiguousarray(np.moveaxis(A, 2, 0))  # (F, n, C)
     A_t = np.ascontiguousarray(np.swapaxes(A, 1, 2))  # (F, C, n)
-    freq = shape[:-1] + (shape[-1] // 2 + 1,)
+    freq = spectral.freq_shape(shape)
     out = np.empty((n, n))
     for start in range(0, n, rows):
         cross = np.conj(A[:, start:start + rows]) @ A_t  # (F, b, n)

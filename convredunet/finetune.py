@@ -285,37 +285,23 @@ def _gentle_steps(module, x, step):
     so information and gradients pass. Measured on ``x`` (mean over samples),
     layer by layer on the module's own features.
     """
-    with torch.no_grad():
-        z = module._enter(module.lift(module.check_input(x)))
-        for layer in module.layers:
-            layer.eta = float(step / max(_update_ratio(layer, z), 1e-30))
-            z, _ = layer(z)
+    etas = [layer.eta for layer in module.layers]
+    try:
+        with torch.no_grad():
+            z = module.layer_input(module.lift(module.check_input(x)))
+            for layer in module.layers:
+                layer.eta = float(step / max(_update_ratio(layer, z), 1e-30))
+                z, _ = layer(z)
+    except BaseException:
+        for layer, eta in zip(module.layers, etas):
+            layer.eta = eta
+        raise
 
 
 def _update_ratio(layer, z):
     """Mean over samples of ``||E z - sum_j gamma_j pi_j C^j z|| / ||z||`` for one layer."""
-    from .export import class_sq_norms
-
-    k, c = layer.n_classes, layer.n_channels
-    if layer.spectral:
-        responses = layer.responses(z, layer.operators())  # E z, then each C^j z: (F, C, b, 2)
-        classes = responses[1:]
-        weight = (torch.softmax(layer._logits(class_sq_norms(classes, layer.freq_weights)),
-                                dim=1) * layer.gamma).t()  # (k, b)
-        update = responses[0]
-        for j, cj in enumerate(classes):
-            update = update - cj * weight[j][:, None]
-        zr = torch.view_as_real(z)
-        ratio = torch.sqrt(torch.matmul(layer.freq_weights, (update * update).sum(dim=(1, 3))) /
-                           torch.matmul(layer.freq_weights, (zr * zr).sum(dim=(1, 3))))
-    else:
-        b = z.shape[0]
-        w = layer._responses_spatial(z)
-        cj = w[:, c:].reshape(b, k, c, -1)
-        weight = torch.softmax(layer._logits((cj * cj).sum(dim=(2, 3))), dim=1) * layer.gamma
-        update = w[:, :c].reshape(z.shape) - (cj * weight.reshape(b, k, 1, 1)).sum(
-            dim=1).reshape(z.shape)
-        ratio = update.reshape(b, -1).norm(dim=1) / z.reshape(b, -1).norm(dim=1)
+    update, _ = layer.update(z, layer.operators())
+    ratio = layer.norms(update) / layer.norms(torch.view_as_real(z) if layer.spectral else z)
     return float(ratio.mean())
 
 
@@ -380,9 +366,7 @@ def fine_tune(module, X, y, *, teacher=None, epochs=10, lr=None, batch_size=64,
         With a teacher: each layer's ``eta`` is reset so that its update is
         this fraction of the features' norm (see ``_gentle_steps``: truncated
         deep closed-form layers with a small ``eps2`` collapse every input to
-        one feature); None (default) keeps ``eta``: the truncated kernels of
-        ``ReduNet1D()``'s one layer (``eps2=0.1``) keep 99.8 % of their energy
-        at 7 taps and the module's accuracy.
+        one feature); None (default) keeps each layer's ``eta``.
     random_state : int
         Seeds the split and the batch order (a non-negative integer below
         2**63): the result is deterministic.

@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import spectral
 from ._files import atomic_path
 from ._validation import NONLINEARITIES, validate_params
 from .backend import workspace_of
@@ -455,9 +456,7 @@ def _read(archive, estimators):
 
     complex_dtype = np.dtype(np.complex128 if params["dtype"] == "float64" else np.complex64)
     op_dtype = complex_dtype if nd else np.dtype(params["dtype"])
-    n_freqs = 1
-    if nd:
-        n_freqs = math.prod(signal_shape[:-1]) * (signal_shape[-1] // 2 + 1)
+    n_freqs = spectral.n_freqs(signal_shape) if nd else 1
     read_layer = _read_layer if version < 3 else _read_packed_layer
     for index in range(n_layers):
         arrays.update(read_layer(archive, f"layer{index}/", k, n_channels, n_freqs,

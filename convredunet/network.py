@@ -793,6 +793,48 @@ class Network:
             yield run(*chunk) if isinstance(chunk, tuple) else run(chunk)
 
 
+def build_layers(network, training, params, name, lap=None):
+    """The fit loop, one owner for every kind of training data: append ``n_layers`` layers.
+
+    ``training`` is the strategy that holds the training features (in memory:
+    their spectra; on a Dask cluster: persisted chunks): ``solve()`` returns
+    the next layer's :class:`convredunet.spectral.LayerSolution` from them,
+    ``apply(layer)`` moves them through the new layer and returns the
+    training accuracy of its membership. ``params``: the estimator's
+    validated parameters (``n_layers``, ``eta``, ``lmbda``, ``verbose``);
+    ``name`` labels the progress bar; ``lap(stage)``, when given, is called
+    after each solve and apply (the fit's stage timer). Returns the history:
+    one record per layer (``delta_R``, ``R``, ``R_c``, ``train_accuracy``),
+    each also logged on ``convredunet.estimators``.
+    """
+    import logging
+
+    log = logging.getLogger("convredunet.estimators")
+    lap = lap or (lambda stage: None)
+    history = []
+    progress = layer_progress(params["n_layers"], params["verbose"], name)
+    try:
+        for index in range(params["n_layers"]):
+            solution = training.solve()
+            layer = Layer(network.workspace.backend, solution, params["eta"], params["lmbda"],
+                          network.signal_shape)
+            network.layers.append(layer)
+            lap(f"layer{index}/solve")
+            accuracy = training.apply(layer)
+            lap(f"layer{index}/apply")
+            record = {"layer": index, "delta_R": solution.rates.delta,
+                      "R": solution.rates.expansion, "R_c": solution.rates.compression,
+                      "train_accuracy": accuracy}
+            history.append(record)
+            log.info("layer %d: delta_R=%.4f R=%.4f R_c=%.4f train_acc=%.4f", index,
+                     record["delta_R"], record["R"], record["R_c"], accuracy)
+            progress.update(1)
+            progress.set_postfix(delta_R=f"{record['delta_R']:.3f}", acc=f"{accuracy:.3f}")
+    finally:
+        progress.close()
+    return history
+
+
 def layer_progress(total, verbose, name):
     """A progress bar over the layers being built (shown only when ``verbose``)."""
     from tqdm.auto import tqdm

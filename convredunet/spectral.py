@@ -25,6 +25,19 @@ CHUNK_BYTES = 256 << 20
 _SOLVE_BYTES = 256 << 20
 
 
+def freq_shape(signal_shape):
+    """Shape of the stored half spectrum: ``(T//2+1,)`` in 1D, ``(H, W//2+1)`` in 2D; ``()``."""
+    signal_shape = tuple(signal_shape)
+    if not signal_shape:
+        return ()
+    return signal_shape[:-1] + (signal_shape[-1] // 2 + 1,)
+
+
+def n_freqs(signal_shape):
+    """Stored frequencies of the half spectrum of signals of ``signal_shape`` (1 for vectors)."""
+    return math.prod(freq_shape(signal_shape))
+
+
 def signal_layout(sample_shape):
     """``(n_channels, signal_shape, freq_shape)`` for one sample's shape.
 
@@ -32,10 +45,7 @@ def signal_layout(sample_shape):
     ``(C, H, W)`` -> ``(C, (H, W), (H, W//2+1))``.
     """
     n_channels, signal_shape = sample_shape[0], tuple(sample_shape[1:])
-    if not signal_shape:
-        return n_channels, (), ()
-    freq_shape = signal_shape[:-1] + (signal_shape[-1] // 2 + 1,)
-    return n_channels, signal_shape, freq_shape
+    return n_channels, signal_shape, freq_shape(signal_shape)
 
 
 def half_spectrum_weights(signal_shape):
@@ -80,8 +90,7 @@ def inverse_spectrum(backend, v_hat, signal_shape):
     if not signal_shape:
         return backend.permute(v_hat[0], (1, 0))
     f, c, b = v_hat.shape
-    freq_shape = signal_shape[:-1] + (signal_shape[-1] // 2 + 1,)
-    x_hat = backend.reshape(backend.permute(v_hat, (2, 1, 0)), (b, c) + freq_shape)
+    x_hat = backend.reshape(backend.permute(v_hat, (2, 1, 0)), (b, c) + freq_shape(signal_shape))
     return backend.irfft(x_hat, signal_shape, unitary=True)
 
 
@@ -93,11 +102,11 @@ def operator_kernels(backend, op_hat, signal_shape):
     """
     if not signal_shape:
         return op_hat[..., 0, :, :] if op_hat.ndim > 2 and op_hat.shape[-3] == 1 else op_hat
-    freq_shape = signal_shape[:-1] + (signal_shape[-1] // 2 + 1,)
+    half = freq_shape(signal_shape)
     lead = tuple(op_hat.shape[:-3])
     c_out, c_in = op_hat.shape[-2:]
-    shaped = backend.reshape(op_hat, lead + freq_shape + (c_out, c_in))
-    nl, nd = len(lead), len(freq_shape)
+    shaped = backend.reshape(op_hat, lead + half + (c_out, c_in))
+    nl, nd = len(lead), len(half)
     axes = tuple(range(nl)) + (nl + nd, nl + nd + 1) + tuple(range(nl, nl + nd))
     return backend.irfft(backend.permute(shaped, axes), signal_shape, unitary=False)
 
