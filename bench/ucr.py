@@ -42,7 +42,7 @@ import harness
 SETS = ("GunPoint", "ArrowHead", "ItalyPowerDemand", "BasicMotions", "ACSF1")
 HELD_OUT = ("OSULeaf",)
 SEEDS = (0, 1, 2)
-#: The issue's targets, checked and reported (not asserted).
+#: The targets each set is checked against, reported (not asserted).
 TARGETS = {"accuracy_gap": 0.05, "mean_gap": 0.03, "fit_ratio": 3.0}
 
 
@@ -131,7 +131,7 @@ def measure(name, quick, shift_budget, seeds):
 
 
 def targets(rows):
-    """Each of the issue's targets: met or missed, with the numbers."""
+    """Each target: met or missed, with the numbers."""
     suite = [r for r in rows if r["set"] in SETS]
     out = {}
     for r in suite:
