@@ -315,7 +315,7 @@ def quickstart_sentence(results):
     history = tune.get("history") or []
     best = tune.get("best_epoch")
     if history and best is not None and best < len(history):
-        accs = ", ".join(f"{h['validation_accuracy']:.4g}" for h in history)
+        accs = ", ".join(f"{h['validation_accuracy']:.4f}" for h in history)
         text += (f" `fine_tune` kept epoch {best} of {len(history) - 1}: validation "
                  f"accuracy on the 400 held-out signals {accs} from the start (epoch 0) on.")
     if record.get("model_npz_bytes"):

@@ -78,16 +78,25 @@ def test_the_committed_pages_are_those_the_records_give():
     assert not stale, f"{stale} differ from bench/results/: run python3 bench/docs.py"
 
 
+def _anchors(page):
+    """The anchors GitHub gives the headings of a Markdown page."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+            for heading in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_linked_file_exists(page):
+def test_every_linked_file_and_section_exists(page):
     missing = []
     for target in LINK.findall(page.read_text()):
-        if re.match(r"[a-z]+:", target) or target.startswith("#"):
-            continue  # a web address or an anchor of the page itself
-        path = (page.parent / target.split("#")[0]).resolve()
-        if not path.exists():
+        if re.match(r"[a-z]+:", target):
+            continue  # a web address
+        name, _, anchor = target.partition("#")
+        path = (page.parent / name).resolve() if name else page
+        if not path.exists() or (anchor and path.suffix == ".md"
+                                 and anchor not in _anchors(path)):
             missing.append(target)
-    assert not missing, f"{page.name} links files that do not exist: {missing}"
+    assert not missing, f"{page.name} links files or sections that do not exist: {missing}"
 
 
 def test_figures_are_stored_once():
