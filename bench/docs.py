@@ -270,8 +270,8 @@ def results_table(results):
                       f"signal: {changed:,} of {total:,} checked (every shift of each "
                       "checked signal)."]
     if held_out:
-        lines += ["", f"Held out: {', '.join(sorted(held_out))} played no part in choosing "
-                      "the defaults this record measures."]
+        lines += ["", f"Marked held out by `bench/ucr.py` and left out of the mean: "
+                      f"{', '.join(sorted(held_out))}."]
     return "\n".join(lines)
 
 
