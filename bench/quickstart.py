@@ -4,7 +4,7 @@ The block under "## Quick start (Python)" in README.md is taken verbatim and run
 statement by statement in a fresh namespace, in a temporary folder (it writes
 ``model.npz``), at the thread count given (``--threads``, default: convredunet's
 default, every core); each statement's wall time is recorded with the machine and
-its load. The README quotes the total of this run.
+its load. ``bench/docs.py`` writes the README's sentence on this run from the record.
 
 Usage: ``python3 bench/quickstart.py [--threads N] [--out DIR]``
 """

@@ -1,6 +1,6 @@
 """convredunet: shift-invariant ReduNets built in closed form, without backpropagation.
 
-The public names are listed in ``__all__``; see ``README.md`` for a tour.
+The public names are listed in ``__all__``; ``README.md`` and ``docs/guide.md`` describe them.
 """
 from ._threads import get_num_threads, num_threads, set_num_threads
 from .estimators import ReduNet1D, ReduNet2D, ReduNetVector, load

@@ -267,7 +267,8 @@ PARAMETERS = {p.name: p for p in [
     Parameter("n_components", check_n_components,
               "at most this many directions per frequency of each class subspace, and never "
               "more than the class's data span (classifier subspace); auto: an eighth of the "
-              "feature channels", _parse_components),
+              "feature channels, moved by 5-fold cross-validation inside fit when every "
+              "class has at most as many signals as channels", _parse_components),
     Parameter("random_state", check_random_state, "seed of the lifting kernels", int),
     Parameter("backend", _choice("backend", ("numpy", "torch")), "numpy or torch"),
     Parameter("device", check_device, "torch device, e.g. cpu or cuda (backend torch)",

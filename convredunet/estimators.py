@@ -514,8 +514,8 @@ class _ReduNet(ClassifierMixin, TransformerMixin, BaseEstimator):
         numbers; None (default) stores the model's own precision, which loads
         bit for bit. ``"float32"`` halves a float64 model's file; the loaded
         model computes in float64 from numbers rounded to float32 (its
-        predictions may differ from the original's on a few samples: see the
-        README's model sizes).
+        predictions may differ from the original's on a few samples: see
+        "Model file sizes" in docs/benchmarks.md).
         """
         self._check_fitted()
         classes = np.asarray(self.classes_)
@@ -850,7 +850,7 @@ class ReduNet2D(_ReduNet):
     ``eps2=10``, keep that information: CV accuracy 0.87 after 1 layer
     (0.87, 0.86 after 2, 3). Defaults: one layer, ``eps2=10``,
     ``classifier="subspace"``, ``n_components=4``. The test accuracy,
-    measured once, is in the README's accuracy table (``bench/accuracy.py``).
+    measured once, is in docs/benchmarks.md, "Accuracy" (``bench/accuracy.py``).
     """
 
     _signal_ndim = 2

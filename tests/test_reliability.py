@@ -1,4 +1,4 @@
-"""The reliability promises (README, "Reliability"): each test fails if its promise breaks."""
+"""The reliability promises (docs/guide.md, "Reliability"): each test fails if its promise breaks."""
 import json
 import os
 import signal

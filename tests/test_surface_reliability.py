@@ -1,4 +1,4 @@
-"""The reliability promises of the newer surfaces (README, "Reliability"): exported modules,
+"""The reliability promises of the newer surfaces (docs/guide.md, "Reliability"): exported modules,
 ONNX files, fine_tune, Dask input, the command line's --scheduler, and the files written.
 
 Each test is named after the promise it holds; each compares with the in-process numpy path
