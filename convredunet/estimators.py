@@ -594,7 +594,8 @@ class _SpectraTraining:
     def apply(self, layer):
         """Move the spectra through ``layer``; the training accuracy of its membership."""
         backend, params = self.backend, self.params
-        size = self.network.chunk_size(params["batch_size"], backend.itemsize(self.V),
+        like = self.network.workspace.like
+        size = self.network.chunk_size(params["batch_size"], backend.itemsize(like),
                                        budget=math.prod(self.V.shape) * backend.itemsize(self.V))
         self.V, pi = _apply_spectra(
             backend, layer, self.V, self.labels if params["membership"] == "label" else None,

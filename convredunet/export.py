@@ -678,8 +678,11 @@ class ReduNetLayer(nn.Module):
 
     def step(self, z: torch.Tensor, ops: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward` with ``ops = self.operators()`` given: :meth:`finish` of :meth:`update`."""
+        # z's real view is taken before the responses: autograd sums the gradients that
+        # reach z in the order their operations were recorded.
+        base = torch.view_as_real(z) if self.spectral else z
         update, logits = self.update(z, ops)
-        return self.finish(z, update), logits
+        return self.finish(base, update), logits
 
     def update(self, z: torch.Tensor, ops: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         """``E z - sum_j gamma_j pi_j C^j z`` and ``-lmbda ||C^j z||_F`` ``(b, k)``.
@@ -710,10 +713,10 @@ class ReduNetLayer(nn.Module):
         return torch.sqrt((flat * flat).sum(dim=1)).clamp_min(1e-30)
 
     def finish(self, z: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
-        """``normalize(z + eta update)``, in the mode's form (fft: complex ``z``, pairs ``update``)."""
+        """``normalize(z + eta update)`` in the mode's form; fft: ``z`` and ``update`` as real
+        pairs ``(F, C, b, 2)``, the result complex ``(F, C, b)``."""
         if self.spectral:
-            return torch.view_as_complex(finish_step(torch.view_as_real(z), update, self.eta,
-                                                     self.freq_weights))
+            return torch.view_as_complex(finish_step(z, update, self.eta, self.freq_weights))
         step = z + self.eta * update
         return step / self.norms(step).reshape([-1] + [1] * (z.dim() - 1))
 
