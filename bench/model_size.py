@@ -1,7 +1,9 @@
 """Sizes of the files a fitted network is written to, and what a float32 model file costs.
 
-Networks (defaults, seed 0): ``ReduNet1D()`` on the 4,000 MNIST-1D training signals (the
-demo's network) and ``ReduNet2D()`` on 10 MNIST digits per class. For each: the model
+Networks (seed 0): ``ReduNet1D()`` on the 4,000 MNIST-1D training signals (the demo's
+network: no layer, so its file holds the lifting and the class bases),
+``ReduNet1D(n_layers=1)`` on the same signals (one layer of operators) and ``ReduNet2D()``
+on 10 MNIST digits per class. For each: the model
 file (``net.save``, format 3) in its own precision and with ``dtype="float32"``; the same
 network in format 2 (every operator a full complex ``C x C`` block per frequency, as
 written before format 3); the bytes of the layers' operators as dense complex blocks
@@ -94,6 +96,9 @@ def main():
     with tempfile.TemporaryDirectory() as folder:
         net = crn.ReduNet1D(random_state=0).fit(X_train, y_train)
         record["rows"].append(sizes("MNIST-1D ReduNet1D()", net, X_test, y_test, folder))
+        net = crn.ReduNet1D(n_layers=1, random_state=0).fit(X_train, y_train)
+        record["rows"].append(sizes("MNIST-1D ReduNet1D(n_layers=1)", net, X_test, y_test,
+                                    folder))
         X, y = datasets.load_mnist()
         X2, y2, X2_test, y2_test = datasets.train_test_split_per_class(X, y, 10,
                                                                          random_state=0)
