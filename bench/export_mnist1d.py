@@ -85,25 +85,36 @@ def speed_rows(name, net, X, repeats, slow_subset):
     return rows
 
 
+def _opset(path):
+    """The (default domain) opset the ONNX file declares; None without the ``onnx`` package."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    return next((o.version for o in onnx.load(str(path)).opset_import
+                 if o.domain in ("", "ai.onnx")), None)
+
+
 def onnx_check(net, X, out_dir):
     """Export to ONNX and compare onnxruntime's labels with ``net.predict`` on ``X``."""
     try:
         import onnxruntime as ort
     except ImportError:
         return {"skipped": "onnxruntime is not installed"}
-    from convredunet.export import ONNX_OPSET, export_onnx
+    from convredunet.export import export_onnx
 
     path = out_dir / "export_mnist1d.onnx"
     export_onnx(net.to_torch(dtype=torch.float32), path)
+    opset = _opset(path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     features, scores, labels = session.run(None, {"x": X[:, None].astype(np.float32)})
     expected = net.predict(X)
-    result = {"opset": ONNX_OPSET, "outputs": [o.name for o in session.get_outputs()],
+    result = {"opset": opset, "outputs": [o.name for o in session.get_outputs()],
               "n": len(X), "labels_equal_net_predict": bool(np.array_equal(labels, expected)),
               "labels_differing": int(np.sum(labels != expected)),
               "max_abs_feature_error": float(np.max(np.abs(features - net.transform(X))))}
     path.unlink()
-    print(f"ONNX (opset {ONNX_OPSET}, onnxruntime): labels equal net.predict on {len(X)}: "
+    print(f"ONNX (opset {opset}, onnxruntime): labels equal net.predict on {len(X)}: "
           f"{result['labels_equal_net_predict']} ({result['labels_differing']} differ)",
           flush=True)
     return result
