@@ -35,21 +35,21 @@ signals before and after ``ReduNet1D()`` (seed 0): ``|cos|`` at fixed positions 
 the max over cyclic shifts of the cosine; ``depth.png``, accuracy against depth,
 train and validation, for ``ReduNet1D()``'s defaults grown deeper (fit 3200 /
 validate 800 training signals) and for the paper's translation network (5-fold CV,
-from ``results/mnist_validation.json``).
+read from ``mnist_validation.json`` in ``--out``, or the file ``--validation`` names).
 
 Usage::
 
-    python3 bench/accuracy.py [--quick] [--out DIR] [--threads N]
+    python3 bench/accuracy.py [--quick] [--out DIR] [--threads N] [--validation FILE]
 
 or, from Python, :func:`run`.
 Writes ``accuracy.json`` and ``accuracy.md`` (and the figures) to the output directory
 (default ``bench/results/``) and prints the table.
 """
-import contextlib
 import copy
 import json
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
@@ -58,7 +58,6 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-import convredunet
 from convredunet import ReduNet1D, ReduNet2D
 from convredunet.datasets import (load_mnist, load_mnist1d, random_cyclic_shift, to_polar,
                                   train_test_split_per_class)
@@ -374,13 +373,14 @@ def depth_figure(path, panels):
     harness.save_figure(fig, path)
 
 
-def depth_panels(out_dir, verbose=True, n_layers=6):
+def depth_panels(out_dir, verbose=True, n_layers=6, validation_file=None):
     """The depth figure (``depth.png``): MNIST-1D validation, and translation CV when recorded.
 
     MNIST-1D: ``ReduNet1D()``'s defaults grown to ``n_layers`` layers, fit on 3200
     training signals and scored on the other 800. Translation: the per-layer 5-fold
-    cross-validation of ``results/mnist_validation.json`` (``bench/validate_mnist.py``).
-    Returns the panels' scores.
+    cross-validation of ``bench/validate_mnist.py``'s record, ``validation_file``
+    (default: ``mnist_validation.json`` in ``out_dir``); without it, that panel is left
+    out. Returns the panels' scores.
     """
     defaults = ReduNet1D().get_params()
     harness.log(verbose, f"  depth figure: ReduNet1D defaults grown to {n_layers} layers")
@@ -389,7 +389,10 @@ def depth_panels(out_dir, verbose=True, n_layers=6):
                           ranks=sorted(set(protocol.RANKS) | {rank}))
     panels = [("MNIST-1D, ReduNet1D() defaults grown deeper:\nfit 3200 / validate 800 "
                "training signals", scores, rank)]
-    cv_file = harness.RESULTS / "mnist_validation.json"
+    cv_file = Path(out_dir) / "mnist_validation.json" if validation_file is None \
+        else Path(validation_file)
+    harness.log(verbose and not cv_file.is_file(),
+                f"  depth figure: no {cv_file}, so no translation panel")
     if cv_file.is_file():
         for record in json.loads(cv_file.read_text()):
             if record["name"] == "translation, paper":
@@ -515,7 +518,8 @@ def markdown_report(result):
     return "\n".join(lines)
 
 
-def run(quick=False, out_dir=DEFAULT_OUT, configs=None, threads=None, verbose=True):
+def run(quick=False, out_dir=DEFAULT_OUT, configs=None, threads=None, verbose=True,
+        validation_file=None):
     """Run the configurations and write ``accuracy.json`` and ``accuracy.md``.
 
     Parameters
@@ -527,10 +531,13 @@ def run(quick=False, out_dir=DEFAULT_OUT, configs=None, threads=None, verbose=Tr
     configs : list of dict or None
         Configurations to run instead (as built by :func:`make_config`), e.g. tiny ones for tests.
     threads : int or None
-        Threads for the FFT / BLAS (``convredunet.set_num_threads``); None keeps the
+        Threads for the FFT / BLAS (``convredunet.num_threads``); None keeps the
         library's setting.
     verbose : bool
         Print progress and the table.
+    validation_file : str or None
+        ``bench/validate_mnist.py``'s record for the depth figure (full run); default
+        ``mnist_validation.json`` in ``out_dir``.
 
     Returns
     -------
@@ -545,9 +552,7 @@ def run(quick=False, out_dir=DEFAULT_OUT, configs=None, threads=None, verbose=Tr
     full_run = configs is None and not quick  # the depth figure comes with the full run
     if configs is None:
         configs = quick_configs() if quick else full_configs()
-    setting = (convredunet.num_threads(threads) if threads is not None
-               else contextlib.nullcontext())
-    with setting:
+    with harness.thread_setting(threads):
         machine = harness.machine_info()  # inside the setting: records its thread count
         load_start = harness.load_average()
         harness.log(verbose, f"machine: {machine['cpu_model']}, {machine['cores_available']} "
@@ -559,7 +564,7 @@ def run(quick=False, out_dir=DEFAULT_OUT, configs=None, threads=None, verbose=Tr
                        for index, seed in enumerate(config.get("seeds") or [None])]
         depth = None
         if full_run:
-            depth = depth_panels(out_dir, verbose)
+            depth = depth_panels(out_dir, verbose, validation_file=validation_file)
     total_s = total.seconds
     result = {"machine": machine,
               "load_average": {"start": load_start, "end": harness.load_average()},
@@ -585,12 +590,12 @@ def main(argv=None):
         "Accuracy of ReduNets on MNIST-1D, MNIST translation and rotation, unshifted and "
         "randomly shifted, with linear SVM and 5-NN references.",
         quick_help="reduced configurations (under 2 minutes)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="threads for FFT/BLAS (default: every available core)")
+    parser.add_argument("--validation", default=None, metavar="FILE",
+                        help="bench/validate_mnist.py's record, read for the depth figure "
+                             "(full run; default: mnist_validation.json in --out)")
     args = parser.parse_args(argv)
-    if args.threads is not None and args.threads < 1:
-        parser.error(f"--threads must be a positive integer, got {args.threads}")
-    run(quick=args.quick, out_dir=args.out, threads=args.threads)
+    run(quick=args.quick, out_dir=args.out, threads=args.threads,
+        validation_file=args.validation)
     return 0
 
 

@@ -623,17 +623,12 @@ def main(argv=None):
     parser = harness.arguments(
         "Time the construction of one layer's operators: spectral engine, dense spatial "
         "reference and the per-frequency loop baseline.",
-        quick_help="reduced grid and fewer repeats (under a minute)")
-    parser.add_argument("--threads", default="1,2",
-                        help="comma-separated thread settings (default 1,2)")
+        quick_help="reduced grid and fewer repeats (under a minute)",
+        several_threads=True, threads_default=(1, 2),
+        threads_help="every method is timed at each setting, as in the recorded "
+                     "construction.json")
     args = parser.parse_args(argv)
-    try:
-        threads = tuple(int(n) for n in args.threads.split(","))
-    except ValueError:
-        parser.error(f"--threads must be comma-separated integers, got {args.threads!r}")
-    if any(n < 1 for n in threads):
-        parser.error(f"--threads must be positive, got {args.threads!r}")
-    run(quick=args.quick, out_dir=args.out, threads=threads)
+    run(quick=args.quick, out_dir=args.out, threads=args.threads)
     return 0
 
 

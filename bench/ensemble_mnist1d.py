@@ -7,20 +7,21 @@ squared subspace distances (each member's features have unit norm, so the distan
 in [0, 1] and are comparable) and predicts the nearest class. The ensembles of lifting
 seeds ``{s, s+3, s+6, ...}`` for ``s`` in 0, 1, 2 give the spread (disjoint seeds, so the
 three estimates are distinct networks). Fit seconds are the members' sum (one thread),
-scaled to the 4000 training signals.
+scaled to the 4000 training signals. Each run appends its rows to ``mnist1d_ensemble.json``
+in ``--out`` (``mnist1d_ensemble_quick.json`` for ``--quick``: 600 training signals, 16
+channels, one member, rank 4).
 
 Usage::
 
     python3 bench/ensemble_mnist1d.py [--channels 128] [--members 3] [--ranks 32,48,64]
+                                      [--quick] [--out DIR] [--threads 1]
 """
-import argparse
 import datetime
 import json
 import sys
 
 import numpy as np
 
-import convredunet
 from convredunet import ReduNet1D
 from convredunet.backend import NumpyBackend
 from convredunet.datasets import load_mnist1d
@@ -30,7 +31,6 @@ import harness
 import protocol
 from sweep_mnist1d import FULL_SCALE
 
-OUT = harness.RESULTS / "mnist1d_ensemble.json"
 BACKEND = NumpyBackend()
 
 
@@ -51,21 +51,26 @@ def member_distances(params, seed, split, ranks):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.arguments(__doc__.splitlines()[0],
+                               quick_help="600 training signals, 16 channels, one member, "
+                                          "rank 4 (written to mnist1d_ensemble_quick.json)")
     parser.add_argument("--channels", type=int, default=128)
     parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--ranks", default="32,48")
-    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    convredunet.set_num_threads(args.threads)
+    if args.quick:
+        args.channels, args.members, args.ranks = 16, 1, "4"
     ranks = [int(r) for r in args.ranks.split(",")]
     params = {"n_layers": 1, "n_channels": args.channels}
     X, y, _, _ = load_mnist1d()  # the test part is not used
+    if args.quick:
+        X, y = X[:600], y[:600]
     split = protocol.validation_split(X, y, 0.2, seed=0)
     y_val = split[3]
     classes = np.unique(split[1])
     seeds = range(3 * args.members)
-    members = {s: member_distances(params, s, split, ranks) for s in seeds}
+    with harness.thread_setting(args.threads):
+        members = {s: member_distances(params, s, split, ranks) for s in seeds}
     rows = []
     for rank in ranks:
         for n in range(1, args.members + 1):
@@ -81,11 +86,13 @@ def main(argv=None):
             print(f"C={args.channels} r={rank} members={n}: {np.mean(accs):.4f} "
                   f"[{min(accs):.4f}-{max(accs):.4f}] fit~{fit_s * FULL_SCALE:.1f} s",
                   flush=True)
-    records = json.loads(OUT.read_text()) if OUT.is_file() else []
+    out = harness.output_dir(args.out) / ("mnist1d_ensemble_quick.json" if args.quick
+                                          else "mnist1d_ensemble.json")
+    records = json.loads(out.read_text()) if out.is_file() else []
     records.append({"date": datetime.datetime.now().isoformat(timespec="seconds"),
                     "threads": args.threads, "load_average": harness.load_average(),
                     "rows": rows})
-    harness.write_json(OUT, records)
+    harness.write_json(out, records)
     return 0
 
 

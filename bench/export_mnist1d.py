@@ -43,9 +43,9 @@ import torch
 import convredunet as crn
 from convredunet import datasets
 from convredunet.export import kernel_energy_kept
-from convredunet.finetune import _split as finetune_split
 
 import harness  # bench/harness.py: this script's folder is first on sys.path
+import protocol
 
 
 def _best_time(fn, repeats):
@@ -85,25 +85,36 @@ def speed_rows(name, net, X, repeats, slow_subset):
     return rows
 
 
+def _opset(path):
+    """The (default domain) opset the ONNX file declares; None without the ``onnx`` package."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    return next((o.version for o in onnx.load(str(path)).opset_import
+                 if o.domain in ("", "ai.onnx")), None)
+
+
 def onnx_check(net, X, out_dir):
     """Export to ONNX and compare onnxruntime's labels with ``net.predict`` on ``X``."""
     try:
         import onnxruntime as ort
     except ImportError:
         return {"skipped": "onnxruntime is not installed"}
-    from convredunet.export import ONNX_OPSET, export_onnx
+    from convredunet.export import export_onnx
 
     path = out_dir / "export_mnist1d.onnx"
     export_onnx(net.to_torch(dtype=torch.float32), path)
+    opset = _opset(path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     features, scores, labels = session.run(None, {"x": X[:, None].astype(np.float32)})
     expected = net.predict(X)
-    result = {"opset": ONNX_OPSET, "outputs": [o.name for o in session.get_outputs()],
+    result = {"opset": opset, "outputs": [o.name for o in session.get_outputs()],
               "n": len(X), "labels_equal_net_predict": bool(np.array_equal(labels, expected)),
               "labels_differing": int(np.sum(labels != expected)),
               "max_abs_feature_error": float(np.max(np.abs(features - net.transform(X))))}
     path.unlink()
-    print(f"ONNX (opset {ONNX_OPSET}, onnxruntime): labels equal net.predict on {len(X)}: "
+    print(f"ONNX (opset {opset}, onnxruntime): labels equal net.predict on {len(X)}: "
           f"{result['labels_equal_net_predict']} ({result['labels_differing']} differ)",
           flush=True)
     return result
@@ -159,7 +170,7 @@ def size_rows(net, X_fit, y_fit, validation, X_test, y_test, sizes, epochs, repe
 
 def _split(y, fraction=0.1, seed=0):
     """Stratified (fit, validation) indices: the split ``fine_tune`` itself makes."""
-    return finetune_split(len(y), y, fraction, seed)
+    return protocol.per_class_split(y, fraction, seed)
 
 
 def label_finetune(name, net, X_fit, y_fit, validation, X_test, y_test, epochs,
@@ -289,67 +300,69 @@ def _describe(net):
 def run(quick=False, out_dir=harness.RESULTS, threads=1, repeats=3, epochs=None,
         distill_epochs=None, sizes=(3, 5, 7, 9, 15), skip=(), tag="", default_sizes=(7,),
         lrs=()):
-    torch.set_num_threads(threads)
-    crn.set_num_threads(threads)
-    out_dir = harness.output_dir(out_dir)
-    X_train, y_train, X_test, y_test = datasets.load_mnist1d()
-    small = {}
-    if quick:
-        X_train, y_train, X_test, y_test = X_train[:800], y_train[:800], X_test[:200], \
-            y_test[:200]
-        epochs, distill_epochs, sizes, repeats, default_sizes = 1, 1, (7,), 1, ()
-        small = {"n_channels": 16}
-    result = {"machine": harness.machine_info(), "threads": threads,
-              "load_average": {"start": harness.load_average()},
-              "quick": quick, "epochs": epochs, "distill_epochs": distill_epochs}
-    # The network is built on 90 % of the training set; the other 10 % (stratified,
-    # seed 0) chooses fine_tune's epoch and temperature. The test set is only measured.
-    fit, val = _split(y_train)
-    X_fit, y_fit, validation = X_train[fit], y_train[fit], (X_train[val], y_train[val])
-    net = crn.ReduNet1D(random_state=0, **small).fit(X_fit, y_fit)
-    result["own_test_accuracy"] = float(net.score(X_test, y_test))
-    result["network"] = repr(net)
-    print(f"MNIST-1D {net!r} on {len(fit)} signals: test accuracy "
-          f"{result['own_test_accuracy']:.4f}", flush=True)
-    if lrs:
-        result["lr_sweep"] = lr_sweep(net, X_fit, y_fit, validation, lrs, default_sizes,
-                                      epochs)
-    X2, y2 = datasets.load_mnist()
-    X2_train, y2_train, X2_test, y2_test = datasets.train_test_split_per_class(
-        X2, y2, 10, 50 if quick else 100, random_state=0)
-    if "speed" not in skip:
-        rows = speed_rows(f"MNIST-1D ReduNet1D() ({_describe(net)})", net, X_test, repeats, 100)
-        net2 = crn.ReduNet2D(random_state=0, **small).fit(X2_train, y2_train)
-        rows += speed_rows(f"MNIST 28x28 ReduNet2D() ({_describe(net2)})", net2,
-                           X2_test[:200], repeats, 4)
-        result["speed"] = rows
-        result["onnx"] = onnx_check(net, X_test, out_dir)
-    if "sizes" not in skip:
-        result["sizes"] = size_rows(net, X_fit, y_fit, validation, X_test, y_test, sizes,
-                                    distill_epochs, repeats, default_sizes)
-    if "finetune" not in skip:
-        tuned = [label_finetune("MNIST-1D ReduNet1D()", net, X_fit, y_fit, validation,
-                                X_test, y_test, epochs, len(X_test))]
-        fit2, val2 = _split(y2_train)
-        shifted, _ = datasets.random_cyclic_shift(X2_test, 2, random_state=0)
-        net2 = crn.ReduNet2D(random_state=0, **small).fit(X2_train[fit2], y2_train[fit2])
-        tuned.append(label_finetune(
-            "MNIST translation ReduNet2D() (10/class)", net2, X2_train[fit2], y2_train[fit2],
-            (X2_train[val2], y2_train[val2]), shifted, y2_test, epochs, 20))
-        result["finetune"] = tuned
-        plot_curves(tuned, out_dir / (("export_finetune_quick" if quick
-                                       else "export_finetune") + tag + ".png"))
-    name = ("export_mnist1d_quick" if quick else "export_mnist1d") + tag
-    result["load_average"]["end"] = harness.load_average()
-    harness.write_json(out_dir / f"{name}.json", result, indent=2)
-    harness.write_text(out_dir / f"{name}.md", markdown(result))
-    print(markdown(result))
-    return result
+    torch.set_num_threads(threads)  # the modules' own torch calls
+    with crn.num_threads(threads):
+        out_dir = harness.output_dir(out_dir)
+        X_train, y_train, X_test, y_test = datasets.load_mnist1d()
+        small = {}
+        if quick:
+            X_train, y_train, X_test, y_test = X_train[:800], y_train[:800], X_test[:200], \
+                y_test[:200]
+            epochs, distill_epochs, sizes, repeats, default_sizes = 1, 1, (7,), 1, ()
+            small = {"n_channels": 16}
+        result = {"machine": harness.machine_info(), "threads": threads,
+                  "load_average": {"start": harness.load_average()},
+                  "quick": quick, "epochs": epochs, "distill_epochs": distill_epochs}
+        # The network is built on 90 % of the training set; the other 10 % (stratified,
+        # seed 0) chooses fine_tune's epoch and temperature. The test set is only measured.
+        fit, val = _split(y_train)
+        X_fit, y_fit, validation = X_train[fit], y_train[fit], (X_train[val], y_train[val])
+        net = crn.ReduNet1D(random_state=0, **small).fit(X_fit, y_fit)
+        result["own_test_accuracy"] = float(net.score(X_test, y_test))
+        result["network"] = repr(net)
+        print(f"MNIST-1D {net!r} on {len(fit)} signals: test accuracy "
+              f"{result['own_test_accuracy']:.4f}", flush=True)
+        if lrs:
+            result["lr_sweep"] = lr_sweep(net, X_fit, y_fit, validation, lrs, default_sizes,
+                                          epochs)
+        X2, y2 = datasets.load_mnist()
+        X2_train, y2_train, X2_test, y2_test = datasets.train_test_split_per_class(
+            X2, y2, 10, 50 if quick else 100, random_state=0)
+        if "speed" not in skip:
+            rows = speed_rows(f"MNIST-1D ReduNet1D() ({_describe(net)})", net, X_test,
+                              repeats, 100)
+            net2 = crn.ReduNet2D(random_state=0, **small).fit(X2_train, y2_train)
+            rows += speed_rows(f"MNIST 28x28 ReduNet2D() ({_describe(net2)})", net2,
+                               X2_test[:200], repeats, 4)
+            result["speed"] = rows
+            result["onnx"] = onnx_check(net, X_test, out_dir)
+        if "sizes" not in skip:
+            result["sizes"] = size_rows(net, X_fit, y_fit, validation, X_test, y_test, sizes,
+                                        distill_epochs, repeats, default_sizes)
+        if "finetune" not in skip:
+            tuned = [label_finetune("MNIST-1D ReduNet1D()", net, X_fit, y_fit, validation,
+                                    X_test, y_test, epochs, len(X_test))]
+            fit2, val2 = _split(y2_train)
+            shifted, _ = datasets.random_cyclic_shift(X2_test, 2, random_state=0)
+            net2 = crn.ReduNet2D(random_state=0, **small).fit(X2_train[fit2], y2_train[fit2])
+            tuned.append(label_finetune(
+                "MNIST translation ReduNet2D() (10/class)", net2, X2_train[fit2], y2_train[fit2],
+                (X2_train[val2], y2_train[val2]), shifted, y2_test, epochs, 20))
+            result["finetune"] = tuned
+            plot_curves(tuned, out_dir / (("export_finetune_quick" if quick
+                                           else "export_finetune") + tag + ".png"))
+        name = ("export_mnist1d_quick" if quick else "export_mnist1d") + tag
+        result["load_average"]["end"] = harness.load_average()
+        harness.write_json(out_dir / f"{name}.json", result, indent=2)
+        harness.write_text(out_dir / f"{name}.md", markdown(result))
+        print(markdown(result))
+        return result
 
 
 def main(argv=None):
-    parser = harness.arguments(__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
+    parser = harness.arguments(__doc__.splitlines()[0],
+                               quick_help="800 training signals, 16 channels, one epoch, "
+                                          "K=7 only (export_mnist1d_quick*)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None,
                         help="label fine-tuning epochs (default: fine_tune's)")

@@ -21,6 +21,7 @@ training signals; each epoch's seconds (its training and its validation) against
 Usage: ``python3 bench/export_speed.py [--threads 1] [--repeats 5] [--n-2d 500]
 [--epochs 2] [--quick] [--out DIR]``; writes ``export_speed.json`` and ``export_speed.md``.
 """
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -113,14 +114,15 @@ def fine_tune_row(net, X, y, X_val, y_val, epochs, repeats):
     return row
 
 
-def main():
-    parser = harness.arguments(__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
+def main(argv=None):
+    parser = harness.arguments(__doc__.splitlines()[0],
+                               quick_help="400 fitting signals, 200 + 50 test signals, 2 "
+                                          "rounds, one fine-tuning epoch")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--n-2d", type=int, default=500)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--skip-finetune", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     out_dir = harness.output_dir(args.out)
     repeats = 2 if args.quick else args.repeats
     record = {"load_average_start": harness.load_average(), "threads": args.threads}
@@ -173,7 +175,8 @@ def main():
                  "`bench/export_speed.py`.")
     harness.write_text(out_dir / "export_speed.md", "\n".join(lines))
     print("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

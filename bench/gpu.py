@@ -5,7 +5,8 @@ Fit ReduNet2D on m=100 training digits (10 per class, 75 lifted channels,
 digits of the MNIST test set, in float32 and float64. Records wall times with
 CUDA synchronization around each timed step, the device name, and accuracy.
 
-Usage: ``python bench/gpu.py [--device cuda] [--quick] [--out DIR]``
+Usage: ``python bench/gpu.py [--device cuda] [--quick] [--out DIR] [--threads 1]``
+(``--threads``: the host's setting, convredunet.num_threads).
 """
 import sys
 
@@ -69,7 +70,8 @@ def main(argv=None):
                                quick_help="3 layers and 20 test digits per class")
     parser.add_argument("--device", default="cuda")
     args = parser.parse_args(argv)
-    run(args.device, args.quick, args.out)
+    with harness.thread_setting(args.threads):
+        run(args.device, args.quick, args.out)
     return 0
 
 

@@ -7,16 +7,23 @@ module; ``tests/conftest.py`` does the same when it loads a script for a test.
 * :func:`machine_info`, :func:`load_average` -- what ran the benchmark and how busy it was;
 * :class:`Timer`, :func:`time_call`, :func:`matmul_peak` -- wall-clock times (with an
   optional synchronization for asynchronous devices) and the machine's float64 matmul rate;
-* :func:`arguments`, :func:`output_dir`, :func:`write_json`, :func:`write_text`,
-  :func:`markdown_table`, :func:`text_table`, :func:`figure`, :func:`save_figure` -- the
-  command line, the output folder (``bench/results/`` by default) and the files, each
-  written under a temporary name and renamed when complete.
+* :func:`arguments`, :func:`thread_setting`, :func:`one_blas_thread` -- the command line
+  every script shares (``--quick``, ``--out DIR``, ``--threads N``) and the thread
+  settings it runs under;
+* :func:`output_dir`, :func:`write_json`, :func:`write_text`, :func:`markdown_table`,
+  :func:`text_table`, :func:`figure`, :func:`save_figure` -- the output folder
+  (``bench/results/`` by default) and the files, each written under a temporary name
+  and renamed when complete.
+
+The scripts use convredunet's public names only (``tests/test_bench_contract.py``).
 """
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import platform
+import secrets
 import time
 import typing
 from pathlib import Path
@@ -26,8 +33,9 @@ import numpy as np
 import convredunet
 
 __all__ = ["RESULTS", "machine_info", "load_average", "Timer", "Timing", "time_call",
-           "matmul_peak", "arguments", "output_dir", "write_json", "write_text",
-           "markdown_table", "text_table", "figure", "save_figure", "log"]
+           "matmul_peak", "arguments", "thread_setting", "one_blas_thread", "output_dir",
+           "write_json", "write_text", "markdown_table", "text_table", "figure",
+           "save_figure", "log"]
 
 #: Where the recorded results live (``bench/results/``).
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -177,13 +185,91 @@ def matmul_peak(threads, size=2048, repeats=3, budget_s=5.0):
 
 
 # --- command line and files --------------------------------------------------------------------
-def arguments(description, quick_help="a reduced run (a smoke test, not the result)"):
-    """An argument parser with the options every script takes: ``--quick`` and ``--out``."""
+class _Threads(argparse.Action):
+    """``--threads N`` (or ``N,M,...`` where the script times several settings): positive."""
+
+    def __init__(self, option_strings, dest, several=False, **kwargs):
+        self.several = several
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        what = "comma-separated positive integers" if self.several else "a positive integer"
+        try:
+            counts = tuple(int(n) for n in values.split(",")) if self.several else (int(values),)
+        except ValueError:
+            counts = ()
+        if not counts or any(n < 1 for n in counts):
+            parser.error(f"--threads must be {what}, got {values!r}")
+        setattr(namespace, self.dest, counts if self.several else counts[0])
+
+
+class _Folder(argparse.Action):
+    """``--out DIR``: a folder (created when the script writes), never a file."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        path = Path(values)
+        if path.exists() and not path.is_dir():
+            parser.error(f"--out must be a folder, got the file {values!r}; the script "
+                         "writes its files into the folder")
+        if path.suffix == ".json":
+            parser.error(f"--out must be a folder, got {values!r}; the script writes its "
+                         "JSON record into the folder under its own name")
+        setattr(namespace, self.dest, str(path))
+
+
+def arguments(description, quick_help="a reduced run (a smoke test, not the result)",
+              threads_default=1, threads_help=None, several_threads=False):
+    """An argument parser with the options every script takes.
+
+    ``--quick``
+        a reduced run (``quick_help`` says what it reduces);
+    ``--out DIR``
+        the output folder (default ``bench/results/``), created if missing; any
+        earlier record the script reads is read from it too;
+    ``--threads N``
+        the script runs under ``convredunet.num_threads(N)`` (:func:`thread_setting`).
+        Default 1, the protocol of the recorded results. A script that measured at
+        another setting keeps it as ``threads_default`` (None: the library's default,
+        every available core) and says why in ``threads_help``; with
+        ``several_threads`` the option takes ``N,M,...`` (a tuple) for a script that
+        times each setting in turn.
+    """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help=quick_help)
-    parser.add_argument("--out", default=str(RESULTS),
-                        help=f"output folder (default {RESULTS})")
+    parser.add_argument("--out", default=str(RESULTS), action=_Folder, metavar="DIR",
+                        help=f"output folder, created if missing (default {RESULTS})")
+    if threads_default is None:
+        default_text = "every available core, the library's default"
+    elif several_threads:
+        threads_default = tuple(int(n) for n in threads_default)
+        default_text = ",".join(map(str, threads_default))
+    else:
+        default_text = f"{threads_default}, the protocol of the recorded results"
+    what = ("thread settings timed in turn, comma-separated (convredunet.num_threads)"
+            if several_threads else "the thread setting the run uses (convredunet.num_threads)")
+    parser.add_argument("--threads", default=threads_default, action=_Threads,
+                        several=several_threads, metavar="N,M,..." if several_threads else "N",
+                        help=f"{what}; default {default_text}"
+                             + (f" ({threads_help})" if threads_help else ""))
     return parser
+
+
+def thread_setting(n_threads):
+    """``convredunet.num_threads(n_threads)``; None leaves the library's setting as it is."""
+    if n_threads is None:
+        return contextlib.nullcontext()
+    return convredunet.num_threads(n_threads)
+
+
+def one_blas_thread():
+    """BLAS on one thread while inside, as convredunet runs its batched small products.
+
+    For a script that calls a fitted network's pieces itself (a layer, the subspace
+    distances) and times them as the estimators run them.
+    """
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def output_dir(path=RESULTS):
@@ -196,14 +282,25 @@ def output_dir(path=RESULTS):
 def _replace_when_done(path, write):
     """Call ``write(tmp)`` then rename ``tmp`` to ``path``; no partial file is ever left.
 
-    The library's own writer (``convredunet._files.atomic_path``): a unique
-    temporary name, the umask's mode for a new file.
+    ``tmp`` is a fresh name in ``path``'s folder, created exclusively with the mode
+    ``open()`` gives a new file (``0o666 & ~umask``); on any error or interruption it is
+    removed and ``path`` is left as it was.
     """
-    from convredunet._files import atomic_path
-
     path = Path(path)
-    with atomic_path(path) as tmp:
+    while True:
+        tmp = path.parent / f".{path.name[:32]}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:  # pragma: no cover - a 48-bit random name taken
+            continue
+        break
+    try:
         write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
     return path
 
 

@@ -15,16 +15,18 @@ construction is greedy, layer after layer. So one fit scores every depth at once
 :func:`best_choice` reads the best (depth, classifier, rank) off the result. The test
 set never enters these functions.
 """
+import math
+
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from convredunet._threads import thread_limits
 from convredunet.backend import NumpyBackend
 from convredunet.subspace import class_subspaces, subspace_distances
 
 import harness
 
-__all__ = ["validation_split", "layer_scores", "cross_validated", "best_choice", "RANKS"]
+__all__ = ["validation_split", "per_class_split", "layer_scores", "cross_validated",
+           "best_choice", "lifted_channels", "RANKS"]
 
 #: Directions per frequency tried for the subspace classifier.
 RANKS = (1, 2, 4, 8, 16, 32)
@@ -36,6 +38,40 @@ def validation_split(X, y, fraction=0.2, seed=0):
     X_fit, X_val, y_fit, y_val = train_test_split(X, y, test_size=fraction, stratify=y,
                                                   random_state=seed)
     return X_fit, y_fit, X_val, y_val
+
+
+def per_class_split(y, fraction=0.1, seed=0):
+    """Stratified ``(fit, validation)`` indices: the split ``convredunet.fine_tune`` makes.
+
+    Each class, in a ``numpy.random.default_rng(seed)`` permutation, holds out its first
+    ``round(fraction * n_j)`` members; both index arrays are sorted. The same indices as
+    the library's own split of ``validation_fraction`` (checked by
+    ``tests/test_bench_contract.py``), written here because that split is not public.
+    """
+    y = np.asarray(y)
+    rng = np.random.default_rng(seed)
+    fit, val = [], []
+    for j in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == j))
+        n_val = int(round(fraction * len(members)))
+        val.append(members[:n_val])
+        fit.append(members[n_val:])
+    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(val))
+
+
+def lifted_channels(n_channels, signal_shape):
+    """The channels a lifting of ``n_channels`` gives signals of ``signal_shape``.
+
+    ``n_channels`` itself, or for ``"auto"`` the estimators' rule (docs/guide.md): the
+    largest power of two ``C <= 256`` with ``C * prod(signal_shape) <= 2**17``, at
+    least 32. A script that relies on it checks it against a fitted network's features
+    (the library's rule is not public).
+    """
+    if n_channels != "auto":
+        return n_channels
+    size = max(1, math.prod(signal_shape))
+    fitting = 2 ** max(0, int(math.floor(math.log2(max(1, (1 << 17) // size)))))
+    return int(min(256, max(32, fitting)))
 
 
 def layer_scores(make, X_fit, y_fit, X_val, y_val, ranks=RANKS, train=True, depths=None):
@@ -63,7 +99,7 @@ def layer_scores(make, X_fit, y_fit, X_val, y_val, ranks=RANKS, train=True, dept
     feats_val = [np.asarray(z) for z in net.layer_features(X_val)]
     backend = net.network_.workspace.backend
     membership = []
-    with thread_limits():  # one BLAS thread for batched small products, as the estimators
+    with harness.one_blas_thread():  # batched small products, as inside the estimators
         for layer, z in zip(net.network_.layers, feats_val):
             _, pi = layer(backend, net.network_.workspace.to_working(z))
             membership.append(float(np.mean(np.argmax(backend.asnumpy(pi), 1) == labels_val)))

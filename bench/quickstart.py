@@ -5,12 +5,16 @@ statement by statement in a fresh namespace, in a temporary folder (it writes
 ``model.npz``), at the thread count given (``--threads``, default: convredunet's
 default, every core); each statement's wall time is recorded with the machine and
 its load. ``bench/docs.py`` writes the README's sentence on this run from the record.
+The quick start is a short run already (about 20 s): ``--quick`` runs it the same and
+marks the record ``"quick": true``.
 
-Usage: ``python3 bench/quickstart.py [--threads N] [--out DIR]``
+Usage: ``python3 bench/quickstart.py [--quick] [--threads N] [--out DIR]``; writes
+``quickstart.json``.
 """
 import ast
 import os
 import re
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,16 +35,16 @@ def quickstart_source(readme=README):
 
 
 def run(source, threads=None):
-    """Execute ``source`` statement by statement; ``[(first line, seconds)]`` and the total."""
-    import convredunet
+    """Execute ``source`` statement by statement; ``[(first line, seconds)]`` and the total.
 
+    ``threads``: ``convredunet.num_threads`` for the run (None: the library's default).
+    """
     tree = ast.parse(source)
     lines = source.splitlines()
     namespace = {"__name__": "__quickstart__"}
     rows = []
-    context = convredunet.num_threads(threads) if threads else _nothing()
     started = time.perf_counter()
-    with context:
+    with harness.thread_setting(threads):
         for node in tree.body:
             code = compile(ast.Module([node], type_ignores=[]), "<README quick start>", "exec")
             t0 = time.perf_counter()
@@ -49,19 +53,13 @@ def run(source, threads=None):
     return rows, time.perf_counter() - started, namespace
 
 
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def main():
-    parser = harness.arguments("Time the README's Python quick start as written.")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="convredunet.num_threads for the run (default: every core)")
-    args = parser.parse_args()
+def main(argv=None):
+    parser = harness.arguments("Time the README's Python quick start as written.",
+                               quick_help="the same run (the quick start is short already)",
+                               threads_default=None,
+                               threads_help="the quick start as a user runs it, as the "
+                                            "recorded quickstart.json ran")
+    args = parser.parse_args(argv)
     out_dir = harness.output_dir(args.out)
     source = quickstart_source()
     load_before = harness.load_average()
@@ -77,6 +75,7 @@ def main():
     record = {
         "machine": harness.machine_info(), "load_average_start": load_before,
         "load_average_end": harness.load_average(), "threads": args.threads,
+        "quick": args.quick,
         "total_seconds": total, "statements": [{"code": c, "seconds": s} for c, s in rows],
         "model_npz_bytes": size,
         "fine_tune": {"best_epoch": small.fine_tune_best_epoch,
@@ -86,7 +85,8 @@ def main():
     print(harness.text_table(["statement", "seconds"],
                              [[c[:70], f"{s:.1f}"] for c, s in rows]))
     print(f"total {total:.0f} s (load average {load_before} -> {harness.load_average()})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

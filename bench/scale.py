@@ -2,7 +2,12 @@
 in process and on a Dask LocalCluster of 1 and 2 worker processes, with peak memory.
 
     python3 bench/scale.py [--quick] [--sizes 10000,30000,100000] [--big 300000] [--out DIR]
+                           [--threads N]
     python3 bench/scale.py --agreement    # default network, in process vs 2 workers
+
+``--threads``: the setting of this process (the in-process cells, the Dask client's
+solves); default every core, as the recorded ``scale.json`` ran. Each Dask worker runs one
+thread.
 
 Data: MNIST-1D-style signals made chunk by chunk on the workers from a pool of the 5000
 MNIST-1D signals (each sample a pool signal, cyclically shifted and with 5 % noise, seeded
@@ -178,10 +183,11 @@ def dask_cell(client, n, workers):
             "train_accuracy": model.history_[-1]["train_accuracy"]}
 
 
-def run_inprocess(n):
-    """One in-process cell in a fresh Python process."""
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--cell", str(n)],
-                         capture_output=True, text=True, check=True)
+def run_inprocess(n, threads=None):
+    """One in-process cell in a fresh Python process, at ``threads`` (None: every core)."""
+    setting = [] if threads is None else ["--threads", str(threads)]
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--cell", str(n)]
+                         + setting, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -199,8 +205,13 @@ def estimate(a, b, n, machines, cores, n_layers_ratio=1.0):
     return n_layers_ratio * (a + b * n / (machines * cores))
 
 
-def main():
-    parser = harness.arguments(__doc__.splitlines()[0])
+def main(argv=None):
+    parser = harness.arguments(__doc__.splitlines()[0],
+                               quick_help="sizes 10000 and 20000, no --big sizes",
+                               threads_default=None,
+                               threads_help="this process's: the in-process cells and the "
+                                            "Dask client, as the recorded scale.json ran; "
+                                            "each Dask worker runs one thread")
     parser.add_argument("--sizes", default="10000,30000,100000")
     parser.add_argument("--big", default="300000",
                         help="sizes run on 2 workers only (comma separated, or none)")
@@ -213,12 +224,18 @@ def main():
     parser.add_argument("--agreement", action="store_true",
                         help="only compare a 12-layer ReduNet1D on MNIST-1D in process and "
                              "on 2 workers (scale_agreement.json)")
-    args = parser.parse_args()
-    if args.cell is not None:
-        print(json.dumps(inprocess_cell(args.cell)))
-        return 0
-    if args.agreement:
-        return agreement(harness.output_dir(args.out))
+    args = parser.parse_args(argv)
+    with harness.thread_setting(args.threads):
+        if args.cell is not None:
+            print(json.dumps(inprocess_cell(args.cell)))
+            return 0
+        if args.agreement:
+            return agreement(harness.output_dir(args.out))
+        return measure(args)
+
+
+def measure(args):
+    """The scale-out cells of ``args`` (parsed by :func:`main`); writes the records."""
     sizes = [int(float(s)) for s in args.sizes.split(",")]
     big = [] if args.big in ("", "none") else [int(float(s)) for s in args.big.split(",")]
     if args.quick:
@@ -235,7 +252,7 @@ def main():
     else:
         for n in sizes:
             harness.log(True, f"in-process n={n}")
-            rows.append(run_inprocess(n))
+            rows.append(run_inprocess(n, args.threads))
     import distributed
 
     for workers in ((2,) if args.append else (1, 2)):

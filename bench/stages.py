@@ -103,14 +103,14 @@ def measure(name, params, quick):
 
 
 def main(argv=None):
-    parser = harness.arguments(__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1, help="threads (default 1)")
+    parser = harness.arguments(__doc__.splitlines()[0],
+                               quick_help="GunPoint and 600 MNIST-1D signals only")
     args = parser.parse_args(argv)
     out = harness.output_dir(args.out)
     sets = ("GunPoint", "MNIST-1D") if args.quick else SETS
     configs = ({}, {"n_layers": 1})
     results = []
-    with crn.num_threads(args.threads):
+    with harness.thread_setting(args.threads):
         machine = harness.machine_info()
         for name in sets:
             for params in configs:
@@ -130,7 +130,8 @@ def main(argv=None):
                          f"{r['gflop']:.2f}", f"{r['ratio']:.1f}"])
     worst = max((r for res in results for r in res["stages"]), key=lambda r: r["ratio"])
     text = ["# Fit and predict, stage by stage", "",
-            f"One thread, {machine['cpu_model']}, {machine['date']}. Seconds of each stage "
+            f"{machine['threads']} thread(s), {machine['cpu_model']}, {machine['date']}. "
+            "Seconds of each stage "
             "against its flops at the complex matrix-product rate measured on each set's "
             f"own sizes (see `stages.py`); the budget is {BUDGET:g}x.", "",
             harness.markdown_table(header, body, n_left=3), "",

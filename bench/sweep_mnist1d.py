@@ -26,14 +26,16 @@ Stages (each centred on the best validation point so far):
 The choice (:func:`choose`): the highest validation accuracy averaged over lifting
 seeds 0-2, among the choices whose fit on the 4000 training signals is estimated at
 60 s or less on this machine (the fit time of the point, per layer, times 4000/3200),
-and the best at any cost. Each point is appended to ``results/mnist1d_sweep.json`` when
-done (a rerun skips the points it holds).
+and the best at any cost. Each point is appended to ``mnist1d_sweep.json`` in ``--out``
+when done (a rerun skips the points it holds). ``--quick``: three lifting seeds of one
+small point (16 channels, one layer) on 1000 training signals, in
+``mnist1d_sweep_quick.json``.
 
 Usage::
 
-    python3 bench/sweep_mnist1d.py [--budget-min 40] [--threads 1] [--out FILE]
+    python3 bench/sweep_mnist1d.py [--budget-min 40] [--threads 1] [--out DIR] [--quick]
+                                   [--table-only]
 """
-import argparse
 import datetime
 import json
 import sys
@@ -42,14 +44,14 @@ from pathlib import Path
 
 import numpy as np
 
-import convredunet
 from convredunet import ReduNet1D
 from convredunet.datasets import load_mnist1d
 
 import harness  # bench/harness.py: this script's folder is first on sys.path
 import protocol
 
-DEFAULT_OUT = harness.RESULTS / "mnist1d_sweep.json"
+RECORD = "mnist1d_sweep.json"
+QUICK_RECORD = "mnist1d_sweep_quick.json"
 FIT_BUDGET_S = 60.0
 #: Subspace ranks scored (directions per frequency; those below the channels).
 RANKS = (4, 8, 16, 32, 48, 64, 96, 128)
@@ -159,6 +161,12 @@ def stages(sweep):
     sweep.run("wide", [{**center, "n_channels": 384, "random_state": s} for s in (0, 1, 2)])
 
 
+def quick_stages(sweep):
+    """The smoke run: one small point at lifting seeds 0-2 (enough for :func:`choose`)."""
+    sweep.run("quick", [{"n_layers": 1, "n_channels": 16, "random_state": s}
+                        for s in (0, 1, 2)])
+
+
 def _estimated_full_fit_s(record, n_layers):
     return record["fit_s"] * max(n_layers, 1) / record["params"]["n_layers"] * FULL_SCALE
 
@@ -221,25 +229,26 @@ def _row(r):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.arguments(__doc__.splitlines()[0],
+                               quick_help="one small point at seeds 0-2 on 1000 training "
+                                          f"signals (written to {QUICK_RECORD})")
     parser.add_argument("--budget-min", type=float, default=40.0,
                         help="stop starting new points after this many minutes")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="threads for FFT/BLAS (1 on a shared 2-core machine)")
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help="results JSON file")
     parser.add_argument("--table-only", action="store_true",
-                        help="print the choice from the results file and exit")
+                        help="print the choice from the record in --out and exit")
     args = parser.parse_args(argv)
-    out = Path(args.out)
+    out = Path(args.out) / (QUICK_RECORD if args.quick else RECORD)
     if not args.table_only:
-        convredunet.set_num_threads(args.threads)
         X, y, _, _ = load_mnist1d()  # the test part is not used
+        if args.quick:
+            X, y = X[:1000], y[:1000]
         split = protocol.validation_split(X, y, 0.2, seed=0)
         print(f"MNIST-1D validation sweep: fit {len(split[1])}, validate {len(split[3])}; "
               f"load average {harness.load_average()} -> {out}", flush=True)
         sweep = Sweep(out, args.budget_min * 60.0, split, args.threads)
         try:
-            stages(sweep)
+            with harness.thread_setting(args.threads):
+                (quick_stages if args.quick else stages)(sweep)
         except KeyboardInterrupt:
             print("[interrupted]")
         records = sweep.records

@@ -22,10 +22,9 @@ MiniRocket's fit on every UCR set, and at most ``MNIST1D_FIT_S`` seconds on MNIS
 
 Run: ``python3 bench/sweep_ucr.py [--quick] [--threads 1] [--out DIR]``; writes
 ``ucr_sweep.json`` (every candidate, every set) and ``ucr_sweep.md`` (the ranking and the
-choice). Needs ``aeon`` (``pip install -e '.[ucr]'``).
+choice) to ``--out``. Needs ``aeon`` (``pip install -e '.[ucr]'``).
 """
 import itertools
-import os
 import sys
 import time
 
@@ -33,10 +32,9 @@ import numpy as np
 from sklearn.model_selection import RepeatedStratifiedKFold
 
 import convredunet as crn
-from convredunet import spectral, subspace
+from convredunet import subspace
 from convredunet.backend import resolve
 from convredunet.datasets import load_mnist1d, load_ucr
-from convredunet.network import lifting_channels
 
 import harness
 import protocol
@@ -73,7 +71,7 @@ def candidates(grid):
 
 def _ranks(params, X):
     """``{fraction: r}``: the subspace ranks tried, for the channels ``params`` give ``X``."""
-    channels = lifting_channels(params["n_channels"], X.shape[2:])
+    channels = protocol.lifted_channels(params["n_channels"], X.shape[2:])
     return {f: max(1, int(channels * f)) for f in RANK_FRACTIONS}
 
 
@@ -81,6 +79,9 @@ def _scores(net, X_val, y_val, ranks):
     """Validation accuracy of ``net`` with the first ``r`` directions, per rank fraction."""
     backend = resolve("numpy").backend
     z = net.transform(X_val)
+    if z.shape[1] != protocol.lifted_channels(net.n_channels, z.shape[2:]):
+        raise RuntimeError(f"n_channels={net.n_channels!r} lifted {z.shape[1]} channels, not "
+                           "protocol.lifted_channels'; update it to the library's rule")
     bases = net.subspaces_
     out = {}
     for fraction, r in ranks.items():
@@ -164,9 +165,9 @@ def choose(records, sets, minirocket):
 
 
 def main(argv=None):
-    parser = harness.arguments(__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1,
-                        help="threads for every fit (default 1)")
+    parser = harness.arguments(__doc__.splitlines()[0],
+                               quick_help="two UCR sets, 600 MNIST-1D signals, 64 channels, "
+                                          "one CV repeat")
     parser.add_argument("--complete", default=None,
                         type=lambda text: __import__("json").loads(text),
                         help="with --extend: JSON list of earlier candidates (parameter dicts) "
@@ -196,7 +197,7 @@ def main(argv=None):
             previous = json.load(handle)
         records = list(previous["records"])
     done = [rec["params"] for rec in records]
-    with crn.num_threads(args.threads):
+    with harness.thread_setting(args.threads):
         machine = harness.machine_info()
         minirocket = previous["minirocket_fit_s"] if previous and not args.retime else \
             {name: minirocket_fit_s(*data[name]) for name in sets}

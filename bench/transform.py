@@ -7,10 +7,13 @@ and the weighted sum. This script times ``Layer.__call__`` on lifted features
 of real data and reports achieved GFLOP/s against a float64 matmul measured
 in the same run on the same machine.
 
+The layer is timed at each thread setting of ``--threads`` (default ``1,2``, as the
+recorded ``transform.json``), with BLAS on one thread as inside the estimators.
+
 It also fits the 2D paper network (``ReduNet2D()``, 10 digits per class, float64)
 in a fresh process and records its peak resident memory.
 
-Usage: ``python bench/transform.py [--quick] [--out DIR]``
+Usage: ``python bench/transform.py [--quick] [--out DIR] [--threads 1,2] [--memory-only]``
 """
 import math
 import sys
@@ -75,12 +78,9 @@ def run(quick=False, out_dir=harness.RESULTS, batch=200, threads=(1, 2)):
         n_channels, signal_shape = z.shape[1], tuple(z.shape[2:])
         flops = layer_flops(layer, n_channels, signal_shape, len(z))
         for n in threads:
-            with crn.num_threads(n):
-                from convredunet._threads import thread_limits
-
-                with thread_limits():
-                    best = harness.time_call(lambda: layer(backend, z),
-                                             repeats=2 if quick else 4).best
+            with crn.num_threads(n), harness.one_blas_thread():
+                best = harness.time_call(lambda: layer(backend, z),
+                                         repeats=2 if quick else 4).best
             rows.append({
                 "case": name, "threads": n, "n_channels": n_channels,
                 "signal_shape": list(signal_shape), "n_classes": layer.n_classes,
@@ -162,9 +162,13 @@ def markdown(rows):
 
 def main(argv=None):
     parser = harness.arguments(__doc__.splitlines()[0],
-                               quick_help="two of the three cases, fewer repeats")
+                               quick_help="two of the three cases, fewer repeats",
+                               several_threads=True, threads_default=(1, 2),
+                               threads_help="the layer is timed at each setting, as in the "
+                                            "recorded transform.json")
     parser.add_argument("--memory-only", action="store_true",
-                        help="measure only the fit's peak memory; keep the recorded timings")
+                        help="measure only the fit's peak memory; keep the timings of "
+                             "transform.json in --out")
     args = parser.parse_args(argv)
     if args.memory_only:
         import json
@@ -175,7 +179,7 @@ def main(argv=None):
         result["fit_memory"]["machine"] = harness.machine_info()
         write(result, out_dir)
         return 0
-    run(args.quick, args.out)
+    run(args.quick, args.out, threads=args.threads)
     return 0
 
 

@@ -205,8 +205,9 @@ def plot(rows, path):
 
 
 def main(argv=None):
-    parser = harness.arguments(__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1, help="threads (default 1)")
+    parser = harness.arguments(__doc__.splitlines()[0],
+                               quick_help="two UCR sets and MNIST-1D, one seed, 2,000 shifted "
+                                          "predictions per set")
     parser.add_argument("--shift-budget", type=int, default=40_000,
                         help="most shifted predictions per set for the invariance check")
     parser.add_argument("--no-extra", action="store_true",
@@ -218,7 +219,7 @@ def main(argv=None):
         names += list(EXTRA_SETS)
     seeds = SEEDS[:1] if args.quick else SEEDS
     rows = []
-    with crn.num_threads(args.threads):
+    with harness.thread_setting(args.threads):
         machine = harness.machine_info()
         load_before = harness.load_average()
         peak = harness.matmul_peak(args.threads)

@@ -6,25 +6,26 @@ seed 0) are used; 5-fold stratified cross-validation inside them (8 digits per c
 to fit, 2 to validate, every digit validated once) scores every depth, both
 classifiers and every subspace rank with one fit per fold. The held-out test digits
 are never touched here; ``bench/accuracy.py`` measures them once for the chosen
-configuration. Results: ``results/mnist_validation.json``.
+configuration. Results: ``mnist_validation.json`` in ``--out`` (``bench/results/``), one
+record per point, appended when done (a rerun skips the points it holds). ``--quick``: the
+two paper points with 2 layers and 8 channels, 2 folds, in ``mnist_validation_quick.json``.
 
 Usage::
 
-    python3 bench/validate_mnist.py [--threads 1] [--out FILE] [--only translation|rotation]
+    python3 bench/validate_mnist.py [--threads 1] [--out DIR] [--only translation|rotation]
+                                    [--quick]
 """
-import argparse
 import json
 import sys
-from pathlib import Path
 
-import convredunet
 from convredunet import ReduNet1D, ReduNet2D
 from convredunet.datasets import load_mnist, to_polar, train_test_split_per_class
 
 import harness
 import protocol
 
-DEFAULT_OUT = harness.RESULTS / "mnist_validation.json"
+RECORD = "mnist_validation.json"
+QUICK_RECORD = "mnist_validation_quick.json"
 #: Depths at which the 2D subspace classifier is scored (each costs one eigendecomposition
 #: per class and frequency, 420 frequencies of 75 x 75); the membership is scored at all.
 DEPTHS = (0, 1, 2, 3, 4, 6, 8, 12, 18, 25)
@@ -55,29 +56,35 @@ def training_digits(data, n_per_class=10):
     return (to_polar(X_train) if data == "rotation" else X_train), y_train
 
 
+def quick_points():
+    """The smoke run's points: the two paper points, 2 layers of 8 channels."""
+    return [(name, data, cls, {**params, "n_layers": 2, "n_channels": 8})
+            for name, data, cls, params in POINTS if name.endswith(", paper")]
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser = harness.arguments(__doc__.splitlines()[0],
+                               quick_help="the two paper points with 2 layers and 8 "
+                                          f"channels, 2 folds (written to {QUICK_RECORD})")
     parser.add_argument("--only", choices=("translation", "rotation"), default=None)
     args = parser.parse_args(argv)
-    convredunet.set_num_threads(args.threads)
-    out = Path(args.out)
+    out = harness.output_dir(args.out) / (QUICK_RECORD if args.quick else RECORD)
     records = json.loads(out.read_text()) if out.is_file() else []
     done = {r["name"] for r in records}
-    for name, data, cls, params in POINTS:
+    n_folds = 2 if args.quick else 5
+    for name, data, cls, params in (quick_points() if args.quick else POINTS):
         if name in done or (args.only and data != args.only):
             continue
         X, y = training_digits(data)
-        harness.log(True, f"{name}: 5-fold CV on {X.shape}")
+        harness.log(True, f"{name}: {n_folds}-fold CV on {X.shape}")
         depths = None if data == "rotation" else DEPTHS
-        scores = protocol.cross_validated(
-            lambda: cls(random_state=0, classifier="membership", **params), X, y,
-            n_folds=5, seed=0, verbose=True, depths=depths)
+        with harness.thread_setting(args.threads):
+            scores = protocol.cross_validated(
+                lambda: cls(random_state=0, classifier="membership", **params), X, y,
+                n_folds=n_folds, seed=0, verbose=True, depths=depths)
         best = protocol.best_choice(scores)
         records.append({"name": name, "data": data, "estimator": cls.__name__,
                         "params": params, "scores": scores, "best": best})
-        harness.output_dir(out.parent)
         harness.write_json(out, records)
         print(f"  best CV accuracy {best[0]:.3f} at n_layers={best[1]}, {best[2]}"
               f"{'' if best[3] is None else f', n_components={best[3]}'}; membership per "
