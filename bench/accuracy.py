@@ -228,11 +228,23 @@ def _references(train, tests, y_train, y_tests):
 
 
 def _predictions(net, X):
-    """Features, membership predictions and subspace predictions of one pass."""
+    """Features, membership predictions (None without a layer) and subspace predictions."""
+    if not net.layers_:
+        return np.asarray(net.transform(X)), None, \
+            net.classes_[np.argmin(net.subspace_distances(X), axis=1)]
     features, proba = net.transform_with_membership(X)
     membership = net.classes_[np.argmax(proba, axis=1)]
     subspace = net.classes_[np.argmin(net.subspace_distances(X), axis=1)]
     return np.asarray(features), membership, subspace
+
+
+def _last(net, key):
+    """The last layer's ``key`` in ``history_``; None for a network without a layer."""
+    return float(net.history_[-1][key]) if net.history_ else None
+
+
+def _accuracy(predicted, y):
+    return None if predicted is None else float(np.mean(predicted == y))
 
 
 def evaluate(config, verbose=True, seed=None, references=True, out_dir=None):
@@ -295,18 +307,18 @@ def evaluate(config, verbose=True, seed=None, references=True, out_dir=None):
         "fit_s": round(fit_s, 2),
         "test_forward_s": round(forward_s, 2),
         "forward_ms_per_sample": round(1000 * forward_s / len(y_test), 3),
-        "train_membership_accuracy": float(net.history_[-1]["train_accuracy"]),
+        "train_membership_accuracy": _last(net, "train_accuracy"),
         "accuracy": float(np.mean(pred == y_test)),
         "shifted_accuracy": float(np.mean(pred_shifted == y_test)),
-        "membership_accuracy": float(np.mean(pred_m == y_test)),
-        "membership_shifted_accuracy": float(np.mean(shifted_m == y_test)),
+        "membership_accuracy": _accuracy(pred_m, y_test),
+        "membership_shifted_accuracy": _accuracy(shifted_m, y_test),
         "subspace_accuracy": float(np.mean(pred_s == y_test)),
         "subspace_shifted_accuracy": float(np.mean(shifted_s == y_test)),
         "shift_prediction_mismatches": mismatches,
-        "shift_prediction_mismatches_other": int(
+        "shift_prediction_mismatches_other": None if pred_m is None else int(
             np.sum((shifted_m != pred_m) if chosen == "subspace" else (shifted_s != pred_s))),
         "shift_feature_max_error": equivariance_error,
-        "delta_R_last": float(net.history_[-1]["delta_R"]),
+        "delta_R_last": _last(net, "delta_R"),
         "references": refs,
     }
 
@@ -384,7 +396,9 @@ def depth_panels(out_dir, verbose=True, n_layers=6, validation_file=None):
     """
     defaults = ReduNet1D().get_params()
     harness.log(verbose, f"  depth figure: ReduNet1D defaults grown to {n_layers} layers")
-    rank = n_directions(defaults["n_components"], defaults["n_channels"])
+    channels = protocol.lifted_channels(defaults["n_channels"], (40,))  # MNIST-1D: T = 40
+    rank = n_directions("auto" if defaults["n_components"] in (None, "auto")
+                        else defaults["n_components"], channels)
     scores = depth_scores(defaults, max(n_layers, defaults["n_layers"]),
                           ranks=sorted(set(protocol.RANKS) | {rank}))
     panels = [("MNIST-1D, ReduNet1D() defaults grown deeper:\nfit 3200 / validate 800 "
@@ -425,8 +439,10 @@ def _groups(records):
 
 
 def _spread(values):
-    """``mean`` or ``mean [min-max]`` over seeds, three decimals."""
-    values = list(values)
+    """``mean`` or ``mean [min-max]`` over seeds, three decimals; "-" when not measured."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{np.mean(values):.3f} [{min(values):.3f}-{max(values):.3f}]"
@@ -438,6 +454,8 @@ def summary(records):
     for group in _groups(records):
         def stats(key):
             values = [r[key] for r in group]
+            if any(v is None for v in values):
+                return None  # not measured (a network without a layer has no membership)
             return {"mean": float(np.mean(values)), "min": float(min(values)),
                     "max": float(max(values)), "per_seed": values}
         out.append({"name": group[0]["name"], "seeds": [r["seed"] for r in group],

@@ -20,6 +20,10 @@ Flop counts (complex multiply-add = 8 flops; a real FFT of N points ~ 2.5 N log2
   each, Cholesky and inversion);
 * layer apply: the step as one product ``V A`` (``8 F C m^2``) and ``A`` from the
   Gram's columns (``8 F m^2 (m + w)``);
+* rank (the rank cross-validated in ``fit``): the Gram ``V^H V`` of every training signal
+  (``4 F C m^2``), per fold (5) and class the eigenproblem of its training part
+  (``~ 36 F (0.8 m_j)^3``), and every signal's coordinates in each class's eigenvectors
+  from the Gram (``8 F m m_j^2`` per class);
 * subspaces: each class's Gram ``4 F C m_j^2``, its eigenproblem (``~ 36 F m_j^3``), the
   bases ``8 F C m_j r_j``;
 * predict: the lift of the test signals (as above), then per layer ``8 F (2 C m + 2 m^2)``
@@ -59,6 +63,9 @@ def flops(net, m, counts, n_test):
         out[f"layer{i}/solve"] = 4 * f * c * m * m + 8 * f * (m ** 3 + len(counts) * w ** 3) / 3
         out[f"layer{i}/apply"] = 8 * f * c * m * m + 8 * f * m * m * (m + w)
         predict += 8 * f * (2 * c * m + 2 * m * m) * n_test
+    if "rank" in net.fit_stages_:  # the rank cross-validated: classes of at most C signals
+        out["rank"] = 4 * f * c * m * m + sum(5 * 36 * f * (0.8 * n) ** 3 + 8 * f * m * n * n
+                                              for n in counts)
     r = net.subspaces_.shape[-1] if net.subspaces_ is not None else 0
     out["subspaces"] = sum(4 * f * c * n * n + 36 * f * n ** 3 + 8 * f * c * n * min(n, r)
                            for n in counts)

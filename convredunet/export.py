@@ -117,7 +117,8 @@ def kernel_energy_kept(net, kernel_size):
 
     Returns
     -------
-    float in [0, 1], over every E and C^j kernel of every layer.
+    float in [0, 1], over every E and C^j kernel of every layer; 1.0 for a network
+    without a layer (there is nothing to truncate).
     """
     parts = _network_parts(net)
     kept = total = 0.0
@@ -125,7 +126,7 @@ def kernel_energy_kept(net, kernel_size):
         for kern in (e, c.reshape((-1,) + c.shape[2:])):
             total += float(np.sum(kern ** 2))
             kept += float(np.sum(centred_kernels(kern, kernel_size) ** 2))
-    return kept / total
+    return kept / total if total > 0 else 1.0
 
 
 def _layer_kernels(parts):

@@ -148,6 +148,8 @@ def test_truncated_kernels():
     energies = [kernel_energy_kept(net, k) for k in (1, 3, 7, 11, 16)]
     assert all(b >= a for a, b in zip(energies, energies[1:]))
     assert energies[-1] == pytest.approx(1.0)
+    no_layer = crn.ReduNet1D(n_layers=0, n_channels=6, kernel_size=5).fit(X, y)
+    assert kernel_energy_kept(no_layer, 3) == 1.0  # nothing to truncate
     x = torch.from_numpy(X)
     full = net.to_torch(dtype=torch.float64, kernel_size=16)
     with torch.no_grad():
