@@ -90,17 +90,20 @@ class Case:
 
 
 MNIST_CASE = Case(100, 10, 75, (28, 28), label="2D MNIST size")
+#: The 1D setting of the paper's experiments: 20 channels, length 200, 10 classes.
+PAPER_1D_CASE = Case(100, 10, 20, (200,), label="1D paper setting")
 
 
 def full_grid():
-    """1D: m=100, k=4, C in {4, 8, 16}, T in {16, ..., 256}; and the 2D MNIST size."""
+    """1D: m=100, k=4, C in {4, 8, 16}, T in {16, ..., 256}; the 1D paper setting (m=100,
+    k=10, C=20, T=200); and the 2D MNIST size."""
     cases = [Case(100, 4, c, (t,)) for c in (4, 8, 16) for t in (16, 32, 64, 128, 256)]
-    return cases + [MNIST_CASE]
+    return cases + [PAPER_1D_CASE, MNIST_CASE]
 
 
 def quick_grid():
-    """A reduced grid that keeps the two headline cells."""
-    return [Case(100, 4, 8, (32,)), Case(100, 4, 8, (128,)), MNIST_CASE]
+    """A reduced grid that keeps the headline cells."""
+    return [Case(100, 4, 8, (32,)), Case(100, 4, 8, (128,)), PAPER_1D_CASE, MNIST_CASE]
 
 
 # --- data --------------------------------------------------------------------
@@ -466,10 +469,12 @@ def _best(cells, key, method):
 
 
 def headline(result):
-    """Spectral vs spatial at C=8, T=128 (m=100, k=4); spectral vs loop at the 2D MNIST size."""
+    """Spectral vs spatial at C=8, T=128 (m=100, k=4); spectral vs loop in the 1D paper
+    setting and at the 2D MNIST size."""
     cells = result["cells"]
     out = {}
     for name, key, other in (("spectral_vs_spatial_C8_T128", (100, 4, 8, (128,)), "spatial"),
+                             ("spectral_vs_loop_1d_paper", (100, 10, 20, (200,)), "loop"),
                              ("spectral_vs_loop_2d_mnist", (100, 10, 75, (28, 28)), "loop")):
         entry = {"per_threads": {}}
         for n in result["settings"]["threads"]:
@@ -493,11 +498,13 @@ def headline(result):
 def _headline_lines(result):
     lines = []
     names = {"spectral_vs_spatial_C8_T128": ("spatial", "1D C=8, T=128, m=100, k=4", 100),
+             "spectral_vs_loop_1d_paper": ("loop", "1D paper setting C=20, T=200, m=100, k=10",
+                                           10),
              "spectral_vs_loop_2d_mnist": ("loop", "2D MNIST size C=75, 28x28, m=100, k=10",
                                            10)}
     for name, (other, where, target) in names.items():
         entry = result["headline"].get(name, {})
-        per = ", ".join(f"{r:.1f}x at {n} thread(s)" for n, r in entry["per_threads"].items())
+        per = ", ".join(f"{r:.1f}x at {n} thread(s)" for n, r in entry.get("per_threads", {}).items())
         if "best_vs_best" in entry:
             lines.append(
                 f"spectral vs {other}, {where}: {entry['best_vs_best']:.1f}x best vs best "

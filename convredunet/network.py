@@ -307,7 +307,7 @@ class Layer:
         self.eta = float(eta)
         self.lmbda = float(lmbda)
         self.signal_shape = tuple(signal_shape)
-        self._prepare(backend)
+        self._prepare()
 
     # The solution's fields, read-only.
     gamma = property(lambda self: self.solution.gamma)
@@ -371,7 +371,7 @@ class Layer:
                                        E_M_inv=convert(self.solution.E_M_inv))
         return Layer(backend, solution, self.eta, self.lmbda, self.signal_shape)
 
-    def _prepare(self, backend):
+    def _prepare(self):
         self.n_classes = len(self.gamma)
         self.n_channels = self.solution.n_channels
         self.n_freqs = self.solution.n_freqs
