@@ -1,8 +1,8 @@
 """Exports against the library, side by side in one run: PyTorch, ONNX, one fine-tuning epoch.
 
-Networks (defaults, seed 0): ``ReduNet1D()`` fitted on the first 3,600 MNIST-1D training
-signals (the other 400 validate fine-tuning), and ``ReduNet2D()`` on 10 MNIST digits per
-class. At one thread count (``--threads``, default 1: convredunet, torch and onnxruntime
+Networks (seed 0): ``ReduNet1D()`` (the defaults: no layer) and ``ReduNet1D(n_layers=1)``
+fitted on the first 3,600 MNIST-1D training signals (the other 400 validate fine-tuning),
+and ``ReduNet2D()`` on 10 MNIST digits per class. At one thread count (``--threads``, default 1: convredunet, torch and onnxruntime
 alike), each method predicts the same test signals (1,000 MNIST-1D, ``--n-2d`` digits) in
 ``--repeats`` rounds; within a round the methods run one after the other, so a change of
 the machine's load reaches all of them, and each ratio is the median over rounds of
@@ -13,9 +13,10 @@ Methods: ``net.predict`` (numpy, float64); ``net.to_torch()`` in float64 and flo
 (``conv="auto"``), ``module.predict`` without autograd; the ONNX file of the float32
 module in onnxruntime (CPU, ``intra_op_num_threads`` = threads).
 
-Fine-tuning: ``fine_tune(net.to_torch(kernel_size=7), X, y, teacher=net,
-validation_data=(the 400 held-out signals), epochs=--epochs)`` on 3,200 of the network's
-training signals; each epoch's seconds (its training and its validation) against
+Fine-tuning, for both 1D networks: ``fine_tune(net.to_torch(kernel_size=7), X, y,
+teacher=net, validation_data=(the 400 held-out signals), epochs=--epochs)`` on 3,200 of the
+network's training signals (``kernel_size`` truncates the layers' kernels; the default
+network has none, so its lifting and class bases are trained); each epoch's seconds (its training and its validation) against
 ``net.predict`` of the same 3,200 signals, timed just before and after the run (median).
 
 Usage: ``python3 bench/export_speed.py [--threads 1] [--repeats 5] [--n-2d 500]
@@ -137,11 +138,16 @@ def main(argv=None):
         rows, onnx_1d = speed_rows("MNIST-1D ReduNet1D()", net,
                                    X_test[:200] if args.quick else X_test, args.threads,
                                    repeats, folder)
+        net_layer = crn.ReduNet1D(n_layers=1, random_state=0).fit(X_fit, y_fit)
+        more, _ = speed_rows("MNIST-1D ReduNet1D(n_layers=1)", net_layer,
+                             X_test[:200] if args.quick else X_test, args.threads, repeats,
+                             folder)
+        rows += more
         if not args.skip_finetune:
             n_tune = 200 if args.quick else 3200
-            record["fine_tune"] = fine_tune_row(net, X_fit[:n_tune], y_fit[:n_tune], X_val,
-                                                y_val, 1 if args.quick else args.epochs,
-                                                repeats)
+            for key, network in (("fine_tune", net), ("fine_tune_n_layers_1", net_layer)):
+                record[key] = fine_tune_row(network, X_fit[:n_tune], y_fit[:n_tune], X_val,
+                                            y_val, 1 if args.quick else args.epochs, repeats)
         X, y = datasets.load_mnist()
         X2, y2, X2_test, _ = datasets.train_test_split_per_class(X, y, 10, random_state=0)
         net2 = crn.ReduNet2D(random_state=0).fit(X2, y2)
@@ -159,13 +165,17 @@ def main(argv=None):
           f"{r['ratio_median']:.2f} ({r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f})",
           "yes" if r["same_labels"] else "NO"] for r in rows], n_left=2)
     lines = [table, ""]
-    if "fine_tune" in record:
-        ft = record["fine_tune"]
-        lines.append(f"One epoch of fine_tune (distillation into 7-tap kernels, {ft['n_train']} "
-                     f"signals, {ft['n_validation']} validating): "
+    for key, what in (("fine_tune", "ReduNet1D(): the lifting and the class bases"),
+                      ("fine_tune_n_layers_1", "ReduNet1D(n_layers=1): distillation into "
+                                               "7-tap kernels")):
+        if key not in record:
+            continue
+        ft = record[key]
+        lines.append(f"One epoch of fine_tune ({what}; {ft['n_train']} signals, "
+                     f"{ft['n_validation']} validating): "
                      + ", ".join(f"{s:.1f} s" for s in ft["epoch_seconds"])
                      + f"; net.predict of the same signals {ft['predict_seconds']:.1f} s: "
-                     + ", ".join(f"{r:.2f}x" for r in ft["epoch_over_predict"]) + ".")
+                     + ", ".join(f"{r:.2f}x" for r in ft["epoch_over_predict"]) + ".\n")
     machine = record["machine"]
     load = [[round(v, 2) for v in a] for a in (record["load_average_start"],
                                                record["load_average_end"]) if a]
