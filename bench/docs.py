@@ -60,15 +60,19 @@ SECTIONS = [
      "Seconds to apply one layer per 1,000 samples and GFLOP/s against a float64 matmul "
      "measured in the same run; peak memory of fitting the 25-layer 2D network.",
      "bench/transform.py", []),
+    ("stages", "Fit and predict, stage by stage",
+     "Seconds of each stage of ReduNet1D()'s and ReduNet1D(n_layers=1)'s fit and predict "
+     "on the real-signal sets, against each stage's flops at a complex matrix-product rate "
+     "measured in the same run.",
+     "bench/stages.py", []),
     ("export_speed", "Exported modules against net.predict",
      "Milliseconds per signal of the exported PyTorch modules and the ONNX file against "
-     "net.predict, one thread; the ReduNet1D() of these rows has one layer and 256 "
-     "channels.",
+     "net.predict, one thread, for the networks named in the rows, and the seconds of "
+     "one fine-tuning epoch against net.predict of the same signals.",
      "bench/export_speed.py", []),
     ("model_size", "Model file sizes",
      "Bytes of the model files and exported modules of the rows' networks, and what a "
-     "float32 model file changes; the ReduNet1D() of these rows has one layer and 256 "
-     "channels.",
+     "float32 model file changes, for the networks named in the rows.",
      "bench/model_size.py", []),
     ("scale", "Scale-out with Dask",
      "Samples per second of fit and transform in process and on a local Dask cluster, "
