@@ -130,18 +130,6 @@ def test_first_layer_by_hand_with_label_membership():
     assert net.history_[1]["delta_R"] == pytest.approx(second.rates.delta, rel=1e-10)
 
 
-def test_lowrank_classes_match_dense_operators():
-    # 3 classes of 4 samples, 16 lifted channels: classes are stored as Woodbury factors.
-    X, y = signals(12, (1, 9), k=3)
-    net = crn.ReduNet1D(eps2=0.1, n_layers=1, n_channels=16, kernel_size=3).fit(X, y)
-    layer = net.layers_[0]
-    assert layer.lowrank_classes == [0, 1, 2]
-    Z0 = net.lifting_(BACKEND, X[:, None] if X.ndim == 2 else X)
-    ops = crn.construct_operators(Z0, y, eps2=net.eps2, woodbury=False)
-    e_hat, c_hat = layer.operators_hat(BACKEND)
-    assert rel_err(c_hat, ops.C_hat) < 1e-10 and rel_err(e_hat, ops.E_hat) < 1e-10
-
-
 def test_torch_backend_matches_numpy():
     torch = pytest.importorskip("torch")
     X, y = signals(30, (2, 10), k=3)
@@ -300,8 +288,10 @@ def test_inputs_not_modified():
     X, y = signals(20, (2, 10), k=2)
     X_copy, y_copy = X.copy(), y.copy()
     net = crn.ReduNet1D(eps2=0.1, n_layers=2, n_channels=4, kernel_size=3).fit(X, y)
+    assert net.classifier == "subspace"
     net.transform(X)
     net.predict(X)
+    net.subspace_distances(X)
     np.testing.assert_array_equal(X, X_copy)
     np.testing.assert_array_equal(y, y_copy)
 

@@ -182,10 +182,13 @@ def test_fit_in_low_rank_form_equals_the_layers_applied_again(counts, n_layers):
 
 
 def test_low_rank_e_matches_the_spatial_reference():
+    # 3 classes of 3 samples, 12 lifted channels: E and every class stored as Woodbury
+    # factors (no dense block), checked against the dense spatial construction.
     X, y = signals(9, (1, 8), k=3, seed=12, noise=0.5)
     net = crn.ReduNet1D(eps2=0.5, n_layers=1, n_channels=12, kernel_size=3).fit(X, y)
     layer = net.layers_[0]
     assert layer.solution.e_lowrank and layer.stacked is None
+    assert layer.lowrank_classes == [0, 1, 2] and layer.dense_classes == []
     Z0 = net.lifting_(BACKEND, net._check_X(X))
     ops = crn.construct_operators(Z0, y, eps2=0.5, domain="spatial")
     e_hat, c_hat = layer.operators_hat(BACKEND)

@@ -157,17 +157,6 @@ def test_distances_need_a_subspace_fit():
         net.predict(X)
 
 
-def test_inputs_not_modified():
-    X, y = signals(20, (2, 10), k=2, noise=0.5)
-    X_copy, y_copy = X.copy(), y.copy()
-    net = crn.ReduNet1D(eps2=0.1, n_layers=2, n_channels=4, kernel_size=3,
-                        classifier="subspace", n_components=2).fit(X, y)
-    net.predict(X)
-    net.subspace_distances(X)
-    np.testing.assert_array_equal(X, X_copy)
-    np.testing.assert_array_equal(y, y_copy)
-
-
 def test_torch_and_float32_agree_with_numpy():
     X, y = signals(30, (2, 12), k=3, noise=0.5)
     params = dict(eps2=0.1, n_layers=2, n_channels=4, kernel_size=3, classifier="subspace",
