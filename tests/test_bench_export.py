@@ -15,6 +15,7 @@ def small():
     return crn.ReduNet1D(n_layers=1, n_channels=6, kernel_size=3, n_components=2).fit(X, y), X, y
 
 
+@pytest.mark.slow
 def test_speed_rows_compare_every_export_with_net_predict(small, tmp_path):
     pytest.importorskip("onnxruntime")
     bench = load_bench("export_speed.py")
@@ -28,6 +29,7 @@ def test_speed_rows_compare_every_export_with_net_predict(small, tmp_path):
     assert rows[0]["ratio_median"] == 1.0 and all(len(r["seconds"]) == 2 for r in rows)
 
 
+@pytest.mark.slow
 def test_fine_tune_row_times_epochs_against_predict(small):
     bench = load_bench("export_speed.py")
     net, X, y = small
@@ -36,6 +38,7 @@ def test_fine_tune_row_times_epochs_against_predict(small):
     assert len(row["epoch_seconds"]) == 1 and row["epoch_over_predict"][0] > 0
 
 
+@pytest.mark.slow
 def test_model_sizes_and_format_2_yardstick(small, tmp_path):
     pytest.importorskip("onnx")
     bench = load_bench("model_size.py")

@@ -73,6 +73,7 @@ def test_evaluate_json_and_table(model, dataset, capsys):
     assert status == 0 and "5-NN on raw input" in out and "linear SVM on features" in out
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_export_formats(model, tmp_path, capsys):
     torch = pytest.importorskip("torch")
@@ -93,6 +94,7 @@ def test_export_formats(model, tmp_path, capsys):
     assert_usage_error(status, err, r"output '.*m.pt' exists; pass --force to overwrite it")
 
 
+@pytest.mark.slow
 def test_demo_quick_writes_files_that_load(tmp_path, capsys):
     torch = pytest.importorskip("torch")
     out_dir = tmp_path / "demo"
@@ -173,6 +175,7 @@ def test_bench_names_the_script_of_a_source_checkout(argv, command, tmp_path, mo
     assert out == "" and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_interrupt_leaves_no_partial_output(dataset, tmp_path, capsys, monkeypatch):
     def interrupted(self, X, y):
         raise KeyboardInterrupt
@@ -183,6 +186,18 @@ def test_interrupt_leaves_no_partial_output(dataset, tmp_path, capsys, monkeypat
     assert list(tmp_path.iterdir()) == []
 
 
+def test_dash_m_module_runs_the_command_line(monkeypatch, capsys):
+    """convredunet/__main__.py in this process (the subprocess test below is slow)."""
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["convredunet", "fit"])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_module("convredunet", run_name="__main__", alter_sys=False)
+    assert info.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
 def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "convredunet", "--help"],
                             capture_output=True, text=True, timeout=120)

@@ -50,6 +50,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_same_numbers_as_in_process(client, case):
     make, shape, k = CASES[case]
@@ -72,6 +73,7 @@ def test_same_numbers_as_in_process(client, case):
         assert rel_err(model.subspace_distances(X_test), ref.subspace_distances(X_test)) <= 1e-9
 
 
+@pytest.mark.slow
 def test_chunk_size_invariance(client):
     X, y = signals(300, (24,), 3, seed=3, kind="mean")
     y_dask = da.from_array(y, chunks=111)
@@ -85,6 +87,7 @@ def test_chunk_size_invariance(client):
         assert rel_err(z, Z[0]) <= TOL
 
 
+@pytest.mark.slow
 def test_classes_smaller_than_channels(client):
     """Woodbury classes: their spectra are gathered (m_j < C columns), as in process."""
     rng = np.random.default_rng(4)
@@ -101,6 +104,7 @@ def test_classes_smaller_than_channels(client):
                    ref.transform(X)) <= TOL
 
 
+@pytest.mark.slow
 def test_rate_reduction_and_operators(client):
     Z, _ = make_features(90, (16, 10), 3, seed=5)
     y = np.repeat([0, 1, 2], [80, 7, 3])  # classes 1 and 2 by Woodbury, class 2 low rank
@@ -116,6 +120,7 @@ def test_rate_reduction_and_operators(client):
     assert np.array_equal(ops.gamma, ops_ref.gamma)
 
 
+@pytest.mark.slow
 def test_inference_is_lazy_and_worker_errors_are_clear(client):
     X, y = signals(120, (16,), 2, seed=6, kind="mean")
     model = ReduNet1D(n_layers=2, n_channels=4, eps2=0.1).fit(X, y)
@@ -143,6 +148,7 @@ def test_inference_is_lazy_and_worker_errors_are_clear(client):
         model.predict(broken).compute()
 
 
+@pytest.mark.slow
 def test_errors_name_the_rule(client):
     X, y = signals(40, (16,), 2, seed=7, kind="mean")
     with pytest.raises(ValueError, match="X must have shape"):
@@ -166,6 +172,7 @@ def _rss():
     return psutil.Process().memory_info().rss
 
 
+@pytest.mark.slow
 def test_client_memory_stays_far_below_the_features(client):
     """A fit on a dask array built on the workers never brings the features to the client.
 
@@ -199,6 +206,7 @@ def test_client_memory_stays_far_below_the_features(client):
     assert growth < feature_bytes / 10, (growth, feature_bytes)
 
 
+@pytest.mark.slow
 def test_import_does_not_need_dask():
     code = ("import sys; sys.modules['dask'] = None; sys.modules['distributed'] = None\n"
             "import numpy as np, convredunet\n"
@@ -213,6 +221,7 @@ def test_import_does_not_need_dask():
     assert out.stdout.strip() == "(20,)"
 
 
+@pytest.mark.slow
 def test_command_line_scheduler(client, tmp_path, capsys):
     from convredunet.cli import main
 
@@ -264,6 +273,7 @@ def test_without_a_client(scheduler):
                               ref.predict(X))
 
 
+@pytest.mark.slow
 def test_label_membership_and_float32(client):
     X, y = signals(200, (20,), 3, seed=10, kind="mean")
     for params, tol in [(dict(membership="label"), TOL), (dict(dtype="float32"), 1e-5)]:
@@ -277,6 +287,7 @@ def test_label_membership_and_float32(client):
         assert rel_err(Z.compute(), ref.transform(X)) <= tol
 
 
+@pytest.mark.slow
 def test_workers_keep_their_thread_setting(client):
     """A fit runs each task on one thread and leaves every worker's setting as it was."""
     def setting():

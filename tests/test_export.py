@@ -93,6 +93,7 @@ def test_module_is_made_of_standard_layers(case):
         assert {conv, pad} <= kinds
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize("conv", ["fft", "direct"])
 def test_trace_and_script(case, conv):
@@ -109,6 +110,7 @@ def test_trace_and_script(case, conv):
         torch.testing.assert_close(scripted.membership(x), module.membership(x))
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_onnx_outputs_and_input_shapes(case, tmp_path):
     from convredunet.export import export_onnx
@@ -166,6 +168,7 @@ def test_centred_kernels_layout():
     np.testing.assert_array_equal(centred_kernels(kern, 4)[0, 0], [6.0, 0.0, 1.0, 2.0])
 
 
+@pytest.mark.slow
 def test_finetuning_keeps_invariance():
     X, y = signals(30, (1, 12), k=3)
     net = crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=6, kernel_size=3).fit(X, y)
@@ -279,6 +282,7 @@ def test_operator_cache_follows_the_parameters():
     assert pickle.loads(pickle.dumps(module))._ops_cache is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_closed_form_operators_serve_until_the_weights_change(dtype):
     # 10 signals per class: low-rank classes with 30 channels (30 signals: E dense), and

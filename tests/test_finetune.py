@@ -22,6 +22,7 @@ def _state(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_distillation_lowers_teacher_loss(toy):
     net, X, y = toy
     student = net.to_torch(dtype=torch.float64, kernel_size=3)
@@ -31,6 +32,7 @@ def test_distillation_lowers_teacher_loss(toy):
     assert distillation_loss(tuned, net, X, y) < before
 
 
+@pytest.mark.slow
 def test_fine_tune_is_deterministic_and_leaves_its_input_alone(toy):
     net, X, y = toy
     module = net.to_torch(dtype=torch.float64, kernel_size=5)
@@ -52,7 +54,7 @@ def test_fine_tune_is_deterministic_and_leaves_its_input_alone(toy):
                for k, v in runs[0].state_dict().items())
 
 
-@pytest.mark.parametrize("conv", ["fft", "direct"])
+@pytest.mark.parametrize("conv", ["fft", pytest.param("direct", marks=pytest.mark.slow)])
 def test_prediction_invariant_to_every_shift_after_training(toy, conv):
     net, X, y = toy
     module = net.to_torch(dtype=torch.float64, conv=conv)
@@ -63,6 +65,7 @@ def test_prediction_invariant_to_every_shift_after_training(toy, conv):
                                ndim=1)
 
 
+@pytest.mark.slow
 def test_fine_tune_2d_invariance():
     X, y = signals(24, (1, 6, 5), k=2)
     net = crn.ReduNet2D(n_layers=2, n_channels=4, kernel_size=3).fit(X, y)
@@ -124,6 +127,7 @@ def cli_files(tmp_path_factory):
     return folder, data, model
 
 
+@pytest.mark.slow
 def test_cli_finetune_writes_a_scripted_module(cli_files, capsys, tmp_path):
     from convredunet import cli
 

@@ -82,6 +82,7 @@ def test_unrepresentable_eps2_is_refused_with_the_bound(data, dtype, eps2):
         _small(dtype=dtype, eps2=eps2).fit(*data)
 
 
+@pytest.mark.slow
 def test_cli_refuses_unrepresentable_eps2(tmp_path, capsys):
     status = cli.main(["fit", "--data", "mnist1d", "--eps2", "1e-320", "--n-layers", "1",
                        "--out", str(tmp_path / "m.npz"), "--quiet"])
@@ -296,6 +297,7 @@ def test_save_leaves_bystanders_alone(fitted, tmp_path):
         [p.name for p in bystanders] + ["model.npz"])
 
 
+@pytest.mark.slow
 def test_cli_export_leaves_bystanders_alone(fitted, tmp_path, capsys):
     model = tmp_path / "m.npz"
     fitted.save(model)
@@ -335,6 +337,7 @@ def test_concurrent_saves_each_write_a_whole_model(data, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["same.npz"]
 
 
+@pytest.mark.slow
 def test_sigterm_during_save_leaves_nothing(fitted, tmp_path):
     model = tmp_path / "m.npz"
     fitted.save(model)
@@ -373,6 +376,7 @@ def test_write_errors_are_one_line(fitted, tmp_path, capsys):
 
 
 # --- 4. memory bounded by batch_size ---------------------------------------------------------
+@pytest.mark.slow
 def test_predict_memory_does_not_grow_with_the_number_of_samples(tmp_path):
     script = textwrap.dedent("""
         import resource, sys

@@ -157,6 +157,7 @@ def test_distances_need_a_subspace_fit():
         net.predict(X)
 
 
+@pytest.mark.slow
 def test_torch_and_float32_agree_with_numpy():
     X, y = signals(30, (2, 12), k=3, noise=0.5)
     params = dict(eps2=0.1, n_layers=2, n_channels=4, kernel_size=3, classifier="subspace",
@@ -203,6 +204,7 @@ def test_files_written_before_the_parameter_still_load(tmp_path):
     np.testing.assert_array_equal(old.predict(X), net.predict(X))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make, shape", [
     (lambda: crn.ReduNet1D(eps2=0.1, n_layers=2, n_channels=5, kernel_size=3,
                            classifier="subspace", n_components=2), (2, 12)),
