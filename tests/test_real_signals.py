@@ -196,7 +196,6 @@ def test_low_rank_e_matches_the_spatial_reference():
     np.testing.assert_allclose(c_hat, ops.C_hat.reshape(c_hat.shape), rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.slow
 def test_low_rank_model_round_trip_and_export(tmp_path):
     X, y = signals(9, (1, 8), k=3, seed=13, noise=0.5)
     net = crn.ReduNet1D(eps2=0.5, n_layers=2, n_channels=12, kernel_size=3,

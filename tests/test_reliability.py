@@ -297,7 +297,6 @@ def test_save_leaves_bystanders_alone(fitted, tmp_path):
         [p.name for p in bystanders] + ["model.npz"])
 
 
-@pytest.mark.slow
 def test_cli_export_leaves_bystanders_alone(fitted, tmp_path, capsys):
     model = tmp_path / "m.npz"
     fitted.save(model)

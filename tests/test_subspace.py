@@ -157,7 +157,6 @@ def test_distances_need_a_subspace_fit():
         net.predict(X)
 
 
-@pytest.mark.slow
 def test_torch_and_float32_agree_with_numpy():
     X, y = signals(30, (2, 12), k=3, noise=0.5)
     params = dict(eps2=0.1, n_layers=2, n_channels=4, kernel_size=3, classifier="subspace",

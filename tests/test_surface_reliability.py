@@ -301,7 +301,6 @@ def test_fine_tune_on_extreme_inputs_stays_finite(data):
         fine_tune(net32.to_torch(), X * 1e300, y, epochs=1)
 
 
-@pytest.mark.slow
 def test_fine_tune_refuses_a_non_finite_loss(net, data, monkeypatch):
     from convredunet import finetune
 
@@ -324,7 +323,6 @@ def test_fine_tune_refuses_a_non_finite_loss(net, data, monkeypatch):
         assert torch.equal(value, before[key])
 
 
-@pytest.mark.slow
 def test_fine_tune_refuses_weights_that_become_non_finite(net, data, monkeypatch):
     X, y = data
     real_step = torch.optim.Adam.step
@@ -389,7 +387,6 @@ def test_fine_tune_refuses_a_teacher_of_another_shape(net, data, shape):
 
 
 # --- 9. complex X, empty X, bad seeds ------------------------------------------------------------
-@pytest.mark.slow
 def test_fine_tune_refuses_complex_and_empty_x(net, data):
     X, y = data
     with pytest.raises(ValueError, match="Complex data not supported: X must be real"):
