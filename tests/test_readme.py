@@ -12,7 +12,6 @@ def test_quick_start_block_compiles():
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_quick_start_runs_as_written(monkeypatch, tmp_path):
     # The block as written, on the real data, with a 16-channel lifting so that the test
     # takes seconds (bench/quickstart.py times the 256-channel network itself).
