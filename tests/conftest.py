@@ -23,6 +23,59 @@ def make_features(m, sample_shape, k, seed=0, dtype=np.float64):
     return Z.astype(dtype), y
 
 
+def signals(m, shape, k, seed=0, *, noise=0.3, shifts_first=False, kind="shifted"):
+    """Labelled signals for ``k`` classes, drawn from ``numpy.random.default_rng(seed)``.
+
+    Parameters
+    ----------
+    m : int
+        Number of samples.
+    shape : tuple of int
+        One sample's shape: ``(T,)``, ``(C, T)`` or ``(C, H, W)``.
+    k : int
+        Number of classes; the labels are ``0, 1, ..., k-1, 0, 1, ...`` in this order.
+    seed : int
+        Seed of the local generator.
+    noise : float
+        Standard deviation of the Gaussian noise added to the shifted templates.
+    shifts_first : bool
+        Draw every sample's shift before any noise (one noise draw for all samples)
+        instead of each sample's shift and then its noise.
+    kind : {"shifted", "mean"}
+        ``"shifted"``: class ``j`` is a random template (one per class) cyclically
+        shifted at random along its last axis (the last two for ``(C, H, W)``), plus
+        noise. ``"mean"``: class ``j`` is standard normal noise plus ``0.5 j`` (a class
+        the layers separate by its mean), the labels shuffled; ``noise`` and
+        ``shifts_first`` do not apply.
+
+    Returns
+    -------
+    X : ndarray of shape (m, *shape), float64
+    y : ndarray of shape (m,), int
+    """
+    shape = tuple(shape)
+    rng = np.random.default_rng(seed)
+    if kind == "mean":
+        y = np.arange(m) % k
+        rng.shuffle(y)
+        X = rng.standard_normal((m,) + shape) + 0.5 * y.reshape((m,) + (1,) * len(shape))
+        return X, y
+    if kind != "shifted":
+        raise ValueError(f"kind must be 'shifted' or 'mean', got {kind!r}")
+    templates = rng.standard_normal((k,) + shape)
+    y = np.arange(m) % k
+    axes = (-2, -1) if len(shape) == 3 else (-1,)
+    X = np.empty((m,) + shape)
+    for i in range(m):
+        shift = tuple(rng.integers(shape[a]) for a in axes)
+        X[i] = np.roll(templates[y[i]], shift, axis=axes)
+        if not shifts_first:
+            X[i] += noise * rng.standard_normal(shape)
+    if shifts_first:
+        X += noise * rng.standard_normal(X.shape)
+    return X, y
+
+
 def rel_err(a, b):
     """max |a - b| / max |b|, on numpy copies."""
     a = np.asarray(a.detach().cpu() if hasattr(a, "detach") else a)

@@ -36,6 +36,7 @@ def tiny_run(tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow
 def test_writes_json_and_markdown(tiny_run):
     out, result = tiny_run
     saved = json.loads((out / "accuracy.json").read_text())
@@ -50,6 +51,7 @@ def test_writes_json_and_markdown(tiny_run):
     assert saved == json.loads(json.dumps(result))
 
 
+@pytest.mark.slow
 def test_shifted_accuracy_equals_unshifted(tiny_run):
     _, result = tiny_run
     for record in result["records"]:
@@ -58,6 +60,7 @@ def test_shifted_accuracy_equals_unshifted(tiny_run):
         assert record["shift_feature_max_error"] < 1e-9, record["name"]
 
 
+@pytest.mark.slow
 def test_records_hold_every_number(tiny_run):
     _, result = tiny_run
     shapes = {"1d": [40], "1d bias": [40], "translation": [28, 28],

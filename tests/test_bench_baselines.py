@@ -34,6 +34,7 @@ def test_loop_baseline_matches_spatial(sample_shape):
     assert rel_err(got["C_hat"][..., :half, :, :], ref.C_hat) < 1e-9
 
 
+@pytest.mark.slow
 def test_construction_benchmark_runs(tmp_path):
     bench = load_bench("construction.py")
     grid = [bench.Case(8, 2, 2, (8,)), bench.Case(6, 2, 3, (4, 5))]

@@ -4,19 +4,18 @@ import numpy as np
 import pytest
 
 import convredunet as crn
-from conftest import load_bench
-
-from test_estimators import _signals
+from conftest import load_bench, signals
 
 torch = pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")
 def small():
-    X, y = _signals(40, (1, 16), k=2)
+    X, y = signals(40, (1, 16), k=2)
     return crn.ReduNet1D(n_layers=1, n_channels=6, kernel_size=3, n_components=2).fit(X, y), X, y
 
 
+@pytest.mark.slow
 def test_speed_rows_compare_every_export_with_net_predict(small, tmp_path):
     pytest.importorskip("onnxruntime")
     bench = load_bench("export_speed.py")
@@ -30,14 +29,16 @@ def test_speed_rows_compare_every_export_with_net_predict(small, tmp_path):
     assert rows[0]["ratio_median"] == 1.0 and all(len(r["seconds"]) == 2 for r in rows)
 
 
+@pytest.mark.slow
 def test_fine_tune_row_times_epochs_against_predict(small):
     bench = load_bench("export_speed.py")
     net, X, y = small
-    X_val, y_val = _signals(10, (1, 16), k=2, seed=4)
+    X_val, y_val = signals(10, (1, 16), k=2, seed=4)
     row = bench.fine_tune_row(net, X, y, X_val, y_val, epochs=1, repeats=1)
     assert len(row["epoch_seconds"]) == 1 and row["epoch_over_predict"][0] > 0
 
 
+@pytest.mark.slow
 def test_model_sizes_and_format_2_yardstick(small, tmp_path):
     pytest.importorskip("onnx")
     bench = load_bench("model_size.py")

@@ -9,7 +9,7 @@ import pytest
 import convredunet as crn
 from convredunet import cli
 
-from test_estimators import _signals
+from conftest import signals
 
 
 def run(capsys, *argv):
@@ -31,8 +31,8 @@ def assert_usage_error(status, err, pattern):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data")
-    X, y = _signals(40, (2, 12), k=3)
-    X_test, y_test = _signals(12, (2, 12), k=3, seed=1)
+    X, y = signals(40, (2, 12), k=3)
+    X_test, y_test = signals(12, (2, 12), k=3, seed=1)
     path = folder / "toy.npz"
     np.savez(path, X=X, y=y, X_test=X_test, y_test=y_test)
     return path
@@ -73,11 +73,12 @@ def test_evaluate_json_and_table(model, dataset, capsys):
     assert status == 0 and "5-NN on raw input" in out and "linear SVM on features" in out
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_export_formats(model, tmp_path, capsys):
     torch = pytest.importorskip("torch")
     net = crn.load(model)
-    X, _ = _signals(5, (2, 12), k=3, seed=2)
+    X, _ = signals(5, (2, 12), k=3, seed=2)
     for fmt, name, dtype in (("torchscript", "m.pt", "float64"), ("onnx", "m.onnx", "float32"),
                              ("state_dict", "m.sd", "float64")):
         status, out, err = run(capsys, "export", model, "--format", fmt, "--dtype", dtype,
@@ -93,6 +94,7 @@ def test_export_formats(model, tmp_path, capsys):
     assert_usage_error(status, err, r"output '.*m.pt' exists; pass --force to overwrite it")
 
 
+@pytest.mark.slow
 def test_demo_quick_writes_files_that_load(tmp_path, capsys):
     torch = pytest.importorskip("torch")
     out_dir = tmp_path / "demo"
@@ -106,7 +108,7 @@ def test_demo_quick_writes_files_that_load(tmp_path, capsys):
     assert summary["test"]["changed_by_any_shift"] == 0
     net = crn.load(out_dir / "model.npz")
     module = torch.jit.load(str(out_dir / "module.pt"))
-    X, _ = _signals(4, (40,), k=2)
+    X, _ = signals(4, (40,), k=2)
     np.testing.assert_array_equal(module.predict(torch.from_numpy(X).float()).numpy(),
                                   net.predict(X))
     assert not list(tmp_path.glob(".*partial*"))
@@ -173,6 +175,7 @@ def test_bench_names_the_script_of_a_source_checkout(argv, command, tmp_path, mo
     assert out == "" and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_interrupt_leaves_no_partial_output(dataset, tmp_path, capsys, monkeypatch):
     def interrupted(self, X, y):
         raise KeyboardInterrupt
@@ -183,6 +186,18 @@ def test_interrupt_leaves_no_partial_output(dataset, tmp_path, capsys, monkeypat
     assert list(tmp_path.iterdir()) == []
 
 
+def test_dash_m_module_runs_the_command_line(monkeypatch, capsys):
+    """convredunet/__main__.py in this process (the subprocess test below is slow)."""
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["convredunet", "fit"])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_module("convredunet", run_name="__main__", alter_sys=False)
+    assert info.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
 def test_python_dash_m_entry_point():
     result = subprocess.run([sys.executable, "-m", "convredunet", "--help"],
                             capture_output=True, text=True, timeout=120)
@@ -229,7 +244,7 @@ def test_shift_report_reuses_the_check_for_random_shifts():
     from convredunet.cli import _shift_report
     from convredunet.datasets import random_cyclic_shift
 
-    X, y = _signals(30, (1, 8), k=3)
+    X, y = signals(30, (1, 8), k=3)
     net = crn.ReduNet1D(n_layers=1, n_channels=4, kernel_size=3, eps2=0.1).fit(X, y)
     shifted, _ = random_cyclic_shift(X, 1, random_state=3)
     expected = net.predict(shifted)

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import make_features, rel_err
+from conftest import make_features, rel_err, signals
 
 da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
@@ -31,15 +31,6 @@ def client():
                                   dashboard_address=None, memory_limit="4GiB") as cluster, \
             distributed.Client(cluster) as c:
         yield c
-
-
-def _signals(m, shape, k, seed):
-    """Signals whose class shows in their mean (so that the layers separate them)."""
-    rng = np.random.default_rng(seed)
-    y = np.arange(m) % k
-    rng.shuffle(y)
-    X = rng.standard_normal((m,) + shape) + 0.5 * y.reshape((m,) + (1,) * len(shape))
-    return X, y
 
 
 def _assert_same_fit(a, b):
@@ -59,11 +50,12 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_same_numbers_as_in_process(client, case):
     make, shape, k = CASES[case]
-    X, y = _signals(240, shape, k, seed=1)
-    X_test, _ = _signals(90, shape, k, seed=2)
+    X, y = signals(240, shape, k, seed=1, kind="mean")
+    X_test, _ = signals(90, shape, k, seed=2, kind="mean")
     ref = make().fit(X, y)
     model = make().fit(da.from_array(X, chunks=70), y)
     _assert_same_fit(ref, model)
@@ -81,8 +73,9 @@ def test_same_numbers_as_in_process(client, case):
         assert rel_err(model.subspace_distances(X_test), ref.subspace_distances(X_test)) <= 1e-9
 
 
+@pytest.mark.slow
 def test_chunk_size_invariance(client):
-    X, y = _signals(300, (24,), 3, seed=3)
+    X, y = signals(300, (24,), 3, seed=3, kind="mean")
     y_dask = da.from_array(y, chunks=111)
     fits = [ReduNet1D(n_layers=3, n_channels=5, eps2=0.1).fit(da.from_array(X, chunks=c),
                                                                 labels)
@@ -94,6 +87,7 @@ def test_chunk_size_invariance(client):
         assert rel_err(z, Z[0]) <= TOL
 
 
+@pytest.mark.slow
 def test_classes_smaller_than_channels(client):
     """Woodbury classes: their spectra are gathered (m_j < C columns), as in process."""
     rng = np.random.default_rng(4)
@@ -110,6 +104,7 @@ def test_classes_smaller_than_channels(client):
                    ref.transform(X)) <= TOL
 
 
+@pytest.mark.slow
 def test_rate_reduction_and_operators(client):
     Z, _ = make_features(90, (16, 10), 3, seed=5)
     y = np.repeat([0, 1, 2], [80, 7, 3])  # classes 1 and 2 by Woodbury, class 2 low rank
@@ -125,8 +120,9 @@ def test_rate_reduction_and_operators(client):
     assert np.array_equal(ops.gamma, ops_ref.gamma)
 
 
+@pytest.mark.slow
 def test_inference_is_lazy_and_worker_errors_are_clear(client):
-    X, y = _signals(120, (16,), 2, seed=6)
+    X, y = signals(120, (16,), 2, seed=6, kind="mean")
     model = ReduNet1D(n_layers=2, n_channels=4, eps2=0.1).fit(X, y)
     bad = X.copy()
     bad[77, 3] = np.nan
@@ -152,8 +148,9 @@ def test_inference_is_lazy_and_worker_errors_are_clear(client):
         model.predict(broken).compute()
 
 
+@pytest.mark.slow
 def test_errors_name_the_rule(client):
-    X, y = _signals(40, (16,), 2, seed=7)
+    X, y = signals(40, (16,), 2, seed=7, kind="mean")
     with pytest.raises(ValueError, match="X must have shape"):
         ReduNet1D().fit(da.zeros((4, 2, 3, 5)), y[:4])
     with pytest.raises(ValueError, match="Complex data not supported"):
@@ -175,6 +172,7 @@ def _rss():
     return psutil.Process().memory_info().rss
 
 
+@pytest.mark.slow
 def test_client_memory_stays_far_below_the_features(client):
     """A fit on a dask array built on the workers never brings the features to the client.
 
@@ -208,6 +206,7 @@ def test_client_memory_stays_far_below_the_features(client):
     assert growth < feature_bytes / 10, (growth, feature_bytes)
 
 
+@pytest.mark.slow
 def test_import_does_not_need_dask():
     code = ("import sys; sys.modules['dask'] = None; sys.modules['distributed'] = None\n"
             "import numpy as np, convredunet\n"
@@ -222,6 +221,7 @@ def test_import_does_not_need_dask():
     assert out.stdout.strip() == "(20,)"
 
 
+@pytest.mark.slow
 def test_command_line_scheduler(client, tmp_path, capsys):
     from convredunet.cli import main
 
@@ -232,7 +232,7 @@ def test_command_line_scheduler(client, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "built 1 layers on 480 samples" in out and "test accuracy" in out
     data = tmp_path / "data.npz"
-    X, y = _signals(160, (40,), 10, seed=8)
+    X, y = signals(160, (40,), 10, seed=8, kind="mean")
     np.savez(data, X=X[:100], y=y[:100], X_test=X[100:], y_test=y[100:])
     assert main(["evaluate", str(model), "--data", str(data), "--scheduler", address,
                  "--json"]) == 0
@@ -263,7 +263,7 @@ def test_without_a_client(scheduler):
     """Dask's own schedulers (no distributed.Client) give the same numbers."""
     import dask
 
-    X, y = _signals(150, (16,), 3, seed=9)
+    X, y = signals(150, (16,), 3, seed=9, kind="mean")
     ref = ReduNet1D(n_layers=2, n_channels=4, eps2=0.1).fit(X, y)
     with dask.config.set(scheduler=scheduler):
         model = ReduNet1D(n_layers=2, n_channels=4, eps2=0.1).fit(
@@ -273,8 +273,9 @@ def test_without_a_client(scheduler):
                               ref.predict(X))
 
 
+@pytest.mark.slow
 def test_label_membership_and_float32(client):
-    X, y = _signals(200, (20,), 3, seed=10)
+    X, y = signals(200, (20,), 3, seed=10, kind="mean")
     for params, tol in [(dict(membership="label"), TOL), (dict(dtype="float32"), 1e-5)]:
         ref = ReduNet1D(n_layers=2, n_channels=4, eps2=0.1, **params).fit(X, y)
         model = ReduNet1D(n_layers=2, n_channels=4, eps2=0.1, **params).fit(
@@ -286,6 +287,7 @@ def test_label_membership_and_float32(client):
         assert rel_err(Z.compute(), ref.transform(X)) <= tol
 
 
+@pytest.mark.slow
 def test_workers_keep_their_thread_setting(client):
     """A fit runs each task on one thread and leaves every worker's setting as it was."""
     def setting():
@@ -294,6 +296,6 @@ def test_workers_keep_their_thread_setting(client):
         return _threads.get_num_threads(), _threads._setting
 
     before = client.run(setting)
-    X, y = _signals(40, (1, 16), k=2, seed=0)
+    X, y = signals(40, (1, 16), k=2, seed=0, kind="mean")
     ReduNet1D(n_layers=1, n_channels=8, kernel_size=3).fit(da.from_array(X, chunks=10), y)
     assert client.run(setting) == before

@@ -37,6 +37,7 @@ def mnist1d():
 # --------------------------------------------------------------------------------------------
 # MNIST-1D
 # --------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_mnist1d_shapes_dtypes_classes(mnist1d):
     X_train, y_train, X_test, y_test = mnist1d
     assert X_train.shape == (4000, 40) and X_test.shape == (1000, 40)
@@ -51,6 +52,7 @@ def test_mnist1d_shapes_dtypes_classes(mnist1d):
     np.testing.assert_allclose(X_all.std(), 1.0, rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_mnist1d_same_data_and_cache_protected(mnist1d):
     first = mnist1d
     mutated = load_mnist1d()
@@ -62,6 +64,7 @@ def test_mnist1d_same_data_and_cache_protected(mnist1d):
         assert a is not b
 
 
+@pytest.mark.slow
 def test_mnist1d_no_network_and_global_rng_untouched(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("load_mnist1d tried to open a network connection")
@@ -220,6 +223,7 @@ def test_mnist_default_is_the_packaged_copy(monkeypatch):
 # --------------------------------------------------------------------------------------------
 # stratified split
 # --------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_split_counts_disjoint_deterministic(mnist):
     X, y = mnist
     X_copy, y_copy = X.copy(), y.copy()

@@ -8,24 +8,9 @@ import convredunet as crn
 from convredunet.backend import NumpyBackend
 from convredunet.testing import assert_shift_equivariant, assert_shift_invariant
 
-from conftest import rel_err
+from conftest import rel_err, signals
 
 BACKEND = NumpyBackend()
-
-
-def _signals(m, shape, k, seed=0):
-    """Class j: a class-specific random template, cyclically shifted, plus noise."""
-    rng = np.random.default_rng(seed)
-    templates = rng.standard_normal((k,) + shape)
-    y = np.arange(m) % k
-    X = np.empty((m,) + shape)
-    nd = len(shape) - (1 if len(shape) > 1 else 0)
-    for i in range(m):
-        shift = tuple(rng.integers(n) for n in shape[-nd:]) if nd else ()
-        base = np.roll(templates[y[i]], shift, axis=tuple(range(-nd, 0))) if nd else \
-            templates[y[i]]
-        X[i] = base + 0.3 * rng.standard_normal(shape)
-    return X, y
 
 
 # --- scikit-learn conventions ------------------------------------------------------------
@@ -59,7 +44,7 @@ def test_clone_and_params():
 # --- invariance ----------------------------------------------------------------------
 def test_lifting_bias_is_a_constant_input_channel():
     """lifting_bias=b equals lifting with an extra constant input channel of value b."""
-    X, y = _signals(30, (1, 10), k=3)
+    X, y = signals(30, (1, 10), k=3)
     with_bias = crn.ReduNet1D(eps2=0.1, n_layers=2, n_channels=5, kernel_size=3, lifting_bias=0.8)
     with_bias.fit(X, y)
     constant = np.concatenate([X, np.full_like(X, 0.8)], axis=1)
@@ -69,19 +54,19 @@ def test_lifting_bias_is_a_constant_input_channel():
 
 
 def test_1d_equivariance_and_invariance_on_all_shifts():
-    X, y = _signals(60, (2, 12), k=3)
+    X, y = signals(60, (2, 12), k=3)
     net = crn.ReduNet1D(eps2=0.1, n_layers=4, n_channels=6, kernel_size=5).fit(X, y)
-    X_test, _ = _signals(6, (2, 12), k=3, seed=1)
+    X_test, _ = signals(6, (2, 12), k=3, seed=1)
     assert_shift_equivariant(net.transform, X_test, ndim=1, rtol=1e-9)
     assert_shift_invariant(net.predict, X_test, ndim=1)
     assert_shift_invariant(lambda x: np.round(net.predict_proba(x), 12), X_test, ndim=1)
 
 
 def test_2d_equivariance_and_invariance_on_all_shifts():
-    X, y = _signals(40, (6, 5), k=2)
+    X, y = signals(40, (6, 5), k=2)
     net = crn.ReduNet2D(n_layers=3, n_channels=5, kernel_size=3, lifting_bias=0.5).fit(X, y)
     assert net.lifting_.bias.shape == (5,)
-    X_test, _ = _signals(4, (6, 5), k=2, seed=1)
+    X_test, _ = signals(4, (6, 5), k=2, seed=1)
     assert_shift_equivariant(net.transform, X_test, ndim=2, rtol=1e-9)
     assert_shift_invariant(net.predict, X_test, ndim=2)
 
@@ -96,8 +81,8 @@ def test_equivariance_helper_catches_a_non_equivariant_map():
 
 # --- construction ----------------------------------------------------------------------
 @pytest.mark.parametrize("make", [
-    lambda: (crn.ReduNetVector(n_layers=6, eps2=0.5), _signals(60, (12,), k=3)),
-    lambda: (crn.ReduNet1D(eps2=0.1, n_layers=6, n_channels=None), _signals(60, (3, 10), k=3)),
+    lambda: (crn.ReduNetVector(n_layers=6, eps2=0.5), signals(60, (12,), k=3)),
+    lambda: (crn.ReduNet1D(eps2=0.1, n_layers=6, n_channels=None), signals(60, (3, 10), k=3)),
 ], ids=["vector", "1d"])
 def test_delta_R_increases_over_first_layers(make):
     net, (X, y) = make()
@@ -117,7 +102,7 @@ def _circular_apply(kernel, z):
 
 
 def test_first_layer_by_hand_with_label_membership():
-    X, y = _signals(12, (2, 7), k=2)
+    X, y = signals(12, (2, 7), k=2)
     eta, lmbda, eps2 = 0.5, 20.0, 0.2
     net = crn.ReduNet1D(n_layers=2, n_channels=None, membership="label", eta=eta,
                         lmbda=lmbda, eps2=eps2).fit(X, y)
@@ -145,21 +130,9 @@ def test_first_layer_by_hand_with_label_membership():
     assert net.history_[1]["delta_R"] == pytest.approx(second.rates.delta, rel=1e-10)
 
 
-def test_lowrank_classes_match_dense_operators():
-    # 3 classes of 4 samples, 16 lifted channels: classes are stored as Woodbury factors.
-    X, y = _signals(12, (1, 9), k=3)
-    net = crn.ReduNet1D(eps2=0.1, n_layers=1, n_channels=16, kernel_size=3).fit(X, y)
-    layer = net.layers_[0]
-    assert layer.lowrank_classes == [0, 1, 2]
-    Z0 = net.lifting_(BACKEND, X[:, None] if X.ndim == 2 else X)
-    ops = crn.construct_operators(Z0, y, eps2=net.eps2, woodbury=False)
-    e_hat, c_hat = layer.operators_hat(BACKEND)
-    assert rel_err(c_hat, ops.C_hat) < 1e-10 and rel_err(e_hat, ops.E_hat) < 1e-10
-
-
 def test_torch_backend_matches_numpy():
     torch = pytest.importorskip("torch")
-    X, y = _signals(30, (2, 10), k=3)
+    X, y = signals(30, (2, 10), k=3)
     a = crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=5, kernel_size=3).fit(X, y)
     b = crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=5, kernel_size=3, backend="torch").fit(X, y)
     assert rel_err(b.transform(X), a.transform(X)) < 1e-9
@@ -169,7 +142,7 @@ def test_torch_backend_matches_numpy():
 
 
 def test_float32_close_to_float64():
-    X, y = _signals(30, (2, 10), k=3)
+    X, y = signals(30, (2, 10), k=3)
     a = crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=5, kernel_size=3).fit(X, y)
     b = crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=5, kernel_size=3, dtype="float32").fit(X, y)
     Zb = b.transform(X)
@@ -178,7 +151,7 @@ def test_float32_close_to_float64():
 
 
 def test_string_labels_and_proba():
-    X, y = _signals(30, (2, 10), k=3)
+    X, y = signals(30, (2, 10), k=3)
     names = np.array(["cat", "dog", "eel"])[y]
     net = crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=5, kernel_size=3,
                         classifier="membership").fit(X, names)
@@ -191,7 +164,7 @@ def test_string_labels_and_proba():
 # --- save / load ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def fitted():
-    X, y = _signals(30, (2, 10), k=3)
+    X, y = signals(30, (2, 10), k=3)
     return crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=8, kernel_size=3).fit(X, y), X
 
 
@@ -203,7 +176,7 @@ def test_save_load_round_trip_bit_for_bit(fitted, tmp_path):
     np.testing.assert_array_equal(twin.transform(X), net.transform(X))
     np.testing.assert_array_equal(twin.predict_proba(X), net.predict_proba(X))
     assert twin.history_ == net.history_
-    X2, y2 = _signals(20, (1, 6, 5), k=2)
+    X2, y2 = signals(20, (1, 6, 5), k=2)
     net2 = crn.ReduNet2D(n_layers=2, n_channels=3, kernel_size=3, lifting_bias=1.0).fit(X2, y2)
     net2.save(tmp_path / "m2.npz")
     np.testing.assert_array_equal(crn.load(tmp_path / "m2.npz").transform(X2), net2.transform(X2))
@@ -306,17 +279,19 @@ def test_bad_input_to_fit_and_predict(fitted):
      "lifting_bias must be a finite number or None, got inf"),
 ])
 def test_bad_parameters(params, error, match):
-    X, y = _signals(12, (2, 10), k=2)
+    X, y = signals(12, (2, 10), k=2)
     with pytest.raises(error, match=match):
         crn.ReduNet1D(**params).fit(X, y)
 
 
 def test_inputs_not_modified():
-    X, y = _signals(20, (2, 10), k=2)
+    X, y = signals(20, (2, 10), k=2)
     X_copy, y_copy = X.copy(), y.copy()
     net = crn.ReduNet1D(eps2=0.1, n_layers=2, n_channels=4, kernel_size=3).fit(X, y)
+    assert net.classifier == "subspace"
     net.transform(X)
     net.predict(X)
+    net.subspace_distances(X)
     np.testing.assert_array_equal(X, X_copy)
     np.testing.assert_array_equal(y, y_copy)
 
@@ -328,7 +303,7 @@ def test_layer_application_matches_dense_operators(counts):
     from convredunet import spectral
 
     y = np.repeat(np.arange(3), counts)
-    X, _ = _signals(len(y), (1, 9), k=3)
+    X, _ = signals(len(y), (1, 9), k=3)
     net = crn.ReduNet1D(eps2=0.1, n_layers=1, n_channels=16, kernel_size=3, lmbda=30.0).fit(X, y)
     layer = net.layers_[0]
     # Woodbury for the solve when m_j < C; kept low-rank when cheaper to apply.
@@ -363,7 +338,7 @@ def test_cuda_backend_matches_numpy(dtype, tol):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
-    X, y = _signals(40, (1, 8, 7), k=4)
+    X, y = signals(40, (1, 8, 7), k=4)
     ref = crn.ReduNet2D(n_layers=3, n_channels=6, kernel_size=3).fit(X, y)
     net = crn.ReduNet2D(n_layers=3, n_channels=6, kernel_size=3, backend="torch",
                         device="cuda", dtype=dtype).fit(X, y)
@@ -382,7 +357,7 @@ def test_frequency_split_threads_give_the_same_layer(counts, monkeypatch):
     from convredunet import _parallel, network
 
     y = np.repeat(np.arange(3), counts)
-    X, _ = _signals(len(y), (1, 11), k=3)
+    X, _ = signals(len(y), (1, 11), k=3)
     net = crn.ReduNet1D(eps2=0.1, n_layers=2, n_channels=6, kernel_size=3).fit(X, y)
     Z0 = net.lifting_(BACKEND, net._check_X(X))
     with crn.num_threads(1):
@@ -396,7 +371,7 @@ def test_frequency_split_threads_give_the_same_layer(counts, monkeypatch):
 
 
 def test_rate_history_reproduces_training_history():
-    X, y = _signals(30, (1, 10), k=3)
+    X, y = signals(30, (1, 10), k=3)
     net = crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=5, kernel_size=3).fit(X, y)
     rates = net.rate_history(X, y)
     assert len(rates) == 4

@@ -8,7 +8,7 @@ import convredunet as crn  # noqa: E402
 from convredunet.export import centred_kernels, kernel_energy_kept  # noqa: E402
 from convredunet.testing import assert_shift_equivariant, assert_shift_invariant  # noqa: E402
 
-from test_estimators import _signals  # noqa: E402
+from conftest import signals  # noqa: E402
 
 CASES = {
     "1d-even": lambda: (crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=5, kernel_size=4), (2, 10), 3),
@@ -26,7 +26,7 @@ CASES = {
 @pytest.fixture(scope="module", params=list(CASES), ids=list(CASES))
 def case(request):
     net, shape, k = CASES[request.param]()
-    X, y = _signals(24, shape, k=k)
+    X, y = signals(24, shape, k=k)
     net.fit(X, y)
     return net, X
 
@@ -93,6 +93,7 @@ def test_module_is_made_of_standard_layers(case):
         assert {conv, pad} <= kinds
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize("conv", ["fft", "direct"])
 def test_trace_and_script(case, conv):
@@ -109,6 +110,7 @@ def test_trace_and_script(case, conv):
         torch.testing.assert_close(scripted.membership(x), module.membership(x))
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_onnx_outputs_and_input_shapes(case, tmp_path):
     from convredunet.export import export_onnx
@@ -143,7 +145,7 @@ def test_onnx_outputs_and_input_shapes(case, tmp_path):
 
 
 def test_truncated_kernels():
-    X, y = _signals(30, (1, 16), k=3)
+    X, y = signals(30, (1, 16), k=3)
     net = crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=6, kernel_size=5).fit(X, y)
     energies = [kernel_energy_kept(net, k) for k in (1, 3, 7, 11, 16)]
     assert all(b >= a for a, b in zip(energies, energies[1:]))
@@ -168,8 +170,9 @@ def test_centred_kernels_layout():
     np.testing.assert_array_equal(centred_kernels(kern, 4)[0, 0], [6.0, 0.0, 1.0, 2.0])
 
 
+@pytest.mark.slow
 def test_finetuning_keeps_invariance():
-    X, y = _signals(30, (1, 12), k=3)
+    X, y = signals(30, (1, 12), k=3)
     net = crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=6, kernel_size=3).fit(X, y)
     module = net.to_torch(dtype=torch.float64)
     optimizer = torch.optim.SGD(module.parameters(), lr=0.05)
@@ -236,7 +239,7 @@ def test_real_dft_and_its_inverse_equal_rfftn_and_irfftn(shape):
 
 
 def test_subspace_head_is_trainable_and_invariant():
-    X, y = _signals(24, (1, 10), k=3)
+    X, y = signals(24, (1, 10), k=3)
     net = crn.ReduNet1D(eps2=0.1, n_layers=1, n_channels=4, kernel_size=3,
                         classifier="subspace", n_components=2).fit(X, y)
     module = net.to_torch(dtype=torch.float64)
@@ -253,7 +256,7 @@ def test_subspace_head_is_trainable_and_invariant():
 
 
 def test_operator_cache_follows_the_parameters():
-    X, y = _signals(24, (1, 10), k=3)
+    X, y = signals(24, (1, 10), k=3)
     net = crn.ReduNet1D(eps2=0.1, n_layers=2, n_channels=4, kernel_size=3).fit(X, y)
     module = net.to_torch(dtype=torch.float64, conv="fft")
     other = net.to_torch(dtype=torch.float64, conv="fft")
@@ -281,12 +284,13 @@ def test_operator_cache_follows_the_parameters():
     assert pickle.loads(pickle.dumps(module))._ops_cache is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_closed_form_operators_serve_until_the_weights_change(dtype):
     # 10 signals per class: low-rank classes with 30 channels (30 signals: E dense), and
     # with 40 channels and 20 signals E low rank too.
     for n, n_channels in ((30, 30), (20, 40)):
-        X, y = _signals(n, (1, 10), k=n // 10)
+        X, y = signals(n, (1, 10), k=n // 10)
         net = crn.ReduNet1D(eps2=0.1, n_layers=2, n_channels=n_channels, kernel_size=3,
                             n_components=3).fit(X, y)
         assert net.layers_[0].lowrank_classes == list(range(n // 10))

@@ -8,12 +8,12 @@ import convredunet as crn  # noqa: E402
 from convredunet.finetune import distillation_loss, fine_tune  # noqa: E402
 from convredunet.testing import assert_shift_invariant  # noqa: E402
 
-from test_estimators import _signals  # noqa: E402
+from conftest import signals  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def toy():
-    X, y = _signals(60, (1, 12), k=3)
+    X, y = signals(60, (1, 12), k=3)
     net = crn.ReduNet1D(eps2=0.1, n_layers=3, n_channels=6, kernel_size=3).fit(X, y)
     return net, X, y
 
@@ -22,6 +22,7 @@ def _state(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_distillation_lowers_teacher_loss(toy):
     net, X, y = toy
     student = net.to_torch(dtype=torch.float64, kernel_size=3)
@@ -31,6 +32,7 @@ def test_distillation_lowers_teacher_loss(toy):
     assert distillation_loss(tuned, net, X, y) < before
 
 
+@pytest.mark.slow
 def test_fine_tune_is_deterministic_and_leaves_its_input_alone(toy):
     net, X, y = toy
     module = net.to_torch(dtype=torch.float64, kernel_size=5)
@@ -52,7 +54,7 @@ def test_fine_tune_is_deterministic_and_leaves_its_input_alone(toy):
                for k, v in runs[0].state_dict().items())
 
 
-@pytest.mark.parametrize("conv", ["fft", "direct"])
+@pytest.mark.parametrize("conv", ["fft", pytest.param("direct", marks=pytest.mark.slow)])
 def test_prediction_invariant_to_every_shift_after_training(toy, conv):
     net, X, y = toy
     module = net.to_torch(dtype=torch.float64, conv=conv)
@@ -63,8 +65,9 @@ def test_prediction_invariant_to_every_shift_after_training(toy, conv):
                                ndim=1)
 
 
+@pytest.mark.slow
 def test_fine_tune_2d_invariance():
-    X, y = _signals(24, (1, 6, 5), k=2)
+    X, y = signals(24, (1, 6, 5), k=2)
     net = crn.ReduNet2D(n_layers=2, n_channels=4, kernel_size=3).fit(X, y)
     tuned = fine_tune(net.to_torch(dtype=torch.float64), X, y, epochs=2, lr=1e-2,
                       batch_size=8, validation_fraction=0)
@@ -114,8 +117,8 @@ def cli_files(tmp_path_factory):
     from convredunet import cli
 
     folder = tmp_path_factory.mktemp("finetune")
-    X, y = _signals(30, (1, 10), k=3)
-    X_test, y_test = _signals(9, (1, 10), k=3, seed=1)
+    X, y = signals(30, (1, 10), k=3)
+    X_test, y_test = signals(9, (1, 10), k=3, seed=1)
     data = folder / "toy.npz"
     np.savez(data, X=X, y=y, X_test=X_test, y_test=y_test)
     model = folder / "model.npz"
@@ -124,13 +127,14 @@ def cli_files(tmp_path_factory):
     return folder, data, model
 
 
+@pytest.mark.slow
 def test_cli_finetune_writes_a_scripted_module(cli_files, capsys, tmp_path):
     from convredunet import cli
 
     folder, data, model = cli_files
     out = folder / "module.pt"
     held_out = tmp_path / "val.npz"
-    np.savez(held_out, **dict(zip("Xy", _signals(12, (1, 10), k=3, seed=2))))
+    np.savez(held_out, **dict(zip("Xy", signals(12, (1, 10), k=3, seed=2))))
     status = cli.main(["finetune", str(model), "--data", str(data), "--out", str(out),
                        "--kernel-size", "3", "--epochs", "1", "--quiet",
                        "--validation-data", str(held_out)])
@@ -193,7 +197,7 @@ def test_a_teacher_fitted_on_x_is_refused_a_split_of_x(toy):
     # The module alone remembers its network's training signals (labels only).
     with pytest.raises(ValueError, match="X holds only signals the closed-form network"):
         fine_tune(student, X, y, epochs=1)
-    held_out, _ = _signals(9, (1, 12), k=3, seed=5)
+    held_out, _ = signals(9, (1, 12), k=3, seed=5)
     with pytest.raises(ValueError, match="validation_data holds 4 of its 13 signals that the "
                                          "closed-form network was fitted on"):
         fine_tune(student, X, y, teacher=net, epochs=1,
@@ -202,7 +206,7 @@ def test_a_teacher_fitted_on_x_is_refused_a_split_of_x(toy):
 
 def test_held_out_validation_chooses_the_epoch(toy):
     net, X, y = toy
-    X_val, y_val = _signals(30, (1, 12), k=3, seed=7)
+    X_val, y_val = signals(30, (1, 12), k=3, seed=7)
     student = net.to_torch(dtype=torch.float64, kernel_size=3)
     tuned = fine_tune(student, X, y, teacher=net, epochs=3, lr=1e-2, batch_size=16,
                       validation_data=(X_val, y_val))
@@ -224,7 +228,7 @@ def test_the_split_is_drawn_among_signals_the_network_never_saw():
     train, val = _split(60, labels, 0.25, 0, allowed)
     assert len(val) == 15 and allowed[val].all()
     assert sorted(np.r_[train, val].tolist()) == list(range(60))
-    X, y = _signals(60, (1, 12), k=3)
+    X, y = signals(60, (1, 12), k=3)
     net = crn.ReduNet1D(eps2=0.1, n_layers=1, n_channels=6, kernel_size=3).fit(X[:45], y[:45])
     module = net.to_torch(dtype=torch.float64)
     # The start's validation accuracy is the module's on the split of the unseen signals.

@@ -8,7 +8,7 @@ import convredunet as crn
 from convredunet import io
 from convredunet._fingerprints import fingerprints_in_order, sample_fingerprints, seen
 
-from test_estimators import _signals
+from conftest import signals
 
 
 def _entries(path):
@@ -19,14 +19,14 @@ def _entries(path):
 @pytest.fixture(scope="module")
 def nets():
     """A dense network (1D), one with low-rank classes and E (1D), a 2D one, vectors."""
-    X, y = _signals(60, (1, 12), k=3)
+    X, y = signals(60, (1, 12), k=3)
     dense = crn.ReduNet1D(eps2=0.1, n_layers=2, n_channels=6, kernel_size=3,
                           n_components=2).fit(X, y)
     lowrank = crn.ReduNet1D(eps2=0.1, n_layers=2, n_channels=40, kernel_size=3,
                             n_components=4).fit(X[:30], y[:30])
-    X2, y2 = _signals(20, (1, 6, 5), k=2)
+    X2, y2 = signals(20, (1, 6, 5), k=2)
     net2d = crn.ReduNet2D(n_layers=1, n_channels=4, kernel_size=3, n_components=2).fit(X2, y2)
-    Xv, yv = _signals(40, (8,), k=2)
+    Xv, yv = signals(40, (8,), k=2)
     vector = crn.ReduNetVector(n_layers=2, eps2=0.5).fit(Xv.reshape(40, 8), yv)
     return {"dense": (dense, X), "lowrank": (lowrank, X), "2d": (net2d, X2),
             "vector": (vector, Xv.reshape(40, 8))}
@@ -178,7 +178,7 @@ def test_fingerprints_tell_training_signals_from_others(nets, tmp_path):
     prints = net.training_fingerprints_
     assert prints.dtype == np.uint64 and len(prints) == len(X) and np.all(np.diff(prints) >= 0)
     assert seen(prints, X).all()
-    other, _ = _signals(20, (1, 12), k=3, seed=9)
+    other, _ = signals(20, (1, 12), k=3, seed=9)
     assert not seen(prints, other).any()
     # Equal values, whatever the array's type or precision; any change of a value shows.
     import torch

@@ -287,23 +287,6 @@ def test_threaded_construction_matches_single_thread(monkeypatch):
     assert split.rates.delta == pytest.approx(one.rates.delta, rel=1e-13)
 
 
-def test_importing_changes_no_process_setting():
-    """No environment variable and no pyFFTW interface cache are touched by the package."""
-    import os
-    import subprocess
-    import sys
-
-    code = ("import os; before = dict(os.environ); import convredunet, numpy as np; "
-            "from convredunet.backend import NumpyBackend; "
-            "NumpyBackend().rfft(np.ones((4, 8)), 1); "
-            "import pyfftw.interfaces.cache as c; "
-            "print(dict(os.environ) == before, c.is_enabled())")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, env={k: v for k, v in os.environ.items()
-                                          if k != "OMP_WAIT_POLICY"})
-    assert out.stdout.split() == ["True", "False"]
-
-
 def test_small_transforms_leave_the_callers_arrays_alone():
     from convredunet.backend import NumpyBackend
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from convredunet import datasets
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +31,7 @@ def test_package_names_no_path_outside_itself():
     assert not found, "\n".join(found)
 
 
+@pytest.mark.slow
 def test_non_editable_install_carries_the_mnist_files(tmp_path):
     # Install a copy of the project (pip builds in the source folder: keep the
     # checkout clean) into a plain folder, without network or build isolation.

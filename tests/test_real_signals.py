@@ -11,7 +11,7 @@ from convredunet.subspace import (RANK_RTOL, class_subspaces, subspace_distances
                                   subspaces_from_grams)
 from convredunet.testing import assert_shift_equivariant, assert_shift_invariant
 
-from test_subspace import _signals
+from conftest import signals
 
 BACKEND = NumpyBackend()
 
@@ -50,16 +50,16 @@ def _dense_distances(Z, labels, k, r, z, rtol=RANK_RTOL["float64"]):
 def test_rank_deficient_classes_match_the_dense_reference(counts):
     # 6 channels: classes of fewer samples span fewer directions than asked for (r=5).
     y = np.repeat(np.arange(3), counts)
-    Z, _ = _signals(len(y), (6, 8), k=3, seed=3)
+    Z, _ = signals(len(y), (6, 8), k=3, seed=3, noise=0.5)
     bases = class_subspaces(BACKEND, Z, y, 3, 5)
-    z = _signals(7, (6, 8), k=3, seed=4)[0]
+    z = signals(7, (6, 8), k=3, seed=4, noise=0.5)[0]
     got = subspace_distances(BACKEND, z, bases, (8,))
     np.testing.assert_allclose(got, _dense_distances(Z, y, 3, 5, z), rtol=1e-8, atol=1e-10)
 
 
 def test_a_class_never_keeps_more_directions_than_its_samples():
     y = np.repeat(np.arange(3), (1, 2, 4))
-    Z, _ = _signals(len(y), (6, 8), k=3, seed=5)
+    Z, _ = signals(len(y), (6, 8), k=3, seed=5, noise=0.5)
     bases = class_subspaces(BACKEND, Z, y, 3, 5)
     used = (np.abs(bases) ** 2).sum(2) > 0  # (k, F, r): which columns are directions
     for j, m_j in enumerate((1, 2, 4)):
@@ -72,7 +72,7 @@ def test_a_class_never_keeps_more_directions_than_its_samples():
 
 def test_a_class_of_one_signal_is_the_line_of_its_spectrum():
     y = np.array([0, 1, 1, 1])
-    Z, _ = _signals(4, (5, 6), k=2, seed=6)
+    Z, _ = signals(4, (5, 6), k=2, seed=6, noise=0.5)
     bases = class_subspaces(BACKEND, Z, y, 2, 3)
     v = spectral.spectrum(BACKEND, Z[:1], (6,))[:, :, 0]  # (F, C)
     u = bases[0, :, :, 0]
@@ -85,12 +85,12 @@ def test_a_class_of_one_signal_is_the_line_of_its_spectrum():
 def test_thin_factorization_and_channel_grams_agree():
     # The in-process thin path (m_j x m_j Grams) and the C x C path the Dask fit uses.
     y = np.repeat(np.arange(3), (2, 3, 4))
-    Z, _ = _signals(len(y), (7, 10), k=3, seed=7)
+    Z, _ = signals(len(y), (7, 10), k=3, seed=7, noise=0.5)
     thin = class_subspaces(BACKEND, Z, y, 3, 6)
     from convredunet.subspace import class_grams
 
     wide = subspaces_from_grams(BACKEND, class_grams(BACKEND, Z, y, 3), 6)
-    z = _signals(5, (7, 10), k=3, seed=8)[0]
+    z = signals(5, (7, 10), k=3, seed=8, noise=0.5)[0]
     np.testing.assert_allclose(subspace_distances(BACKEND, z, thin, (10,)),
                                subspace_distances(BACKEND, z, wide, (10,)), rtol=1e-9,
                                atol=1e-12)
@@ -115,7 +115,7 @@ def test_cross_validated_rank_equals_refitting_every_fold(with_gram):
     from convredunet.subspace import cross_validated_rank, rank_candidates
 
     y = np.repeat(np.arange(3), (7, 5, 6))
-    Z, _ = _signals(len(y), (12, 10), k=3, seed=20)
+    Z, _ = signals(len(y), (12, 10), k=3, seed=20, noise=0.5)
     V = spectral.spectrum(BACKEND, Z, (10,))
     gram = BACKEND.gram(V) if with_gram else None
     candidates = rank_candidates(np.bincount(y), 12, 5)
@@ -134,7 +134,7 @@ def test_cross_validated_rank_equals_refitting_every_fold(with_gram):
 
 
 def test_auto_rank_is_cross_validated_on_small_classes_and_a_rule_on_large_ones():
-    X, y = _signals(36, (1, 12), k=3, seed=9)
+    X, y = signals(36, (1, 12), k=3, seed=9, noise=0.5)
     net = crn.ReduNet1D(n_channels=32, kernel_size=3).fit(X, y)
     scores = net.rank_scores_
     assert set(scores) == {1, 2, 4, 8, 31}  # powers of two, the whole span, the rule (4)
@@ -144,7 +144,7 @@ def test_auto_rank_is_cross_validated_on_small_classes_and_a_rule_on_large_ones(
     assert net.subspaces_.shape[-1] == min(chosen, 12)
     assert "rank" in net.fit_stages_
     # classes of more signals than channels: the rule (an eighth of the channels)
-    big = crn.ReduNet1D(n_channels=16, kernel_size=3).fit(*_signals(60, (1, 12), k=3))
+    big = crn.ReduNet1D(n_channels=16, kernel_size=3).fit(*signals(60, (1, 12), k=3, noise=0.5))
     assert big.rank_scores_ == {} and big.subspaces_.shape[-1] == 2
     # an integer is used as given
     fixed = crn.ReduNet1D(n_channels=32, kernel_size=3, n_components=3).fit(X, y)
@@ -165,7 +165,7 @@ def test_auto_channels_follow_the_signal_length():
 def test_fit_in_low_rank_form_equals_the_layers_applied_again(counts, n_layers):
     """The fit's shortcut (V^H V reused, one product with V) against the plain layer path."""
     y = np.repeat(np.arange(3), counts)
-    X, _ = _signals(len(y), (1, 9), k=3, seed=10)
+    X, _ = signals(len(y), (1, 9), k=3, seed=10, noise=0.5)
     net = crn.ReduNet1D(eps2=0.5, n_layers=n_layers, n_channels=16, kernel_size=3,
                         n_components=5, lmbda=30.0).fit(X, y)
     assert all(layer.solution.e_lowrank for layer in net.layers_)
@@ -175,17 +175,20 @@ def test_fit_in_low_rank_form_equals_the_layers_applied_again(counts, n_layers):
     for layer in net.layers_:
         z, _ = layer(BACKEND, z)
     again = class_subspaces(BACKEND, z, y, 3, 5)
-    probe = _signals(6, (16, 9), k=3, seed=11)[0]
+    probe = signals(6, (16, 9), k=3, seed=11, noise=0.5)[0]
     np.testing.assert_allclose(subspace_distances(BACKEND, probe, net.subspaces_, (9,)),
                                subspace_distances(BACKEND, probe, again, (9,)),
                                rtol=1e-9, atol=1e-12)
 
 
 def test_low_rank_e_matches_the_spatial_reference():
-    X, y = _signals(9, (1, 8), k=3, seed=12)
+    # 3 classes of 3 samples, 12 lifted channels: E and every class stored as Woodbury
+    # factors (no dense block), checked against the dense spatial construction.
+    X, y = signals(9, (1, 8), k=3, seed=12, noise=0.5)
     net = crn.ReduNet1D(eps2=0.5, n_layers=1, n_channels=12, kernel_size=3).fit(X, y)
     layer = net.layers_[0]
     assert layer.solution.e_lowrank and layer.stacked is None
+    assert layer.lowrank_classes == [0, 1, 2] and layer.dense_classes == []
     Z0 = net.lifting_(BACKEND, net._check_X(X))
     ops = crn.construct_operators(Z0, y, eps2=0.5, domain="spatial")
     e_hat, c_hat = layer.operators_hat(BACKEND)
@@ -194,7 +197,7 @@ def test_low_rank_e_matches_the_spatial_reference():
 
 
 def test_low_rank_model_round_trip_and_export(tmp_path):
-    X, y = _signals(9, (1, 8), k=3, seed=13)
+    X, y = signals(9, (1, 8), k=3, seed=13, noise=0.5)
     net = crn.ReduNet1D(eps2=0.5, n_layers=2, n_channels=12, kernel_size=3,
                         dilations=[1, 2]).fit(X, y)
     net.save(tmp_path / "m.npz")
@@ -246,7 +249,7 @@ def test_auto_dilations_cover_the_signal():
 
 @pytest.mark.parametrize("shape, nd", [((2, 24), 1), ((1, 9, 10), 2)])
 def test_dilated_networks_are_exactly_invariant_to_every_shift(shape, nd):
-    X, y = _signals(30, shape, k=3, seed=15)
+    X, y = signals(30, shape, k=3, seed=15, noise=0.5)
     make = crn.ReduNet1D if nd == 1 else crn.ReduNet2D
     net = make(n_layers=1, n_channels=12, kernel_size=3, dilations="auto").fit(X, y)
     assert net.lifting_.dilations is not None and len(set(net.lifting_.dilations)) > 1
@@ -280,7 +283,7 @@ def test_default_1d_network_takes_very_short_signals():
 
 
 def test_ten_signals_per_class_work():
-    X, y = _signals(30, (1, 32), k=3, seed=18)
+    X, y = signals(30, (1, 32), k=3, seed=18, noise=0.5)
     net = crn.ReduNet1D().fit(X, y)
     assert net.score(X, y) == 1.0  # each training signal lies in its class's span
     assert net.subspaces_.shape[-1] <= 10
@@ -329,6 +332,7 @@ def test_cli_reads_ucr_sets(tmp_path, capsys):
     assert status == 2
 
 
+@pytest.mark.slow
 def test_every_gunpoint_prediction_is_invariant_to_every_shift():
     from convredunet.datasets import load_ucr
 
@@ -339,7 +343,7 @@ def test_every_gunpoint_prediction_is_invariant_to_every_shift():
 
 def test_dask_fit_cross_validates_the_rank_as_in_process():
     da = pytest.importorskip("dask.array")
-    X, y = _signals(36, (1, 12), k=3, seed=21)
+    X, y = signals(36, (1, 12), k=3, seed=21, noise=0.5)
     here = crn.ReduNet1D(n_channels=32, kernel_size=3).fit(X, y)
     there = crn.ReduNet1D(n_channels=32, kernel_size=3).fit(da.from_array(X, chunks=10), y)
     assert there.rank_scores_ == pytest.approx(here.rank_scores_, abs=1e-12)

@@ -1,6 +1,5 @@
 """The reliability promises (docs/guide.md, "Reliability"): each test fails if its promise breaks."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,13 +19,7 @@ from convredunet import cli, spectral
 from convredunet.backend import NumpyBackend
 from convredunet.network import normalize
 
-
-def _signals(m=60, length=16, k=3, seed=0):
-    rng = np.random.default_rng(seed)
-    templates = rng.standard_normal((k, length))
-    y = np.arange(m) % k
-    X = np.stack([np.roll(templates[c], rng.integers(length)) for c in y])
-    return X + 0.3 * rng.standard_normal(X.shape), y
+from conftest import signals
 
 
 def _small(**params):
@@ -36,7 +29,7 @@ def _small(**params):
 
 @pytest.fixture(scope="module")
 def data():
-    return _signals()
+    return signals(60, (16,), 3, shifts_first=True)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +68,7 @@ def test_normalize_is_scale_robust():
 
 @pytest.mark.parametrize("dtype, scale", [(np.float32, 1e20), (np.float64, 1e200)])
 def test_rates_that_would_overflow_are_refused(dtype, scale):
-    Z, y = _signals(30, 8)
+    Z, y = signals(30, (8,), 3, shifts_first=True)
     Z = Z.astype(dtype)[:, None]
     with pytest.raises(ValueError, match=f"would overflow {np.dtype(dtype).name}"):
         crn.rate_reduction(Z * scale, y)
@@ -89,6 +82,7 @@ def test_unrepresentable_eps2_is_refused_with_the_bound(data, dtype, eps2):
         _small(dtype=dtype, eps2=eps2).fit(*data)
 
 
+@pytest.mark.slow
 def test_cli_refuses_unrepresentable_eps2(tmp_path, capsys):
     status = cli.main(["fit", "--data", "mnist1d", "--eps2", "1e-320", "--n-layers", "1",
                        "--out", str(tmp_path / "m.npz"), "--quiet"])
@@ -100,7 +94,7 @@ def test_cli_refuses_unrepresentable_eps2(tmp_path, capsys):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(eps2=st.floats(1e-37, 1.0), repeats=st.integers(1, 6))
 def test_float32_rank_deficient_construction_is_finite_or_refused(eps2, repeats):
-    Z, y = _signals(12, 8)
+    Z, y = signals(12, (8,), 3, shifts_first=True)
     Z = np.repeat(Z.astype(np.float32)[:, None], repeats, axis=0)
     y = np.repeat(y, repeats)
     try:
@@ -193,7 +187,7 @@ def test_inconsistent_model_files_are_refused(fitted, tmp_path, name):
 
 
 def test_lowrank_without_V_is_refused(tmp_path):
-    X, y = _signals(12, 16, k=3)
+    X, y = signals(12, (16,), 3, shifts_first=True)
     net = _small(n_channels=12, n_layers=1).fit(X, y)
     assert net.layers_[0].lowrank_classes
     path = tmp_path / "m.npz"
@@ -230,8 +224,8 @@ def test_unknown_entries_are_never_read(fitted, tmp_path):
     fitted.save(path)
     with zipfile.ZipFile(path, "a") as zf:
         zf.writestr("junk.npy", b"not an array at all")
-    assert np.array_equal(crn.load(path).predict_proba(_signals()[0]),
-                          fitted.predict_proba(_signals()[0]))
+    assert np.array_equal(crn.load(path).predict_proba(signals(60, (16,), 3, shifts_first=True)[0]),
+                          fitted.predict_proba(signals(60, (16,), 3, shifts_first=True)[0]))
 
 
 @pytest.mark.parametrize("make, match", [
@@ -276,7 +270,7 @@ def test_random_damage_is_a_value_error_or_an_identical_model(fitted, tmp_path_f
     except ValueError as exc:
         assert str(path) in str(exc)
     else:  # the change was harmless or numerically legal: the model must still work
-        assert np.isfinite(net.predict_proba(_signals()[0])).all()
+        assert np.isfinite(net.predict_proba(signals(60, (16,), 3, shifts_first=True)[0])).all()
 
 
 @pytest.mark.parametrize("params", [
@@ -285,7 +279,7 @@ def test_random_damage_is_a_value_error_or_an_identical_model(fitted, tmp_path_f
     dict(n_channels=12, n_layers=1), dict(nonlinearity=None), dict(membership="label"),
 ])
 def test_every_saved_file_loads(tmp_path, params):
-    X, y = _signals(12, 16)
+    X, y = signals(12, (16,), 3, shifts_first=True)
     net = _small(**params).fit(X, y)
     path = tmp_path / "m.npz"
     net.save(path)
@@ -342,6 +336,7 @@ def test_concurrent_saves_each_write_a_whole_model(data, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["same.npz"]
 
 
+@pytest.mark.slow
 def test_sigterm_during_save_leaves_nothing(fitted, tmp_path):
     model = tmp_path / "m.npz"
     fitted.save(model)
@@ -380,6 +375,7 @@ def test_write_errors_are_one_line(fitted, tmp_path, capsys):
 
 
 # --- 4. memory bounded by batch_size ---------------------------------------------------------
+@pytest.mark.slow
 def test_predict_memory_does_not_grow_with_the_number_of_samples(tmp_path):
     script = textwrap.dedent("""
         import resource, sys
@@ -406,7 +402,7 @@ def test_predict_memory_does_not_grow_with_the_number_of_samples(tmp_path):
 
 
 def test_huge_label_is_refused_before_counting():
-    Z, y = _signals(20, 8)
+    Z, y = signals(20, (8,), 3, shifts_first=True)
     y = y.copy()
     y[0] = 50_000_000
     with pytest.raises(ValueError, match="largest label of 20 samples is at most 19"):
@@ -465,7 +461,7 @@ def test_meta_tensor_input_is_refused(data):
 
 
 def test_failed_cholesky_on_torch_is_a_value_error():
-    Z, y = _signals(12, 8)
+    Z, y = signals(12, (8,), 3, shifts_first=True)
     Z = torch.from_numpy(np.repeat(Z[:, None], 4, axis=0).astype(np.float32))
     with pytest.raises(ValueError, match="not numerically positive definite|would overflow"):
         crn.construct_operators(Z, torch.from_numpy(np.repeat(y, 4)), eps2=1e-36)
@@ -541,7 +537,7 @@ def test_bad_random_state_is_named(data, seed, error):
 
 
 def test_cli_checks_the_test_set_before_fitting(tmp_path, capsys):
-    X, y = _signals(30, 16)
+    X, y = signals(30, (16,), 3, shifts_first=True)
     data = tmp_path / "d.npz"
     np.savez(data, X=X, y=y, X_test=X[:, :8], y_test=y)
     status = cli.main(["fit", "--data", str(data), "--out", str(tmp_path / "m.npz"),
