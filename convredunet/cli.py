@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ._files import Terminated, atomic_dir, atomic_path, sigterm_raises
+from .backend import runs_on_dask_workers
 
 __all__ = ["main"]
 
@@ -393,7 +394,7 @@ def cmd_fit(args):
     params = validate_params(net.get_params())
     cluster_bytes = None
     if plan.scheduler is not None:
-        if params["backend"] != "numpy":
+        if not runs_on_dask_workers(params["backend"]):
             raise CLIError(f"--backend {params['backend']} is not available with --scheduler: "
                            "the Dask workers run the numpy backend; use --backend numpy")
         from .network import lifting_channels
@@ -444,7 +445,7 @@ def cmd_evaluate(args):
         X_train, y_train, X_test, y_test, _ = load_data(
             args.data, None, args.n_train_per_class, args.n_test_per_class, args.seed)
     if plan.scheduler is not None:
-        if model.backend != "numpy":
+        if not runs_on_dask_workers(model.backend):
             raise CLIError(f"model '{args.model_file}' has backend={model.backend!r}, which "
                            "cannot run on a Dask cluster (its workers run numpy)")
         itemsize = 4 if model.dtype == "float32" else 8

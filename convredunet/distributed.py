@@ -62,7 +62,7 @@ from . import spectral
 from ._threads import thread_limits, thread_num_threads
 from ._validation import check_batch_size, check_choice, check_eps2
 from ._inputs import is_dask
-from .backend import numpy_dtype, resolve, to_numpy
+from .backend import numpy_dtype, resolve, runs_on_dask_workers, to_numpy
 from .network import Network
 
 __all__ = ["is_dask", "Training", "Fitted", "forward", "predict", "score", "solve", "layer_features",
@@ -392,7 +392,7 @@ def _apply_chunk(z, labels, layer, use_labels, size):
 
 def refuse_backend(backend):
     """Dask input runs on the numpy backend (checked before anything imports torch)."""
-    if backend != "numpy":
+    if not runs_on_dask_workers(backend):
         raise ValueError(f"backend={backend!r} is not available for Dask input: the workers "
                          "run the numpy backend; use backend='numpy'")
 

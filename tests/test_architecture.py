@@ -246,17 +246,10 @@ def _backend_name_comparison(node):
         any(_names_a_backend(a) for a in operands)
 
 
-_COMPARISONS_REASON = (
-    "backend names compared outside backend/: convredunet/cli.py:396 "
-    "(params[\"backend\"] != \"numpy\"), convredunet/cli.py:447 (model.backend != \"numpy\"), "
-    "convredunet/distributed.py:395 (backend != \"numpy\"); drop this mark once they go")
-
-
 @pytest.mark.parametrize("rule", [
     _hasattr_detach,
     _is_torch_call,
-    pytest.param(_backend_name_comparison, marks=pytest.mark.xfail(
-        strict=True, reason=_COMPARISONS_REASON)),
+    _backend_name_comparison,
 ], ids=["hasattr-detach", "is_torch", "backend-name-comparison"])
 def test_no_backend_branches_outside_backend(rule):
     offenders = [f"{_where(m, node)}: {ast.unparse(node)}" for m in _backend_free_modules()

@@ -43,7 +43,7 @@ import numpy as np
 from .numpy_backend import NumpyBackend
 
 __all__ = ["get_backend", "NumpyBackend", "is_torch", "to_numpy", "numpy_dtype", "Workspace",
-           "resolve", "workspace_of", "BACKENDS", "DTYPES"]
+           "resolve", "workspace_of", "runs_on_dask_workers", "BACKENDS", "DTYPES"]
 
 BACKENDS = ("numpy", "torch")
 DTYPES = ("float64", "float32")
@@ -56,6 +56,11 @@ def is_torch(x):
     """True when ``x`` is a torch tensor (without importing torch)."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(x, torch.Tensor)
+
+
+def runs_on_dask_workers(name):
+    """Whether the backend called ``name`` runs on Dask workers (they run numpy only)."""
+    return name == "numpy"
 
 
 def to_numpy(x):
