@@ -345,7 +345,8 @@ def cmd_demo(args):
         labels = np.searchsorted(net.classes_, y_test[shown])
         test_rates = [rate_reduction(z, labels, eps2=net.eps2) for z in features]
         plot_rates(net.history_, tmp / "rates.png", test=test_rates,
-                   title=f"MNIST-1D: rates per layer (test, {len(shown)} signals: dashed)")
+                   title=f"MNIST-1D: rates entering each layer, 0 = the lifted features\n"
+                         f"(train: solid; test, {len(shown)} signals: dashed)")
         plot_cosine_similarity(X_test[shown], features[-1], y_test[shown],
                                tmp / "cosine.png", titles=("before (input)", "after the network"))
         seconds["figures"] = time.perf_counter() - t0

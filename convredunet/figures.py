@@ -51,14 +51,18 @@ def plot_rates(train, path=None, test=None, title=None):
 
     fig = _figure(6.4, 4.2)
     ax = fig.subplots()
-    for records, style, name in ((train, "-", "train"), (test, "--", "test")):
+    most = 0
+    for records, style, name in ((train, "-o", "train"), (test, "--s", "test")):
         if not records:
             continue
         delta, expansion, compression = columns(records)
         layers = np.arange(len(records))
+        most = max(most, len(records))
         ax.plot(layers, expansion, style, color="tab:blue", label=f"R ({name})")
         ax.plot(layers, compression, style, color="tab:orange", label=f"R_c ({name})")
         ax.plot(layers, delta, style, color="tab:green", label=f"ΔR ({name})")
+    if 0 < most <= 30:
+        ax.set_xticks(np.arange(most))  # whole layers (one point shows as a marker)
     ax.set_xlabel("layer")
     ax.set_ylabel("coding rate (nats)")
     ax.set_title(title or "Rate reduction per layer")
