@@ -15,19 +15,23 @@ Flop counts (complex multiply-add = 8 flops; a real FFT of N points ~ 2.5 N log2
 * lift: FFT of the input, the per-frequency product with the kernels' spectra
   (``F C C_in m``), the inverse FFT and the FFT of the lifted features
   (``2 x 2.5 m C T log2 T``);
-* layer solve (``m < C``: every class low rank): ``V^H V`` (a rank-k update, ``4 F C m^2``)
+* layer solve, when every class has fewer than ``C`` signals (low rank): ``V^H V`` (a
+  rank-k update, ``4 F C m^2``)
   and the inverses of ``I + alpha V^H V`` and of each class's block (``~ 8 F m^3 / 3``
   each, Cholesky and inversion);
 * layer apply: the step as one product ``V A`` (``8 F C m^2``) and ``A`` from the
-  Gram's columns (``8 F m^2 (m + w)``);
+  Gram's columns (``8 F m^2 (m + w)``); with larger classes (dense ``C x C`` operators,
+  MNIST-1D) the class Grams (``4 F C^2 m``) and ``1 + k`` inverses (``8 F C^3 / 3`` each)
+  to solve, ``1 + k`` products (``8 F C^2`` per signal each) to apply or predict;
 * rank (the rank cross-validated in ``fit``): the Gram ``V^H V`` of every training signal
   (``4 F C m^2``), per fold (5) and class the eigenproblem of its training part
   (``~ 36 F (0.8 m_j)^3``), and every signal's coordinates in each class's eigenvectors
   from the Gram (``8 F m m_j^2`` per class);
 * subspaces: each class's Gram ``4 F C m_j^2``, its eigenproblem (``~ 36 F m_j^3``), the
-  bases ``8 F C m_j r_j``;
+  bases ``8 F C m_j r_j``; a class of more than ``C`` signals: its ``C x C`` Gram
+  (``4 F C^2 m_j``) and eigenproblem (``~ 36 F C^3``);
 * predict: the lift of the test signals (as above), then per layer ``8 F (2 C m + 2 m^2)``
-  per signal, then the projections ``8 F C k r`` per signal.
+  per signal (low rank; dense: as applying), then the projections ``8 F C k r`` per signal.
 
 Writes ``stages.json`` and ``stages.md``. Usage: ``python3 bench/stages.py [--quick]
 [--threads 1] [--out DIR]``.
@@ -58,19 +62,34 @@ def flops(net, m, counts, n_test):
     lift = lambda n: _fft(n * c_in * t, t) + 8 * f * c * c_in * n + 2 * _fft(n * c * t, t)
     out = {"lift": lift(m)}
     predict = lift(n_test)
+    k = len(counts)
+    lowrank = counts.max() < c  # every class (and E) in the low-rank form
     for i, layer in enumerate(net.layers_):
         w = layer.solution.width
-        out[f"layer{i}/solve"] = 4 * f * c * m * m + 8 * f * (m ** 3 + len(counts) * w ** 3) / 3
-        out[f"layer{i}/apply"] = 8 * f * c * m * m + 8 * f * m * m * (m + w)
-        predict += 8 * f * (2 * c * m + 2 * m * m) * n_test
-    if "rank" in net.fit_stages_:  # the rank cross-validated: classes of at most C signals
+        if lowrank:
+            out[f"layer{i}/solve"] = 4 * f * c * m * m + 8 * f * (m ** 3 + k * w ** 3) / 3
+            out[f"layer{i}/apply"] = 8 * f * c * m * m + 8 * f * m * m * (m + w)
+            predict += 8 * f * (2 * c * m + 2 * m * m) * n_test
+        else:  # dense C x C operators: class Grams, one inverse each, (1 + k) products
+            out[f"layer{i}/solve"] = 4 * f * c * c * m + 8 * f * (k + 1) * c ** 3 / 3
+            out[f"layer{i}/apply"] = 8 * f * (k + 1) * c * c * m
+            predict += 8 * f * (k + 1) * c * c * n_test
+    if "rank" in net.fit_stages_ and counts.max() <= c:  # cross-validated: classes <= C
         out["rank"] = 4 * f * c * m * m + sum(5 * 36 * f * (0.8 * n) ** 3 + 8 * f * m * n * n
                                               for n in counts)
+    elif "rank" in net.fit_stages_:  # larger classes: the C/8 rule, nothing computed
+        out["rank"] = None
     r = net.subspaces_.shape[-1] if net.subspaces_ is not None else 0
-    out["subspaces"] = sum(4 * f * c * n * n + 36 * f * n ** 3 + 8 * f * c * n * min(n, r)
-                           for n in counts)
+    # A class of n <= C signals: its n x n Gram, eigenproblem and bases; a larger class:
+    # its C x C Gram and eigenproblem.
+    out["subspaces"] = sum(4 * f * c * n * min(n, c) + 36 * f * min(n, c) ** 3
+                           + (8 * f * c * n * min(n, r) if n <= c else 0) for n in counts)
     predict += 8 * f * c * len(counts) * r * n_test
     return out, predict
+
+
+def _x(ratio):
+    return "no flops counted" if ratio is None else f"{ratio:.1f}x"
 
 
 def product_rate(f, c, m):
@@ -103,8 +122,9 @@ def measure(name, params, quick):
     rows = []
     for stage, seconds in list(net.fit_stages_.items()) + [("predict", t.seconds)]:
         fl = predict_flops if stage == "predict" else stage_flops[stage]
-        rows.append({"stage": stage, "seconds": seconds, "gflop": fl / 1e9,
-                     "ratio": seconds / (fl / rate)})
+        rows.append({"stage": stage, "seconds": seconds,
+                     "gflop": None if fl is None else fl / 1e9,
+                     "ratio": None if fl is None else seconds / (fl / rate)})
     return {"set": name, "params": params, "n_channels": net.network_.n_channels,
             "m": len(X), "T": t_len, "rate_gflops": rate / 1e9, "stages": rows}
 
@@ -123,7 +143,7 @@ def main(argv=None):
             for params in configs:
                 results.append(measure(name, params, args.quick))
                 harness.log(True, f"{name} {params}: " + ", ".join(
-                    f"{r['stage']} {r['seconds']:.3f} s ({r['ratio']:.1f}x)"
+                    f"{r['stage']} {r['seconds']:.3f} s ({_x(r['ratio'])})"
                     for r in results[-1]["stages"]))
     harness.write_json(out / "stages.json", {"protocol": __doc__, "machine": machine,
                                              "load": harness.load_average(),
@@ -134,8 +154,10 @@ def main(argv=None):
         label = "ReduNet1D()" if not res["params"] else "ReduNet1D(n_layers=1)"
         for r in res["stages"]:
             body.append([res["set"], label, r["stage"], f"{r['seconds']:.3f}",
-                         f"{r['gflop']:.2f}", f"{r['ratio']:.1f}"])
-    worst = max((r for res in results for r in res["stages"]), key=lambda r: r["ratio"])
+                         "-" if r["gflop"] is None else f"{r['gflop']:.2f}",
+                         "-" if r["ratio"] is None else f"{r['ratio']:.1f}"])
+    worst = max((r for res in results for r in res["stages"] if r["ratio"] is not None),
+                key=lambda r: r["ratio"])
     text = ["# Fit and predict, stage by stage", "",
             f"{machine['threads']} thread(s), {machine['cpu_model']}, {machine['date']}. "
             "Seconds of each stage "
