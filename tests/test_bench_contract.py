@@ -74,6 +74,7 @@ def test_every_program_takes_the_common_options_from_harness(name):
         f"bench/{name} defines {sorted(set(own) & set(COMMON))} itself"
 
 
+@pytest.mark.slow  # a subprocess per script (imports torch): about 25 s in all
 @pytest.mark.parametrize("name", PROGRAMS)
 def test_help_lists_the_common_options(name):
     env = {**os.environ,
