@@ -199,7 +199,17 @@ def _print(args, *lines):
             print(line)
 
 
-def layer_table(history):
+def layer_table(history, net=None):
+    """The fit's per-layer record as lines; a network without a layer gets one line
+    saying how it classifies (and the subspace rank cross-validation chose)."""
+    if not history:
+        text = "no layer (n_layers=0): the nearest class subspace of the lifted features"
+        if net is not None and getattr(net, "subspaces_", None) is not None:
+            text += f", {net.subspaces_.shape[-1]} directions per class and frequency"
+            if getattr(net, "rank_scores_", None):
+                scores = ", ".join(f"{r}: {s:.3f}" for r, s in sorted(net.rank_scores_.items()))
+                text += f" (cross-validated accuracy per rank: {scores})"
+        return [text]
     lines = [f"{'layer':>5}  {'delta_R':>9}  {'R':>9}  {'R_c':>9}  {'train acc':>9}"]
     for h in history:
         lines.append(f"{h['layer']:>5}  {h['delta_R']:>9.4f}  {h['R']:>9.4f}  {h['R_c']:>9.4f}"
@@ -311,8 +321,8 @@ def cmd_demo(args):
         t0 = time.perf_counter()
         net.fit(X_train, y_train)
         seconds["fit"] = time.perf_counter() - t0
-        print(f"built {len(net.layers_)} layer(s) in {seconds['fit']:.1f} s")
-        for line in layer_table(net.history_):
+        print(f"fitted in {seconds['fit']:.1f} s ({len(net.layers_)} layer(s))")
+        for line in layer_table(net.history_, net):
             print(line)
         t0 = time.perf_counter()
         n_check = min(SHIFT_CHECK_SAMPLES, len(X_test))
@@ -410,7 +420,7 @@ def cmd_fit(args):
         t0 = time.perf_counter()
         net.fit(dist.array(X_train), dist.array(y_train))
         seconds = time.perf_counter() - t0
-        for line in layer_table(net.history_):
+        for line in layer_table(net.history_, net):
             print(line)
         print(f"built {len(net.layers_)} layers on {len(X_train)} samples in {seconds:.1f} s")
         if X_test is not None:

@@ -839,5 +839,5 @@ def layer_progress(total, verbose, name):
     """A progress bar over the layers being built (shown only when ``verbose``)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=f"{name} layers", unit="layer", disable=not verbose,
-                leave=False)
+    return tqdm(total=total, desc=f"{name} layers", unit="layer",
+                disable=not verbose or total == 0, leave=False)
