@@ -493,26 +493,11 @@ def _read(archive, estimators):
 
 def _read_layer(archive, prefix, k, n_channels, n_freqs, op_dtype, storage=None):
     bad = archive.bad
-    out = {}
-    gamma = archive.read(prefix + "gamma", "f", shape=(k,))
-    if (gamma <= 0).any() or abs(gamma.sum() - 1) > 1e-6:
-        raise bad(f"entry '{prefix}gamma' must hold {k} positive class proportions summing "
-                  f"to 1, got sum {gamma.sum():.6g}")
-    out[prefix + "gamma"] = gamma
-    dense = archive.read(prefix + "dense_classes", "iu", ndim=1)
-    lowrank = archive.read(prefix + "lowrank_classes", "iu", ndim=1)
-    every = np.concatenate([dense, lowrank])
-    if sorted(every.tolist()) != list(range(k)):
-        raise bad(f"entries '{prefix}dense_classes' and '{prefix}lowrank_classes' must "
-                  f"together list each class 0..{k - 1} once, got {every.tolist()}")
-    out[prefix + "dense_classes"] = dense.astype(np.int64)
-    out[prefix + "lowrank_classes"] = lowrank.astype(np.int64)
+    out = _read_classes(archive, prefix, k)
+    dense = out[prefix + "dense_classes"]
+    g = len(out[prefix + "lowrank_classes"])
     kinds = op_dtype.kind
-    g = len(lowrank)
-    e_lowrank = prefix + "E_M_inv" in archive
-    if e_lowrank and (len(dense) or not g):
-        raise bad(f"entry '{prefix}E_M_inv' (E in low-rank form) needs every class in "
-                  f"low-rank form, got dense classes {dense.tolist()}")
+    e_lowrank = _e_lowrank(archive, prefix + "E_M_inv", dense, g)
     n_rows = len(dense) + (0 if e_lowrank else 1)
     if n_rows:
         stacked_shape = (n_freqs, n_rows * n_channels, n_channels)
@@ -523,16 +508,9 @@ def _read_layer(archive, prefix, k, n_channels, n_freqs, op_dtype, storage=None)
         out[prefix + "stacked"] = stacked
     elif prefix + "stacked" in archive:
         raise bad(f"has an entry '{prefix}stacked' but no operator of the layer is dense")
-    alphas = archive.read(prefix + "alphas", "f", shape=(g,)) if (
-        g or prefix + "alphas" in archive) else np.zeros(0)
-    if (alphas <= 0).any():
-        raise bad(f"entry '{prefix}alphas' must be positive")
-    out[prefix + "alphas"] = alphas
+    out[prefix + "alphas"] = _read_alphas(archive, prefix, g)
     if g:
-        v_shape, _ = archive.header(prefix + "V")
-        if len(v_shape) != 4 or v_shape[:3] != (n_freqs, g, n_channels):
-            raise bad(f"entry '{prefix}V' must have shape ({n_freqs}, {g}, {n_channels}, w), "
-                      f"got {v_shape}")
+        v_shape = _v_shape(archive, prefix, n_freqs, g, n_channels)
         width = v_shape[3]
         for key, shape in (("V", v_shape), ("M_inv", (n_freqs, g, width, width))):
             value = archive.read(prefix + key, kinds, shape=shape)
@@ -544,11 +522,42 @@ def _read_layer(archive, prefix, k, n_channels, n_freqs, op_dtype, storage=None)
             if value.dtype != op_dtype:
                 raise bad(f"entry '{prefix}E_M_inv' must be {op_dtype}, got {value.dtype}")
             out[prefix + "E_M_inv"] = value
-            alpha = archive.read(prefix + "alpha_E", "f", shape=())
-            if not alpha > 0:
-                raise bad(f"entry '{prefix}alpha_E' must be positive, got {alpha}")
-            out[prefix + "alpha_E"] = alpha
+            out[prefix + "alpha_E"] = _read_alpha_e(archive, prefix)
     return out
+
+
+def _e_lowrank(archive, key, dense, g):
+    """Whether the layer stores ``E`` in low-rank form (entry ``key``), checked."""
+    present = key in archive
+    if present and (len(dense) or not g):
+        raise archive.bad(f"entry '{key}' (E in low-rank form) needs every class in "
+                          f"low-rank form, got dense classes {dense.tolist()}")
+    return present
+
+
+def _read_alphas(archive, prefix, g):
+    """The ``g`` low-rank classes' ``alpha_j`` (float64, positive)."""
+    alphas = archive.read(prefix + "alphas", "f", shape=(g,)) if (
+        g or prefix + "alphas" in archive) else np.zeros(0)
+    if (alphas <= 0).any():
+        raise archive.bad(f"entry '{prefix}alphas' must be positive")
+    return alphas.astype(np.float64)
+
+
+def _v_shape(archive, prefix, n_freqs, g, n_channels):
+    """The shape ``(F, g, C, w)`` of the low-rank classes' stacked spectra ``V``, checked."""
+    v_shape, _ = archive.header(prefix + "V")
+    if len(v_shape) != 4 or v_shape[:3] != (n_freqs, g, n_channels):
+        raise archive.bad(f"entry '{prefix}V' must have shape ({n_freqs}, {g}, {n_channels}, "
+                          f"w), got {v_shape}")
+    return v_shape
+
+
+def _read_alpha_e(archive, prefix):
+    alpha = archive.read(prefix + "alpha_E", "f", shape=())
+    if not alpha > 0:
+        raise archive.bad(f"entry '{prefix}alpha_E' must be positive, got {alpha}")
+    return alpha
 
 
 def _read_classes(archive, prefix, k):
@@ -599,10 +608,7 @@ def _read_packed_layer(archive, prefix, k, n_channels, n_freqs, op_dtype, storag
     def packed_shape(lead, n):
         return lead + ((n, n) if complex_ops else (n * (n + 1) // 2,))
 
-    e_lowrank = prefix + "E_M_inv_packed" in archive
-    if e_lowrank and (len(dense) or not g):
-        raise bad(f"entry '{prefix}E_M_inv_packed' (E in low-rank form) needs every class in "
-                  f"low-rank form, got dense classes {dense.tolist()}")
+    e_lowrank = _e_lowrank(archive, prefix + "E_M_inv_packed", dense, g)
     n_rows = len(dense) + (0 if e_lowrank else 1)
     if n_rows:
         packed = _read_stored(archive, prefix + "stacked_packed", "f",
@@ -611,16 +617,9 @@ def _read_packed_layer(archive, prefix, k, n_channels, n_freqs, op_dtype, storag
             n_freqs, n_rows * n_channels, n_channels)
     elif prefix + "stacked_packed" in archive:
         raise bad(f"has an entry '{prefix}stacked_packed' but no operator of the layer is dense")
-    alphas = archive.read(prefix + "alphas", "f", shape=(g,)) if (
-        g or prefix + "alphas" in archive) else np.zeros(0)
-    if (alphas <= 0).any():
-        raise bad(f"entry '{prefix}alphas' must be positive")
-    out[prefix + "alphas"] = alphas.astype(np.float64)
+    out[prefix + "alphas"] = _read_alphas(archive, prefix, g)
     if g:
-        v_shape, _ = archive.header(prefix + "V")
-        if len(v_shape) != 4 or v_shape[:3] != (n_freqs, g, n_channels):
-            raise bad(f"entry '{prefix}V' must have shape ({n_freqs}, {g}, {n_channels}, w), "
-                      f"got {v_shape}")
+        v_shape = _v_shape(archive, prefix, n_freqs, g, n_channels)
         width = v_shape[3]
         out[prefix + "V"] = _read_stored(archive, prefix + "V", op_dtype.kind, v_shape,
                                          storage).astype(op_dtype)
@@ -631,10 +630,7 @@ def _read_packed_layer(archive, prefix, k, n_channels, n_freqs, op_dtype, storag
             e_inv = _read_stored(archive, prefix + "E_M_inv_packed", "f",
                                  packed_shape((n_freqs,), g * width), storage)
             out[prefix + "E_M_inv"] = unpack(e_inv, g * width)
-            alpha = archive.read(prefix + "alpha_E", "f", shape=())
-            if not alpha > 0:
-                raise bad(f"entry '{prefix}alpha_E' must be positive, got {alpha}")
-            out[prefix + "alpha_E"] = alpha
+            out[prefix + "alpha_E"] = _read_alpha_e(archive, prefix)
     return out
 
 

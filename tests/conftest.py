@@ -76,6 +76,37 @@ def signals(m, shape, k, seed=0, *, noise=0.3, shifts_first=False, kind="shifted
     return X, y
 
 
+def dense_subspace_distances(Z, labels, k, r, z, rtol=None):
+    """Spatial-domain reference for the subspace classifier's squared distances ``(b, k)``.
+
+    The ``CT x CT`` second-moment matrix of each class and all its cyclic shifts is
+    decomposed densely; each eigenvector belongs to one frequency pair ``{p, T - p}`` (its
+    DFT energy), and per frequency the ``r`` largest eigenvalues are kept (``2 r`` for a
+    pair of conjugate frequencies); with ``rtol``, only those above ``rtol`` times the
+    class's largest (the numerical rank).
+    """
+    m, c, t = Z.shape
+    out = np.empty((len(z), k))
+    for j in range(k):
+        shifted = np.stack([np.roll(Z[labels == j], s, axis=-1) for s in range(t)], 1)
+        A = shifted.reshape(-1, c * t)
+        values, vectors = np.linalg.eigh(A.T @ A)
+        energy = np.abs(np.fft.fft(vectors.T.reshape(-1, c, t), axis=-1)) ** 2
+        freq = energy.sum(1).argmax(1)
+        folded = np.minimum(freq, t - freq)
+        keep = []
+        for q in np.unique(folded):
+            idx = np.flatnonzero(folded == q)
+            if rtol is not None:
+                idx = idx[values[idx] > rtol * values.max()]
+            twins = 1 if q == 0 or 2 * q == t else 2
+            keep.extend(idx[np.argsort(values[idx])[::-1][:twins * min(r, c)]])
+        basis = vectors[:, keep]
+        flat = z.reshape(len(z), -1)
+        out[:, j] = (flat ** 2).sum(1) - ((flat @ basis) ** 2).sum(1)
+    return out
+
+
 def rel_err(a, b):
     """max |a - b| / max |b|, on numpy copies."""
     a = np.asarray(a.detach().cpu() if hasattr(a, "detach") else a)

@@ -11,37 +11,9 @@ from convredunet.subspace import (RANK_RTOL, class_subspaces, subspace_distances
                                   subspaces_from_grams)
 from convredunet.testing import assert_shift_equivariant, assert_shift_invariant
 
-from conftest import signals
+from conftest import dense_subspace_distances, signals
 
 BACKEND = NumpyBackend()
-
-
-def _dense_distances(Z, labels, k, r, z, rtol=RANK_RTOL["float64"]):
-    """Spatial-domain reference: each class's principal subspace with all its shifts.
-
-    The ``CT x CT`` second-moment matrix of a class and all its cyclic shifts is
-    decomposed densely; each eigenvector belongs to one frequency pair (its DFT
-    energy), and per frequency the ``r`` largest eigenvalues above ``rtol`` times
-    the class's largest are kept (twice as many for a pair of conjugate frequencies).
-    """
-    m, c, t = Z.shape
-    out = np.empty((len(z), k))
-    for j in range(k):
-        shifted = np.stack([np.roll(Z[labels == j], s, axis=-1) for s in range(t)], 1)
-        A = shifted.reshape(-1, c * t)
-        values, vectors = np.linalg.eigh(A.T @ A)
-        energy = np.abs(np.fft.fft(vectors.T.reshape(-1, c, t), axis=-1)) ** 2
-        folded = np.minimum(energy.sum(1).argmax(1), t - energy.sum(1).argmax(1))
-        keep = []
-        for q in np.unique(folded):
-            idx = np.flatnonzero(folded == q)
-            idx = idx[values[idx] > rtol * values.max()]
-            twins = 1 if q == 0 or 2 * q == t else 2
-            keep.extend(idx[np.argsort(values[idx])[::-1][:twins * min(r, c)]])
-        basis = vectors[:, keep]
-        flat = z.reshape(len(z), -1)
-        out[:, j] = (flat ** 2).sum(1) - ((flat @ basis) ** 2).sum(1)
-    return out
 
 
 # --- rank-correct subspaces ----------------------------------------------------------------
@@ -54,7 +26,7 @@ def test_rank_deficient_classes_match_the_dense_reference(counts):
     bases = class_subspaces(BACKEND, Z, y, 3, 5)
     z = signals(7, (6, 8), k=3, seed=4, noise=0.5)[0]
     got = subspace_distances(BACKEND, z, bases, (8,))
-    np.testing.assert_allclose(got, _dense_distances(Z, y, 3, 5, z), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(got, dense_subspace_distances(Z, y, 3, 5, z, rtol=RANK_RTOL["float64"]), rtol=1e-8, atol=1e-10)
 
 
 def test_a_class_never_keeps_more_directions_than_its_samples():

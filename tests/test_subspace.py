@@ -11,37 +11,9 @@ from convredunet.backend import NumpyBackend
 from convredunet.subspace import class_subspaces, subspace_distances
 from convredunet.testing import assert_shift_invariant
 
-from conftest import signals
+from conftest import dense_subspace_distances, signals
 
 BACKEND = NumpyBackend()
-
-
-def _dense_distances(Z, labels, k, r, z):
-    """Reference in the spatial domain: the principal subspace of each class and all its shifts.
-
-    The matrix ``M_j = sum_i sum_s roll(z_i, s) roll(z_i, s)^T`` (``CT x CT``) is
-    decomposed densely; each eigenvector belongs to one frequency pair ``{p, T - p}``
-    (its DFT energy), and the ``r`` largest eigenvalues of every frequency are kept
-    (``2 r`` for a pair of conjugate frequencies).
-    """
-    m, c, t = Z.shape
-    out = np.empty((len(z), k))
-    for j in range(k):
-        shifted = np.stack([np.roll(Z[labels == j], s, axis=-1) for s in range(t)], 1)
-        A = shifted.reshape(-1, c * t)
-        values, vectors = np.linalg.eigh(A.T @ A)
-        energy = np.abs(np.fft.fft(vectors.T.reshape(-1, c, t), axis=-1)) ** 2
-        freq = energy.sum(1).argmax(1)
-        folded = np.minimum(freq, t - freq)
-        keep = []
-        for q in np.unique(folded):
-            idx = np.flatnonzero(folded == q)
-            twins = 1 if q == 0 or 2 * q == t else 2
-            keep.extend(idx[np.argsort(values[idx])[::-1][:twins * min(r, c)]])
-        basis = vectors[:, keep]
-        flat = z.reshape(len(z), -1)
-        out[:, j] = (flat ** 2).sum(1) - ((flat @ basis) ** 2).sum(1)
-    return out
 
 
 @pytest.mark.parametrize("r", [1, 2])
@@ -51,7 +23,7 @@ def test_distances_match_dense_reference(r):
     assert bases.shape == (3, 5, 3, r)
     z = signals(7, (3, 8), k=3, seed=2, noise=0.5)[0]
     got = subspace_distances(BACKEND, z, bases, (8,))
-    np.testing.assert_allclose(got, _dense_distances(Z, y, 3, r, z), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(got, dense_subspace_distances(Z, y, 3, r, z), rtol=1e-9, atol=1e-9)
 
 
 def test_bases_are_orthonormal_per_frequency():
